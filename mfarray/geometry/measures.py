@@ -1,0 +1,48 @@
+"""Monte-Carlo weights and the Calabi-Yau measures kappa, eta, sigma (paper eq. B.10-B.11).
+
+Points sampled by intersecting random lines with X follow the restricted Fubini-Study volume
+det(g_FS) d^{2k}x (Shiffman-Zelditch).  Integrals against the Calabi-Yau volume |Omega|^2 d^{2k}x
+are therefore Monte-Carlo averages with weights
+
+    w = |Omega|^2 / det g_FS          (chart independent: both sides pick up |det Jac|^2),
+
+which mfarray normalises to mean 1 over a point set.  With E_w the w-weighted mean
+(sum w f / sum w, an estimate of  int f |Omega|^2 / int |Omega|^2):
+
+    kappa = E_w[det g / |Omega|^2]          (J^n = kappa |Omega|^2 on average, B.10)
+    eta   = det g / (kappa |Omega|^2)
+    sigma = E_w[|1 - eta|]                  (B.11; 0 for the Calabi-Yau metric)
+
+These are bare formulas on arrays of shape (N,); reductions run over the last axis.
+"""
+
+from __future__ import annotations
+
+from .. import backend
+
+
+def mc_weight_raw(omega2, det_g_fs):
+    """|Omega|^2 / det g_FS, unnormalised, shape (...)."""
+    return omega2 / det_g_fs
+
+
+def weighted_mean(f, weight):
+    xp = backend.namespace(f, weight)
+    return xp.sum(weight * f, axis=-1) / xp.sum(weight, axis=-1)
+
+
+def kappa(det_g, omega2, weight):
+    """kappa = E_w[det g / |Omega|^2] (B.10)."""
+    return weighted_mean(det_g / omega2, weight)
+
+
+def eta(det_g, omega2, kappa_value):
+    """eta = det g / (kappa |Omega|^2) per point (B.11)."""
+    return det_g / (kappa_value * omega2)
+
+
+def sigma(det_g, omega2, weight):
+    """sigma = E_w[|1 - eta|] with kappa from the same points (B.11)."""
+    xp = backend.namespace(det_g, omega2, weight)
+    k = kappa(det_g, omega2, weight)[..., None]
+    return weighted_mean(xp.abs(1.0 - eta(det_g, omega2, k)), weight)

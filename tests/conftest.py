@@ -1,0 +1,26 @@
+import numpy as np
+import pytest
+
+import mfarray as mf
+
+
+@pytest.fixture(scope="session")
+def quintic_points():
+    """2000 in-memory Fermat-quintic points (seed 1)."""
+    return mf.sample_points(mf.fermat_quintic(), 2000, seed=1, chunk_size=700).compute()
+
+
+def random_polynomial(n, degree, seed, dense=True):
+    """A random homogeneous polynomial in P^n with every monomial of the given degree."""
+    from itertools import combinations_with_replacement
+
+    rng = np.random.default_rng(seed)
+    monos = []
+    for combo in combinations_with_replacement(range(n + 1), degree):
+        m = np.zeros(n + 1, dtype=int)
+        for i in combo:
+            m[i] += 1
+        monos.append(m)
+    monos = np.array(monos)
+    coeffs = rng.standard_normal(len(monos)) + 1j * rng.standard_normal(len(monos))
+    return mf.Hypersurface(monos, coeffs, name=f"random degree-{degree} in P^{n}")
