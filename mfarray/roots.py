@@ -73,4 +73,5 @@ def _companion_roots(coeffs, xp):
     if d > 1:
         comp[:, 1:, :-1] = xp.eye(d - 1, dtype=coeffs.dtype)
     comp[:, 0, :] = -coeffs[:, d - 1 :: -1] / coeffs[:, d : d + 1]
-    return np.linalg.eigvals(comp) if xp is np or not hasattr(xp.linalg, "eigvals") else xp.linalg.eigvals(comp)
+    # general (non-Hermitian) eigenvalues are a NumPy/LAPACK feature; these lines are rare
+    return xp.asarray(np.linalg.eigvals(backend.to_numpy(comp)))
