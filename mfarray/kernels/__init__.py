@@ -1,0 +1,11 @@
+"""Kernels k(x1, x2) -> (n1, n2) as pure functions, metric-NTKs and kernel operators.
+
+Scalar kernels give the Kronecker-structured metric-NTK Theta_{ijkl} = delta_ik delta_jl k
+(paper eq. 2.21-2.23); hyper-parameters are keywords, bound with functools.partial.
+"""
+
+from .features import patch_features
+from .fs import delta, gaussian_fs, nearest_index
+from .rescale import det_metric_rescaling, rescaled
+
+__all__ = ["patch_features", "delta", "gaussian_fs", "nearest_index", "det_metric_rescaling", "rescaled"]

@@ -1,0 +1,55 @@
+"""Kernels on Fubini-Study geodesic distance (paper §3.2): Gaussian (3.5) and Delta.
+
+These act on homogeneous points z (n, n+1) of P^n and use the cancellation-free distance of
+:mod:`mfarray.geometry.distance`, so the paper's threshold for nearly equal points (§3.1,
+after eq. 3.4) is not needed.  Both give the scalar k(x, x') of the Kronecker-structured
+metric-NTK Theta_{ijkl} = delta_ik delta_jl k(x, x') (eq. 2.23, 3.5).
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..geometry.distance import fs_distance, nearest
+
+
+def _check_sigma(sigma):
+    if not (isinstance(sigma, (int, float)) and sigma > 0 and sigma < float("inf")):
+        raise ValueError(f"sigma must be a positive finite number (the kernel width); got {sigma!r}")
+
+
+def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False):
+    """Gaussian kernel of FS distance d = d_FS(z1, z2), shape (n1, n2).
+
+    ``squared=False`` is eq. (3.5) exactly as written in the paper, exp(-d / (2 sigma)) (a
+    Laplace-type kernel of d, despite the name); ``squared=True`` is the heat-kernel form
+    exp(-d^2 / (2 sigma^2)).  Note that a Gaussian of the squared geodesic distance on a curved
+    space need not be positive semi-definite (see docs/paper-notes.md for measured spectra).
+    Dask inputs give a lazy result.
+    """
+    _check_sigma(sigma)
+    d = fs_distance(z1, z2)
+    if backend.is_dask(d):
+        import dask.array as da
+
+        return da.exp(-(d * d) / (2 * sigma**2)) if squared else da.exp(-d / (2 * sigma))
+    xp = backend.namespace(d)
+    return xp.exp(-(d * d) / (2 * sigma**2)) if squared else xp.exp(-d / (2 * sigma))
+
+
+def nearest_index(z_test, z_train):
+    """Index (n_test,) of the nearest train point of every test point (streamed)."""
+    return nearest(z_test, z_train)[0]
+
+
+def delta(z1, z2):
+    """The Delta kernel of §3.2: k[i, j] = 1 if train point j is the nearest to point i, else 0.
+
+    Shape (n1, n2); the update of a test point is the update of its nearest train point.  On
+    the train set itself (z1 = z2, distinct points) it is the identity: the local flow (2.14).
+    For large sets use :func:`nearest_index` and gather instead of this dense matrix.
+    """
+    idx = nearest_index(z1, z2)
+    if backend.is_dask(idx):
+        idx = idx.compute()
+    xp = backend.namespace(idx)
+    return xp.astype(idx[:, None] == xp.arange(z2.shape[0])[None, :], xp.float64)
