@@ -134,18 +134,21 @@ def test_sigma_is_chart_independent(quintic_points):
 
 
 def test_sigma_of_fubini_study_on_the_fermat_quintic():
-    """sigma(g_FS) on the Fermat quintic, large-sample estimate with its MC error.
+    """sigma(g_FS) on the Fermat quintic, against a large-sample value, within MC error.
 
-    Reference: 0.3700 +- 0.0006 from 10^6 points of this sampler (benchmarks/RESULTS.md); the
-    literature quotes sigma_FS ~ 0.37 for the Fermat quintic (e.g. the untrained FS-based
-    models of the cymetric package start at sigma ~ 0.37, Larfors-Lukas-Ruehle-Schneider
-    arXiv:2205.13408).  Independent seeds must agree within the MC error.
+    Reference: sigma_FS = 0.3726 +- 0.0003 (10^6 points of this sampler, seed 2026, line-clustered
+    standard error).  The literature places sigma_FS of the Fermat quintic at about 0.37: the
+    cymetric package's tutorial (pythoncymetric/cymetric, notebooks/2.TensorFlow_models.ipynb,
+    Larfors-Lukas-Ruehle-Schneider arXiv:2205.13408) reports sigma = 0.369-0.373 for models that
+    are g_FS times or plus an untrained (near-zero) network before training.  With 40000 points
+    the standard error is ~0.0015; independent seeds must agree with each other and with the
+    reference within 6 standard errors.
     """
     values = [mf.sigma_measure(mf.sample_points(mf.fermat_quintic(), 40_000, seed=s, chunk_size=20_000))
               for s in (101, 102)]
-    assert abs(values[0] - values[1]) < 0.02
+    assert abs(values[0] - values[1]) < 0.0125
     for v in values:
-        assert v == pytest.approx(0.370, abs=0.012)
+        assert v == pytest.approx(0.3726, abs=0.009)
 
 
 def test_select_chart(quintic_points):
