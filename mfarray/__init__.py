@@ -9,11 +9,11 @@ __version__ = "0.1.0"
 from .geometry import (Hypersurface, cubic_curve, dwork_quintic, fermat, fermat_quintic,
                        fs_distance, nearest, quartic_k3)
 from .io import open_zarr, to_zarr
-from .pointset import (chart_counts, eta, kappa, points_from_z, sample_points, select_chart,
+from .pointset import (chart_counts, eta, express_in_chart, kappa, points_from_z, sample_points, select_chart,
                        sigma_measure, surface_of, to_chart)
 
 __all__ = [
     "Hypersurface", "fermat", "fermat_quintic", "dwork_quintic", "cubic_curve", "quartic_k3",
-    "fs_distance", "nearest", "sample_points", "points_from_z", "select_chart", "to_chart",
+    "fs_distance", "nearest", "sample_points", "points_from_z", "select_chart", "to_chart", "express_in_chart",
     "chart_counts", "sigma_measure", "kappa", "eta", "surface_of", "to_zarr", "open_zarr",
 ]

@@ -236,12 +236,7 @@ def to_chart(ds: xr.Dataset, g, patch: int, elim: int) -> xr.DataArray:
     det g lose that factor in relative accuracy; choose a chart that is tame on your points.
     """
     surface = surface_of(ds)
-    n1 = surface.n_ambient
-    for name, v in (("patch", patch), ("elim", elim)):
-        if not isinstance(v, (int, np.integer)) or not 0 <= v < n1:
-            raise ValueError(f"{name} must be an integer in [0, {n1 - 1}]; got {v!r}")
-    if patch == elim:
-        raise ValueError("patch and elim must differ: the patch coordinate is 1, not eliminated")
+    _check_chart(surface, patch, elim)
     g = _as_metric(ds, g)
     return xr.apply_ufunc(
         lambda z, a, e, gg: _to_chart_bare(surface, z, a, e, gg, patch, elim),
@@ -251,6 +246,60 @@ def to_chart(ds: xr.Dataset, g, patch: int, elim: int) -> xr.DataArray:
         dask="parallelized",
         output_dtypes=[np.complex128],
     )
+
+
+def _chart_outputs(surface, z, patch, elim):
+    with np.errstate(divide="ignore", invalid="ignore"):  # singular charts are reported below
+        geo = chart_geometry(surface, z, patch=patch, elim=elim)
+    xp = backend.namespace(z)
+    ok = xp.isfinite(geo.det_g_fs) & xp.isfinite(geo.omega2) & (geo.det_g_fs > 0)
+    if not bool(xp.all(ok)):
+        bad = xp.nonzero(~ok)[0]
+        raise ValueError(
+            f"chart (patch={patch}, elim={elim}) is singular at {bad.shape[0]} point(s) "
+            f"(z_patch = 0 or dp/dz_elim = 0), e.g. points {_few(bad)}; choose another chart"
+        )
+    return geo.z, geo.omega2, geo.g_fs, geo.det_g_fs
+
+
+def express_in_chart(ds: xr.Dataset, patch: int, elim: int) -> xr.Dataset:
+    """The same points with every chart-dependent variable in one chart (patch, elim).
+
+    z is rescaled to z_patch = 1 and omega2, g_fs, det_g_fs are recomputed there; the weights
+    are chart independent and kept.  Use this instead of rejection sampling
+    (:func:`select_chart`) to run a flow on all points in one coordinate system; metrics other
+    than g_FS move with :func:`to_chart`.  The precision caveat of :func:`to_chart` applies.
+    """
+    surface = surface_of(ds)
+    _check_chart(surface, patch, elim)
+    k = surface.dim
+    za, omega2, g_fs, det_g = xr.apply_ufunc(
+        lambda z: _chart_outputs(surface, z, patch, elim),
+        ds["z"],
+        input_core_dims=[["ambient"]],
+        output_core_dims=[["ambient"], [], ["row", "col"], []],
+        dask="parallelized",
+        dask_gufunc_kwargs={
+            "output_sizes": {"row": k, "col": k},
+            "meta": tuple(np.empty((0,) * nd, dtype=t) for nd, t in
+                          ((2, np.complex128), (1, np.float64), (3, np.complex128), (1, np.float64))),
+        },
+    )
+    out = ds.assign(z=za, g_fs=g_fs, det_g_fs=det_g, patch=xr.full_like(ds["patch"], patch),
+                    elim=xr.full_like(ds["elim"], elim))
+    if "omega2" in ds:
+        out["omega2"] = omega2
+    out.attrs["chart"] = [int(patch), int(elim)]
+    return out
+
+
+def _check_chart(surface, patch, elim):
+    n1 = surface.n_ambient
+    for name, v in (("patch", patch), ("elim", elim)):
+        if not isinstance(v, (int, np.integer)) or not 0 <= v < n1:
+            raise ValueError(f"{name} must be an integer in [0, {n1 - 1}]; got {v!r}")
+    if patch == elim:
+        raise ValueError("patch and elim must differ: the patch coordinate is 1, not eliminated")
 
 
 def _as_metric(ds, g):

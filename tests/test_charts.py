@@ -169,3 +169,24 @@ def test_to_chart_refuses_bad_charts(quintic_points):
     ds = mf.points_from_z(X, z)
     with pytest.raises(ValueError, match="singular"):
         mf.to_chart(ds, None, 0, 3)
+
+
+def test_express_in_chart_moves_every_point_into_one_chart(quintic_points):
+    ds = quintic_points.isel(point=slice(0, 400))
+    X = mf.surface_of(ds)
+    one = mf.express_in_chart(ds, 2, 0)
+    assert np.all(one.patch.values == 2) and np.all(one.elim.values == 0)
+    assert np.allclose(one.z.values[:, 2], 1.0)
+    # the metric is the one to_chart produces, and weights are unchanged
+    assert np.allclose(one.g_fs.values, mf.to_chart(ds, None, 2, 0).values, rtol=1e-9, atol=1e-12)
+    assert np.array_equal(one.weight.values, ds.weight.values)
+    za, dp = np.abs(ds.z.values), np.abs(X.gradient(ds.z.values))
+    tame = (za[:, 2] > 0.2) & (dp[:, 0] / dp.max(axis=1) > 0.05)
+    ratio_own = ds.det_g_fs.values / ds.omega2.values
+    ratio_one = one.det_g_fs.values / one.omega2.values
+    assert np.allclose(ratio_one[tame], ratio_own[tame], rtol=1e-9)
+    # lazy input stays lazy
+    lazy = mf.express_in_chart(mf.sample_points(X, 100, seed=1, chunk_size=40), 0, 1)
+    assert hasattr(lazy.g_fs.data, "dask")
+    with pytest.raises(ValueError, match="differ"):
+        mf.express_in_chart(ds, 1, 1)
