@@ -122,31 +122,16 @@ class Hypersurface:
         return self.name or f"degree-{self.degree} hypersurface in P^{self.n}"
 
     @functools.cached_property
-    def _tables(self):
-        m = np.asarray(self.monomials, dtype=np.int64)
-        c = np.asarray(self.coefficients, dtype=np.complex128)
-        n1, d = self.n_ambient, self.degree
-        coord = np.arange(n1)
-        # flat index into the power table z_i^e, laid out as i * (d + 1) + e
-        flat = (coord[None, :] * (d + 1) + m).reshape(-1)
-        # derivative monomials: d/dz_j z^m = m_j z^(m - e_j)
-        dm = m[None, :, :] - np.eye(n1, dtype=np.int64)[:, None, :]  # (j, K, i)
-        dc = c[None, :] * m.T  # (j, K)
-        dm = np.maximum(dm, 0)
-        dflat = (coord[None, None, :] * (d + 1) + dm).reshape(-1)
-        scale = float(np.max(np.abs(c)))
-        return flat, c, dflat, dc, scale
+    def _program(self):
+        """Sparse evaluation program: per monomial, its coefficient and (variable, exponent) factors."""
+        terms = []
+        for row, c in zip(self.monomials, self.coefficients):
+            terms.append((c, tuple((i, e) for i, e in enumerate(row) if e > 0)))
+        max_exp = [max(row[i] for row in self.monomials) for i in range(self.n_ambient)]
+        scale = max(abs(c) for c in self.coefficients)
+        return tuple(terms), tuple(max_exp), scale
 
     # --------------------------------------------------------------- evaluation
-    def _powers(self, z, xp):
-        """Table z_i^e for e = 0..degree, flattened to (..., (n+1)(d+1))."""
-        d = self.degree
-        cols = [xp.ones_like(z)]
-        for _ in range(d):
-            cols.append(cols[-1] * z)
-        table = xp.stack(cols, axis=-1)  # (..., n+1, d+1)
-        return xp.reshape(table, (*z.shape[:-1], self.n_ambient * (d + 1)))
-
     def _check_shape(self, z):
         if z.ndim < 1 or z.shape[-1] != self.n_ambient:
             raise ValueError(
@@ -154,26 +139,55 @@ class Hypersurface:
                 f"got shape {tuple(z.shape)}"
             )
 
-    def value_and_gradient(self, z):
-        """p(z) with shape (...) and dp/dz_j with shape (..., n+1)."""
-        xp = backend.namespace(z)
-        self._check_shape(z)
-        flat, c, dflat, dc, _ = self._tables
-        K = len(self.monomials)
-        n1 = self.n_ambient
-        pw = self._powers(z, xp)
-        lead = z.shape[:-1]
-        mono = xp.prod(xp.reshape(xp.take(pw, xp.asarray(flat), axis=-1), (*lead, K, n1)), axis=-1)
-        p = mono @ xp.asarray(c)
-        dmono = xp.prod(
-            xp.reshape(xp.take(pw, xp.asarray(dflat), axis=-1), (*lead, n1, K, n1)), axis=-1
-        )
-        dp = xp.sum(dmono * xp.asarray(dc), axis=-1)
-        return p, dp
+    def _powers(self, z):
+        """powers[i][e] = z_i^e for the exponents the polynomial uses (index 0 unused)."""
+        _, max_exp, _ = self._program
+        powers = []
+        for i, top in enumerate(max_exp):
+            zi = z[..., i]
+            row = [None, zi]
+            for _ in range(2, top + 1):
+                row.append(row[-1] * zi)
+            powers.append(row)
+        return powers
+
+    @staticmethod
+    def _product(factors):
+        out = factors[0]
+        for f in factors[1:]:
+            out = out * f
+        return out
 
     def __call__(self, z):
-        """p(z), shape (...)."""
-        return self.value_and_gradient(z)[0]
+        """p(z), shape (...): one product per monomial factor, no temporaries beyond (...)."""
+        xp = backend.namespace(z)
+        self._check_shape(z)
+        terms, _, _ = self._program
+        pw = self._powers(z)
+        p = xp.zeros(z.shape[:-1], dtype=xp.result_type(z.dtype, xp.complex128))
+        for c, factors in terms:
+            p = p + c * self._product([pw[i][e] for i, e in factors])
+        return p
+
+    def value_and_gradient(self, z):
+        """p(z) with shape (...) and dp/dz_j with shape (..., n+1), division free."""
+        xp = backend.namespace(z)
+        self._check_shape(z)
+        terms, _, _ = self._program
+        pw = self._powers(z)
+        dtype = xp.result_type(z.dtype, xp.complex128)
+        p = xp.zeros(z.shape[:-1], dtype=dtype)
+        grad = [xp.zeros(z.shape[:-1], dtype=dtype) for _ in range(self.n_ambient)]
+        for c, factors in terms:
+            values = [pw[i][e] for i, e in factors]
+            p = p + c * self._product(values)
+            for j, (i, e) in enumerate(factors):
+                # d/dz_i of z_i^e times the product of the other factors
+                others = values[:j] + values[j + 1 :]
+                deriv = c * e if e == 1 else (c * e) * pw[i][e - 1]
+                grad[i] = grad[i] + (deriv * self._product(others) if others else deriv)
+        grad = [g if g.shape == z.shape[:-1] else xp.broadcast_to(g, z.shape[:-1]) for g in grad]
+        return p, xp.stack(grad, axis=-1)
 
     def gradient(self, z):
         """dp/dz_j, shape (..., n+1)."""
@@ -183,7 +197,7 @@ class Hypersurface:
         """|p(z)| / (|z|^degree max_k |c_k|): scale-invariant distance from X (0 on X)."""
         xp = backend.namespace(z)
         norm = xp.sqrt(xp.sum(xp.abs(z) ** 2, axis=-1))
-        return xp.abs(self(z)) / (norm**self.degree * self._tables[4])
+        return xp.abs(self(z)) / (norm**self.degree * self._program[2])
 
     def relative_gradient(self, z, dp=None):
         """|dp(z)| / (|z|^(degree-1) max_k |c_k|): vanishes at singular points of X."""
@@ -192,7 +206,7 @@ class Hypersurface:
             dp = self.gradient(z)
         norm = xp.sqrt(xp.sum(xp.abs(z) ** 2, axis=-1))
         return xp.sqrt(xp.sum(xp.abs(dp) ** 2, axis=-1)) / (
-            norm ** (self.degree - 1) * self._tables[4]
+            norm ** (self.degree - 1) * self._program[2]
         )
 
     # ------------------------------------------------------------ serialisation
