@@ -6,6 +6,10 @@ Scalar kernels give the Kronecker-structured metric-NTK Theta_{ijkl} = delta_ik 
 
 from .features import patch_features
 from .fs import delta, gaussian_fs, nearest_index
+from .relu import (relu_kernels, relu_kernels_diag, relu_nngp, relu_nngp_diag, relu_ntk,
+                   relu_ntk_diag)
 from .rescale import det_metric_rescaling, rescaled
 
-__all__ = ["patch_features", "delta", "gaussian_fs", "nearest_index", "det_metric_rescaling", "rescaled"]
+__all__ = [
+    "relu_ntk", "relu_nngp", "relu_kernels", "relu_ntk_diag", "relu_nngp_diag", "relu_kernels_diag",
+   "patch_features", "delta", "gaussian_fs", "nearest_index", "det_metric_rescaling", "rescaled"]
