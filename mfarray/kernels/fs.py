@@ -53,3 +53,8 @@ def delta(z1, z2):
         idx = idx.compute()
     xp = backend.namespace(idx)
     return xp.astype(idx[:, None] == xp.arange(z2.shape[0])[None, :], xp.float64)
+
+
+# kernels on homogeneous points rather than real features: flows feed them z directly
+gaussian_fs.input_kind = "points"
+delta.input_kind = "points"
