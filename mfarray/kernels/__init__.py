@@ -4,6 +4,7 @@ Scalar kernels give the Kronecker-structured metric-NTK Theta_{ijkl} = delta_ik 
 (paper eq. 2.21-2.23); hyper-parameters are keywords, bound with functools.partial.
 """
 
+from .empirical import empirical_ntk, empirical_ntk_operator, empirical_ntk_trace, ntk_matvec
 from .features import patch_features
 from .fs import delta, gaussian_fs, nearest_index
 from .relu import (relu_kernels, relu_kernels_diag, relu_nngp, relu_nngp_diag, relu_ntk,
@@ -11,5 +12,6 @@ from .relu import (relu_kernels, relu_kernels_diag, relu_nngp, relu_nngp_diag, r
 from .rescale import det_metric_rescaling, rescaled
 
 __all__ = [
+    "empirical_ntk", "empirical_ntk_trace", "empirical_ntk_operator", "ntk_matvec",
     "relu_ntk", "relu_nngp", "relu_kernels", "relu_ntk_diag", "relu_nngp_diag", "relu_kernels_diag",
    "patch_features", "delta", "gaussian_fs", "nearest_index", "det_metric_rescaling", "rescaled"]

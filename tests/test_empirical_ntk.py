@@ -1,0 +1,244 @@
+"""Finite MLPs (mfarray.networks) and the empirical metric-NTK (2.7) built on them."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mfarray import networks as nw
+from mfarray.kernels.empirical import (empirical_ntk, empirical_ntk_operator,
+                                       empirical_ntk_trace, ntk_matvec)
+
+CASES = [
+    (widths, act, sb)
+    for widths in [(3, 7, 2), (3, 6, 5, 4, 3)]  # depth 1 and 3
+    for act in ["relu", "tanh"]
+    for sb in [0.0, 0.7]
+]
+
+
+def _setup(widths, act, sb, n=5, seed=0):
+    cfg = nw.MLP(widths, act, sigma_w=1.4, sigma_b=sb)
+    params = nw.init(cfg, seed)
+    x = np.random.default_rng(seed + 100).standard_normal((n, widths[0]))
+    return cfg, params, x
+
+
+def _random_tree(cfg, seed):
+    return nw.unflatten(cfg, np.random.default_rng(seed).standard_normal(nw.num_params(cfg)))
+
+
+def _fd_jacobian(cfg, params, x, eps=1e-6):
+    """Central finite-difference Jacobian d f_i(x_n) / d theta_I, shape (n, c, P)."""
+    theta = nw.flatten(params)
+    cols = []
+    for I in range(theta.shape[0]):
+        e = np.zeros_like(theta)
+        e[I] = eps
+        fp = nw.apply(cfg, nw.unflatten(cfg, theta + e), x)
+        fm = nw.apply(cfg, nw.unflatten(cfg, theta - e), x)
+        cols.append((fp - fm) / (2 * eps))
+    return np.stack(cols, axis=-1)
+
+
+# ------------------------------------------------------------------ networks
+def test_config_validation_and_shapes():
+    cfg = nw.MLP((10, 64, 64, 9))
+    assert cfg.depth == 2 and cfg.n_layers == 3 and cfg.c_out == 9
+    assert nw.num_params(cfg) == 10 * 64 + 64 + 64 * 64 + 64 + 64 * 9 + 9
+    for bad in [dict(widths=(3,)), dict(widths=(3, 0, 1)), dict(widths=(3, 2), activation="elu"),
+                dict(widths=(3, 2), sigma_w=-1.0), dict(widths=(3, 2), sigma_b=float("nan"))]:
+        with pytest.raises(ValueError):
+            nw.MLP(**bad)
+    params = nw.init(cfg, 3)
+    with pytest.raises(ValueError, match="shape"):
+        nw.apply(cfg, params, np.zeros((4, 9)))
+    with pytest.raises(ValueError, match="layers"):
+        nw.apply(nw.MLP((10, 9)), params, np.zeros((4, 10)))
+
+
+def test_init_reproducible_and_standard_normal():
+    cfg = nw.MLP((4, 300, 300, 2))
+    p1, p2, p3 = nw.init(cfg, 5), nw.init(cfg, 5), nw.init(cfg, 6)
+    for (W1, b1), (W2, b2), (W3, _) in zip(p1, p2, p3):
+        assert np.array_equal(W1, W2) and np.array_equal(b1, b2)
+        assert not np.array_equal(W1, W3)
+        assert W1.dtype == np.float64
+    W = p1[1][0]
+    assert abs(W.mean()) < 0.01 and abs(W.std() - 1) < 0.01
+
+
+def test_apply_matches_explicit_formula():
+    cfg, params, x = _setup((3, 7, 5, 2), "tanh", 0.3)
+    (W0, b0), (W1, b1), (W2, b2) = params
+    h = np.tanh(1.4 / np.sqrt(3) * x @ W0 + 0.3 * b0)
+    h = np.tanh(1.4 / np.sqrt(7) * h @ W1 + 0.3 * b1)
+    f = 1.4 / np.sqrt(5) * h @ W2 + 0.3 * b2
+    np.testing.assert_allclose(nw.apply(cfg, params, x), f, rtol=1e-14, atol=1e-14)
+    relu = nw.MLP((3, 7, 2), "relu")
+    p = nw.init(relu, 1)
+    g = np.maximum(x @ p[0][0] / np.sqrt(3), 0) @ p[1][0] / np.sqrt(7)
+    np.testing.assert_allclose(nw.apply(relu, p, x), g, rtol=1e-14, atol=1e-14)
+
+
+def test_flatten_unflatten_roundtrip():
+    cfg, params, _ = _setup((3, 6, 5, 4, 3), "relu", 0.5)
+    v = nw.flatten(params)
+    assert v.shape == (nw.num_params(cfg),)
+    back = nw.unflatten(cfg, v)
+    for (W, b), (W2, b2) in zip(params, back):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    assert np.array_equal(v[:18], params[0][0].reshape(-1))  # W_0 first, row-major
+    with pytest.raises(ValueError):
+        nw.unflatten(cfg, v[:-1])
+
+
+@pytest.mark.parametrize("widths,act,sb", CASES)
+def test_jvp_matches_finite_differences(widths, act, sb):
+    cfg, params, x = _setup(widths, act, sb)
+    t = _random_tree(cfg, 1)
+    eps = 1e-6
+    theta, tv = nw.flatten(params), nw.flatten(t)
+    fd = (nw.apply(cfg, nw.unflatten(cfg, theta + eps * tv), x)
+          - nw.apply(cfg, nw.unflatten(cfg, theta - eps * tv), x)) / (2 * eps)
+    np.testing.assert_allclose(nw.jvp(cfg, params, x, t), fd, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("widths,act,sb", CASES)
+def test_vjp_and_jacobian_match_finite_differences(widths, act, sb):
+    cfg, params, x = _setup(widths, act, sb)
+    Jfd = _fd_jacobian(cfg, params, x)
+    u = np.random.default_rng(2).standard_normal((x.shape[0], cfg.c_out))
+    g = nw.flatten(nw.vjp(cfg, params, x, u))
+    np.testing.assert_allclose(g, np.einsum("nc,ncp->p", u, Jfd), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(nw.jacobian(cfg, params, x), Jfd, rtol=1e-6, atol=1e-7)
+    if sb == 0.0:  # bias gradients vanish, but the biases are still parameters
+        assert np.all(g[cfg.widths[0] * cfg.widths[1]:][:cfg.widths[1]] == 0)
+
+
+@pytest.mark.parametrize("widths,act,sb", CASES[::3])
+def test_jvp_vjp_adjoint(widths, act, sb):
+    cfg, params, x = _setup(widths, act, sb, n=8)
+    t = _random_tree(cfg, 3)
+    u = np.random.default_rng(4).standard_normal((8, cfg.c_out))
+    lhs = np.sum(nw.jvp(cfg, params, x, t) * u)
+    rhs = nw.tree_vdot(t, nw.vjp(cfg, params, x, u))
+    assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + 1)
+
+
+def test_identity_activation_is_linear_in_x():
+    cfg = nw.MLP((3, 5, 4, 2), "identity", sigma_b=0.0)
+    p = nw.init(cfg, 0)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    np.testing.assert_allclose(nw.apply(cfg, p, 2 * x), 2 * nw.apply(cfg, p, x), rtol=1e-13)
+
+
+# ------------------------------------------------------------------ empirical NTK
+@pytest.mark.parametrize("widths,act,sb", [((3, 6, 5, 4, 3), "tanh", 0.7),
+                                           ((3, 7, 3), "relu", 0.0),
+                                           ((3, 3), "relu", 0.5)])
+def test_empirical_ntk_equals_jjt_and_fd(widths, act, sb):
+    cfg, params, x1 = _setup(widths, act, sb, n=5)
+    x2 = np.random.default_rng(9).standard_normal((4, widths[0]))
+    K = empirical_ntk(cfg, params, x1, x2, block_rows=2)
+    assert K.shape == (5, 4, 3, 3)
+    J1, J2 = nw.jacobian(cfg, params, x1), nw.jacobian(cfg, params, x2)
+    np.testing.assert_allclose(K, np.einsum("aip,bkp->abik", J1, J2), rtol=1e-12, atol=1e-12)
+    F1, F2 = _fd_jacobian(cfg, params, x1), _fd_jacobian(cfg, params, x2)
+    np.testing.assert_allclose(K, np.einsum("aip,bkp->abik", F1, F2), rtol=1e-6, atol=1e-6)
+    off = K[:, :, ~np.eye(3, dtype=bool)]
+    if len(widths) > 2:  # component mixing: off-diagonal c-blocks are nonzero
+        assert np.abs(off).max() > 1e-2 * np.abs(K).max()
+    else:  # linear model: Theta_ik = (s^2 x.x' + sigma_b^2) delta_ik
+        assert np.all(off == 0)
+        G = 1.4 ** 2 / 3 * x1 @ x2.T + sb ** 2
+        np.testing.assert_allclose(K[:, :, 1, 1], G, rtol=1e-13)
+
+
+def test_empirical_ntk_blocks_defaults_and_swap():
+    cfg, params, x = _setup((3, 6, 5, 4), "relu", 0.3, n=11)
+    y = np.random.default_rng(5).standard_normal((7, 3))
+    ref = empirical_ntk(cfg, params, x, y, block_rows=1)
+    for br in [3, 11, 100, None]:
+        np.testing.assert_allclose(empirical_ntk(cfg, params, x, y, block_rows=br), ref,
+                                   rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(empirical_ntk(cfg, params, y, x), ref.transpose(1, 0, 3, 2),
+                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(empirical_ntk(cfg, params, x), empirical_ntk(cfg, params, x, x))
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_empirical_ntk_symmetric_psd(act):
+    cfg = nw.MLP((4, 16, 16, 3), act, sigma_w=1.2, sigma_b=0.4)
+    params = nw.init(cfg, 2)
+    x = np.random.default_rng(0).standard_normal((40, 4))
+    n, c = 40, 3
+    M = empirical_ntk(cfg, params, x).transpose(0, 2, 1, 3).reshape(n * c, n * c)
+    np.testing.assert_allclose(M, M.T, rtol=1e-13, atol=1e-13 * np.abs(M).max())
+    ev = np.linalg.eigvalsh(M)
+    assert ev.min() >= -1e-10 * ev.max()
+    # rank <= P: 120 = n c > P only if the net is small; here P > 120, so full rank expected
+    assert ev.min() > 0 or nw.num_params(cfg) < n * c
+
+
+def test_ntk_matvec_and_operator():
+    cfg, params, x_in = _setup((3, 6, 5, 4), "tanh", 0.5, n=9)
+    x_out = np.random.default_rng(7).standard_normal((6, 3))
+    v = np.random.default_rng(8).standard_normal((9, 4))
+    K = empirical_ntk(cfg, params, x_out, x_in)
+    np.testing.assert_allclose(ntk_matvec(cfg, params, x_out, x_in, v),
+                               np.einsum("abik,bk->ai", K, v), rtol=1e-12, atol=1e-12)
+    op = empirical_ntk_operator(cfg, params, x_in)
+    M = empirical_ntk(cfg, params, x_in).transpose(0, 2, 1, 3).reshape(36, 36)
+    np.testing.assert_allclose(op.matvec(v.reshape(-1)), M @ v.reshape(-1), rtol=1e-12, atol=1e-12)
+    V = np.random.default_rng(9).standard_normal((36, 2))
+    np.testing.assert_allclose(op.matmat(V), M @ V, rtol=1e-12, atol=1e-12)
+
+
+def test_empirical_ntk_trace():
+    cfg, params, x = _setup((3, 6, 5, 4), "relu", 0.5, n=6)
+    y = np.random.default_rng(3).standard_normal((5, 3))
+    K = empirical_ntk(cfg, params, x, y)
+    tr = np.einsum("abii->ab", K)
+    np.testing.assert_allclose(empirical_ntk_trace(cfg, params, x, y, normalize=False), tr,
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(empirical_ntk_trace(cfg, params, x, y), tr / 4, rtol=1e-12,
+                               atol=1e-12)
+
+
+# ------------------------------------------------------------------ wide-network limit
+_HAS_RELU = importlib.util.find_spec("mfarray.kernels.relu") is not None
+
+
+@pytest.mark.skipif(not _HAS_RELU, reason="mfarray.kernels.relu (closed-form ReLU NTK) absent")
+def test_wide_relu_network_approaches_infinite_width_ntk():
+    relu = pytest.importorskip("mfarray.kernels.relu")
+    if not hasattr(relu, "relu_ntk"):
+        pytest.skip("relu_ntk not available")
+    depth, sw, sb, width = 2, 1.5, 0.3, 2048
+    x = np.random.default_rng(0).standard_normal((12, 5))
+    ref = np.asarray(relu.relu_ntk(x, x, depth=depth, sigma_w=sw, sigma_b=sb))
+    # c = 4 output rows: Theta_ik -> delta_ik Theta_bar; fluctuations ~ 1/sqrt(width)
+    # (measured: ~9%, 3%, 1.5% of max|Theta_bar| at widths 256, 1024, 4096).
+    cfg = nw.MLP((5,) + (width,) * depth + (4,), "relu", sigma_w=sw, sigma_b=sb)
+    Ks = [empirical_ntk(cfg, nw.init(cfg, seed), x) for seed in (0, 1)]
+    scale = np.abs(ref).max()
+    diag_mean = sum(np.einsum("abii->ab", K) for K in Ks) / 8
+    assert np.abs(diag_mean - ref).max() < 0.06 * scale
+    assert max(np.abs(K[:, :, 0, 1]).max() for K in Ks) < 0.06 * scale
+    # a narrow network is visibly further from the limit
+    small = nw.MLP((5, 16, 16, 4), "relu", sigma_w=sw, sigma_b=sb)
+    Ks = np.einsum("abii->ab", empirical_ntk(small, nw.init(small, 0), x)) / 4
+    assert np.abs(Ks - ref).max() > np.abs(diag_mean - ref).max()
+
+
+def test_empirical_ntk_threads_and_generic_path(monkeypatch):
+    import mfarray.kernels.empirical as emp
+
+    cfg, params, x = _setup((3, 6, 5, 4), "tanh", 0.3, n=13)
+    ref = empirical_ntk(cfg, params, x, block_rows=2, n_threads=1)
+    np.testing.assert_array_equal(empirical_ntk(cfg, params, x, block_rows=2, n_threads=3), ref)
+    # the array-API fallback (no ``out=`` arguments) used for namespaces other than NumPy/CuPy
+    monkeypatch.setattr(emp, "_raw_module", lambda xp: None)
+    np.testing.assert_allclose(empirical_ntk(cfg, params, x, block_rows=5), ref, rtol=1e-14,
+                               atol=1e-14)
