@@ -6,12 +6,15 @@ Scalar kernels give the Kronecker-structured metric-NTK Theta_{ijkl} = delta_ik 
 
 from .empirical import empirical_ntk, empirical_ntk_operator, empirical_ntk_trace, ntk_matvec
 from .features import patch_features
+from .operators import (BlockwiseOperator, DenseOperator, FactoredOperator, KernelOperator,
+                        ZarrOperator, as_operator)
 from .fs import delta, gaussian_fs, nearest_index
 from .relu import (relu_kernels, relu_kernels_diag, relu_nngp, relu_nngp_diag, relu_ntk,
                    relu_ntk_diag)
 from .rescale import det_metric_rescaling, rescaled
 
 __all__ = [
+    "KernelOperator", "DenseOperator", "BlockwiseOperator", "ZarrOperator", "FactoredOperator", "as_operator",
     "empirical_ntk", "empirical_ntk_trace", "empirical_ntk_operator", "ntk_matvec",
     "relu_ntk", "relu_nngp", "relu_kernels", "relu_ntk_diag", "relu_nngp_diag", "relu_kernels_diag",
    "patch_features", "delta", "gaussian_fs", "nearest_index", "det_metric_rescaling", "rescaled"]
