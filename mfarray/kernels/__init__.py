@@ -4,16 +4,20 @@ Scalar kernels give the Kronecker-structured metric-NTK Theta_{ijkl} = delta_ik 
 (paper eq. 2.21-2.23); hyper-parameters are keywords, bound with functools.partial.
 """
 
+from .cosine import cosine_ntk, cosine_ntk_empirical, cosine_net_apply, cosine_net_init
 from .empirical import empirical_ntk, empirical_ntk_operator, empirical_ntk_trace, ntk_matvec
 from .features import patch_features
 from .operators import (BlockwiseOperator, DenseOperator, FactoredOperator, KernelOperator,
                         ZarrOperator, as_operator)
+from .gaussnet import gaussnet_nngp, gaussnet_ntk, gaussnet_ntk_empirical
 from .fs import delta, gaussian_fs, nearest_index
 from .relu import (relu_kernels, relu_kernels_diag, relu_nngp, relu_nngp_diag, relu_ntk,
                    relu_ntk_diag)
 from .rescale import det_metric_rescaling, rescaled
 
 __all__ = [
+    "cosine_ntk", "cosine_ntk_empirical", "cosine_net_apply", "cosine_net_init",
+    "gaussnet_nngp", "gaussnet_ntk", "gaussnet_ntk_empirical",
     "KernelOperator", "DenseOperator", "BlockwiseOperator", "ZarrOperator", "FactoredOperator", "as_operator",
     "empirical_ntk", "empirical_ntk_trace", "empirical_ntk_operator", "ntk_matvec",
     "relu_ntk", "relu_nngp", "relu_kernels", "relu_ntk_diag", "relu_nngp_diag", "relu_kernels_diag",
