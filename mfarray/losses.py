@@ -91,6 +91,29 @@ def sigma_loss() -> PointwiseLoss:
     return PointwiseLoss("sigma", _sigma_value, _sigma_gradient)
 
 
+def _squared_value(g, data):
+    g, xp = _check_metric(g, data)
+    eta = hermitian_det(g) / (data.kappa * data.omega2)
+    return data.weight * (1.0 - eta) ** 2
+
+
+def _squared_gradient(g, data):
+    g, xp = _check_metric(g, data)
+    det, inv = _det_inv(g, xp)
+    eta = det / (data.kappa * data.omega2)
+    return (-2.0 * data.weight * (1.0 - eta) * eta)[:, None, None] * inv
+
+
+def sigma_squared_loss() -> PointwiseLoss:
+    """l(x) = w(x) (1 - eta(x))^2, Headrick-Nassar's ultra-local F(eta) = (eta - 1)^2 (B.12, B.14).
+
+    Same minimiser as the sigma loss (eta = 1) but smooth: its gradient -2 w (1 - eta) eta g^{-1}
+    vanishes at the optimum, so fixed or backtracking steps converge instead of chattering
+    around eta = 1 as the |1 - eta| loss does with one global step size.  kappa is fixed.
+    """
+    return PointwiseLoss("sigma_squared", _squared_value, _squared_gradient)
+
+
 def current_kappa(g, data):
     """kappa = E_w[det g/|Omega|^2] of the metric g itself (B.10)."""
     g, xp = _check_metric(g, data)
