@@ -46,7 +46,7 @@ def sample(
     seed: int = typer.Option(0, min=0, help="random seed (same seed, same points)"),
     out: Path = typer.Option(Path("points.zarr"), help="output Zarr store"),
     surface: str = typer.Option("quintic", help="quintic | cubic | k3 | fermat:N | dwork:PSI"),
-    chunk_size: int = typer.Option(20_000, min=1, help="points per Dask chunk (memory per task)"),
+    chunk_size: int = typer.Option(50_000, min=1, help="points per Dask chunk (memory per task)"),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
 ) -> None:
     """Sample Shiffman-Zelditch points with weights and g_FS, write them to a Zarr store."""

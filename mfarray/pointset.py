@@ -26,7 +26,7 @@ from .geometry.fubini_study import hermitian_det
 from .geometry.hypersurface import Hypersurface, fermat_quintic
 from .geometry.local import chart_geometry
 
-DEFAULT_CHUNK = 20_000
+DEFAULT_CHUNK = 50_000  # measured fastest of 10k/20k/50k for 10^5 quintic points on 2 cores
 
 
 def _version() -> str:
@@ -46,8 +46,8 @@ def _geometry_outputs(surface, z, tol, singular_tol):
         raise ValueError(
             f"z contains zero vectors (not points of P^n) at points {_few(xp.nonzero(zero)[0])}"
         )
-    res = surface.relative_residual(z)
-    if bool(xp.any(res > tol)):
+    res = surface.relative_residual(z) if tol is not None else None
+    if tol is not None and bool(xp.any(res > tol)):
         bad = xp.nonzero(res > tol)[0]
         raise ValueError(
             f"{bad.shape[0]} point(s) of z are not on X: |p(z)|/(|z|^d max|c|) = "
@@ -72,12 +72,13 @@ def _few(idx, k=5):
     return str(idx[:k])[:-1] + (", ...]" if len(idx) > k else "]")
 
 
-def points_from_z(surface: Hypersurface, z, *, tol: float = 1e-8, singular_tol: float = 1e-10,
+def points_from_z(surface: Hypersurface, z, *, tol: float | None = 1e-8, singular_tol: float = 1e-10,
                   attrs: dict | None = None) -> xr.Dataset:
     """The point-set Dataset of given homogeneous points z (N, n+1) on X.
 
     ``z`` may be NumPy, CuPy or Dask (then the result is lazy and errors surface at compute
-    time).  Points must satisfy |p(z)| / (|z|^d max|c_k|) <= ``tol``; points where the gradient
+    time).  Points must satisfy |p(z)| / (|z|^d max|c_k|) <= ``tol`` (None skips the check, for
+    points known to be on X); points where the gradient
     of p vanishes (relative gradient < ``singular_tol``: singular X, e.g. the Dwork conifold)
     are reported with an error instead of becoming infinite weights.
     """
@@ -161,8 +162,9 @@ def sample_points(surface: Hypersurface | None = None, n: int = 10_000, *, seed:
         dtype=np.complex128,
         meta=np.empty((0, 0), dtype=np.complex128),
     )
+    # the sampler guarantees |p(z)|/(|z|^d max|c|) <= sampling.RESIDUAL_TOL: no second check
     return points_from_z(
-        surface, z, attrs={"seed": int(seed), "sampler": "Shiffman-Zelditch random lines"}
+        surface, z, tol=None, attrs={"seed": int(seed), "sampler": "Shiffman-Zelditch random lines"}
     )
 
 

@@ -21,6 +21,7 @@ from . import roots as _roots
 LINES_PER_BLOCK = 4096
 POLISH_STEPS = 2
 MAX_POLISH_STEPS = 8
+RESIDUAL_TOL = 1e-10  # every sampled point satisfies |p(z)| / (|z|^d max|c|) <= this
 
 
 def random_lines(n_ambient: int, seed: int, block: int):
@@ -75,6 +76,12 @@ def intersect_lines(surface, a, b):
     bad = res > 1e-12
     if np.any(bad):
         z[bad] = _polish(surface, z[bad], direction[bad], MAX_POLISH_STEPS)
+        worst = float(np.max(surface.relative_residual(z[bad])))
+        if not worst <= RESIDUAL_TOL:  # also catches NaN
+            raise RuntimeError(
+                f"{surface.label}: Newton polishing left a point at relative residual {worst:.3g} "
+                f"> {RESIDUAL_TOL:g}; the line met X where dp vanishes (is X singular?)"
+            )
     return z
 
 

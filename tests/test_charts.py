@@ -62,6 +62,7 @@ def test_closed_form_pullback_equals_matrix_pullback():
     jac = charts.embedding_jacobian(X.n_ambient, geo.elim, geo.local, geo.slopes)
     g = fubini_study.pullback(jac, fubini_study.fs_metric_ambient(geo.z))
     assert np.allclose(g, geo.g_fs, rtol=1e-12, atol=1e-14)
+    assert np.allclose(fubini_study.hermitian_det(g), np.linalg.det(g).real, rtol=1e-12)
     # Hermitian and positive definite
     assert np.allclose(g, np.conj(np.swapaxes(g, -1, -2)))
     assert np.all(np.linalg.eigvalsh(g) > 0)
@@ -190,3 +191,11 @@ def test_express_in_chart_moves_every_point_into_one_chart(quintic_points):
     assert hasattr(lazy.g_fs.data, "dask")
     with pytest.raises(ValueError, match="differ"):
         mf.express_in_chart(ds, 1, 1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_hermitian_det_matches_lu(k):
+    rng = np.random.default_rng(k)
+    A = rng.standard_normal((50, k, k)) + 1j * rng.standard_normal((50, k, k))
+    g = A @ np.conj(np.swapaxes(A, 1, 2)) + 0.1 * np.eye(k)
+    assert np.allclose(fubini_study.hermitian_det(g), np.linalg.det(g).real, rtol=1e-12)

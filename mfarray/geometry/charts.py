@@ -48,10 +48,10 @@ def elim_index(dp, patch):
 def local_indices(n_ambient: int, patch, elim):
     """The n - 1 coordinates other than patch and elim, increasing; shape (..., n-1)."""
     xp = backend.namespace(patch)
-    coord = xp.arange(n_ambient)
-    removed = (coord == patch[..., None]) | (coord == elim[..., None])
-    order = xp.argsort(xp.astype(removed, xp.int8), axis=-1, stable=True)
-    return order[..., : n_ambient - 2]
+    lo, hi = xp.minimum(patch, elim)[..., None], xp.maximum(patch, elim)[..., None]
+    b = xp.arange(n_ambient - 2)
+    i = b + xp.astype(b >= lo, b.dtype)  # skip the smaller removed index ...
+    return i + xp.astype(i >= hi, b.dtype)  # ... then the larger one
 
 
 def implicit_slopes(dp, elim, local):
