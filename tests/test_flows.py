@@ -140,3 +140,21 @@ def test_bad_arguments(quintic_chart):
         kernel_flow(ds, delta, steps=1, lr=0.1, loss="l2")
     with pytest.raises(ValueError, match="operator has shape"):
         kernel_flow(ds, DenseOperator(np.eye(3)), steps=1, lr=0.1)
+
+
+def test_local_limit_of_the_cosine_net_kernel(quintic_chart):
+    """(2.14, 2.31): as the width sigma = sqrt(d)/sigma_w of the cosine-net NTK (a Gaussian in
+    feature space, 2.35) shrinks, the frozen flow tends to the pointwise flow (identity kernel).
+    The kernel is scaled to 1 on the diagonal (amplitude sqrt 2), i.e. Omega(x) = 1."""
+    from mfarray.kernels import cosine_ntk
+
+    ds = quintic_chart.isel(point=slice(0, 300))
+    kw = dict(steps=20, lr=0.02, loss="sigma_squared")
+    local = kernel_flow(ds, DenseOperator(np.eye(300)), **kw).g_train.values
+    errors = []
+    for width in (0.3, 0.1, 0.03):
+        kern = functools.partial(cosine_ntk, sigma_w=np.sqrt(10) / width, amplitude=np.sqrt(2))
+        g = kernel_flow(ds, kern, **kw).g_train.values
+        errors.append(np.abs(g - local).max())
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-3 * errors[0]
