@@ -123,7 +123,7 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
     g = np.array(backend.to_numpy(train["g_fs"].data if g0 is None else g0), dtype=np.complex128)
     if not np.all(positive_definite(g)):
         raise ValueError("g0 must be finite and positive definite at every train point")
-    loss_fn = _resolve_loss(loss)
+    loss_fn = resolve_loss(loss)
     data = losses.make_loss_data(train, g, target=target)
     if loss_fn.name == "mse" and data.target is None:
         raise ValueError("loss='mse' needs target metrics: pass target=(N, k, k)")
@@ -193,7 +193,8 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
                    gt0 if test is not None else None)
 
 
-def _resolve_loss(loss):
+def resolve_loss(loss):
+    """A loss object from a name ("sigma", "sigma_dynamic", "sigma_squared", "mse") or itself."""
     if loss == "sigma":
         return losses.sigma_loss()
     if loss == "sigma_dynamic":
