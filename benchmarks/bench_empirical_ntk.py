@@ -24,15 +24,9 @@ from mfarray.kernels.empirical import empirical_ntk
 
 
 def machine_info():
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from machine import cpu_model
+
+    model = cpu_model()
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     blas = "?"
     try:

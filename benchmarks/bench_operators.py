@@ -47,15 +47,7 @@ def gaussian(x, y, s=1.0):
     return np.exp(d2, out=d2)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def mem_available_gb() -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -26,15 +25,7 @@ import numpy as np
 from mfarray.kernels.relu import relu_ntk
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model as _cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def _best(f, repeat):

@@ -243,15 +243,9 @@ def run_worker(kind, n=0, chunk=0, repeats=1):
 def machine_info():
     import numpy as np
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from machine import cpu_model
+
+    cpu = cpu_model()
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:

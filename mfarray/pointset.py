@@ -86,8 +86,6 @@ def points_from_z(surface: Hypersurface, z, *, tol: float | None = 1e-8, singula
         raise TypeError(f"surface must be an mfarray.Hypersurface; got {type(surface).__name__}")
     surface.require_dimension("points_from_z")
     if backend.is_dask(z):
-        import dask.array as da
-
         z = z.astype(np.complex128).rechunk({1: -1})
     else:
         z = np.asarray(z) if not backend.is_cupy(z) else z

@@ -48,6 +48,8 @@ from typing import Any, Protocol, runtime_checkable
 import array_api_compat
 import numpy as np
 
+from .. import backend
+
 __all__ = [
     "KernelOperator",
     "DenseOperator",
@@ -74,20 +76,9 @@ class KernelOperator(Protocol):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _is_dask(x) -> bool:
-    return type(x).__module__.startswith("dask.")
-
-
-def _is_cupy(x) -> bool:
-    return array_api_compat.is_cupy_array(x)
-
-
-def _to_numpy(x):
-    if _is_dask(x):
-        x = x.compute()
-    if _is_cupy(x):
-        return x.get()
-    return np.asarray(x)
+_is_dask = backend.is_dask
+_is_cupy = backend.is_cupy
+_to_numpy = backend.to_numpy
 
 
 def _check_points(x, name: str):
