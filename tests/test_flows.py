@@ -158,3 +158,24 @@ def test_local_limit_of_the_cosine_net_kernel(quintic_chart):
         errors.append(np.abs(g - local).max())
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-3 * errors[0]
+
+
+def test_normalised_updates_and_dual_side_clipping(quintic_chart):
+    """normalize: the largest per-point change of g is exactly lr; clip: dl/dg is clipped per point
+    before the kernel acts, so the test prediction stays the exact dual formula."""
+    ds = quintic_chart
+    train, test = ds.isel(point=slice(0, 200)), ds.isel(point=slice(200, 240))
+    kern = functools.partial(gaussian_fs, sigma=0.05, squared=True)
+    r = kernel_flow(train, kern, steps=1, lr=1e-3, normalize=True)
+    change = np.sqrt(np.sum(np.abs(r.g_train.values - train.g_fs.values) ** 2, axis=(1, 2)))
+    assert change.max() == pytest.approx(1e-3, rel=1e-12)
+    data = losses.make_loss_data(train)
+    G = losses.sigma_loss().gradient(train.g_fs.values, data)
+    norms = np.sqrt(np.sum(np.abs(G) ** 2, axis=(1, 2)))
+    clip = float(np.median(norms))
+    r = kernel_flow(train, kern, steps=1, lr=1e-3, clip=clip, test=test)
+    Gc = G * np.minimum(1, clip / norms)[:, None, None]
+    assert np.allclose(r.dual.values, 1e-3 * Gc, rtol=1e-12)
+    K_test = gaussian_fs(test.z.values, train.z.values, sigma=0.05, squared=True)
+    expected = test.g_fs.values - np.einsum("ij,jab->iab", K_test, r.dual.values)
+    assert np.allclose(r.g_test.values, expected, rtol=1e-12, atol=1e-15)
