@@ -64,7 +64,7 @@ from .. import backend, losses
 from .. import networks as nw
 from ..kernels.empirical import empirical_ntk
 from ..kernels.features import patch_features
-from .frozen import resolve_loss, _sigma_or_nan, _single_chart
+from .frozen import resolve_loss, sigma_or_nan, single_chart
 from .guard import FlowError, positive_definite
 
 __all__ = [
@@ -251,7 +251,7 @@ def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float, lo
         raise ValueError(f"lr must be a positive finite learning rate; got {lr!r}")
     if not isinstance(record_every, (int, np.integer)) or record_every < 1:
         raise ValueError(f"record_every must be a positive integer; got {record_every!r}")
-    _single_chart(train, test)
+    single_chart(train, test)
     params0 = _as_tree(config, params)
     nw._check_params(config, params0)
     params0 = tuple((np.array(W, dtype=np.float64), np.array(b, dtype=np.float64)) for W, b in params0)
@@ -283,11 +283,11 @@ def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float, lo
     def record(step, g, theta, rate, rejected):
         history["step"].append(step)
         history["loss"].append(losses.total(loss_fn, g, data))
-        history["sigma_train"].append(_sigma_or_nan(train, g))
+        history["sigma_train"].append(sigma_or_nan(train, g))
         history["lr"].append(rate)
         history["rejected"].append(rejected)
         if test is not None:
-            history["sigma_test"].append(_sigma_or_nan(test, test_model.metric(theta)))
+            history["sigma_test"].append(sigma_or_nan(test, test_model.metric(theta)))
 
     record(0, g, theta, 0.0, 0)
     rate = float(lr)

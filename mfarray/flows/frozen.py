@@ -62,7 +62,7 @@ class StepControl:
             raise ValueError(f"grow must be >= 1; got {self.grow!r}")
 
 
-def _single_chart(*datasets):
+def single_chart(*datasets):
     charts = set()
     for ds in datasets:
         if ds is None:
@@ -119,7 +119,7 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
         raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
     control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip,
                           max_halvings=max_halvings)
-    _single_chart(train, test)
+    single_chart(train, test)
     g = np.array(backend.to_numpy(train["g_fs"].data if g0 is None else g0), dtype=np.complex128)
     if not np.all(positive_definite(g)):
         raise ValueError("g0 must be finite and positive definite at every train point")
@@ -149,7 +149,7 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
         history["rejected"].append(rejected)
         if test is not None:
             if step % test_every == 0 or step == steps:
-                history["sigma_test"].append(_sigma_or_nan(test, gt0 - K_test.matvec(dual)))
+                history["sigma_test"].append(sigma_or_nan(test, gt0 - K_test.matvec(dual)))
             else:
                 history["sigma_test"].append(np.nan)
 
@@ -208,7 +208,7 @@ def resolve_loss(loss):
     raise ValueError(f"loss must be 'sigma', 'sigma_dynamic', 'sigma_squared' or a loss object with value/gradient; got {loss!r}")
 
 
-def _sigma_or_nan(ds, g):
+def sigma_or_nan(ds, g):
     try:
         return sigma_measure(ds, g)
     except ValueError:
