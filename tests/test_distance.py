@@ -20,7 +20,14 @@ from scipy.stats import unitary_group
 
 import mfarray
 import mfarray.geometry.distance as distmod
-from mfarray.geometry.distance import fs_distance, fs_distance_block, nearest, unit_vectors
+from mfarray.geometry.distance import (
+    NEAR_RADIUS,
+    fs_distance,
+    fs_distance_block,
+    fs_distance_block_gemm,
+    nearest,
+    unit_vectors,
+)
 
 HALF_PI = np.pi / 2
 ABS_TOL = 1e-15  # required absolute accuracy against the exact distance of the stored vectors
@@ -456,6 +463,113 @@ def test_dask_accuracy_near_duplicates(acc_data):
 
 
 # ---------------------------------------------------------------------------------------------
+# the GEMM tile (fs_distance_block_gemm, fs_distance(method="gemm"))
+# ---------------------------------------------------------------------------------------------
+
+EPS = 2.0**-53  # unit roundoff
+# entries at d >= NEAR_RADIUS: the GEMM rounding of <u, v> in C^5 (<= 2 m eps for unit vectors)
+# amplified by 1 / sin d <= 1 / sin(NEAR_RADIUS), plus one ulp of arccos (d < 2: <= 2^-52);
+# entries at d < NEAR_RADIUS are the sine form's few ulps, well inside
+GEMM_TOL = 2 * 5 * EPS / math.sin(NEAR_RADIUS) + 2.0**-52
+
+
+@pytest.fixture(scope="module")
+def gemm_data():
+    """Points z1, z2 (n, 5) and the exact distance of every pair of z1 x z2 (mpf, (n, n)).
+
+    The diagonal holds the P^4 accuracy pairs (prescribed distances 1e-12 .. pi/2, orthogonal,
+    equal and proportional points), pairs straddling NEAR_RADIUS and basis vectors e_k against
+    e_{4-k} (orthogonal, or equal up to a phase); off the diagonal are generic pairs.
+    """
+    rng = np.random.default_rng(77)
+    pairs = [(a, b) for _, a, b in ACC_PAIRS if a.shape[0] == 5]
+    pairs += [pair_at(rng, 5, t, "rotate") for t in (0.45, 0.49, 0.4999, 0.5001, 0.51, 0.6)]
+    e = np.eye(5, dtype=complex)
+    pairs += [(e[k], (1 - 2j) * e[4 - k]) for k in range(5)]
+    z1 = np.array([a for a, _ in pairs])
+    z2 = np.array([b for _, b in pairs])
+    ref = np.array([[exact_fs(a, b) for b in z2] for a in z1], dtype=object)
+    return z1, z2, ref
+
+
+def _abs_errors_matrix(D, ref):
+    return np.array([[float(abs(mpmath.mpf(float(g)) - r)) for g, r in zip(*row)]
+                     for row in zip(D, ref)])
+
+
+def test_gemm_tile_accuracy_vs_mpmath(gemm_data):
+    z1, z2, ref = gemm_data
+    u, v = unit_vectors(z1), unit_vectors(z2)
+    D = fs_distance_block_gemm(u, v)
+    assert D.shape == ref.shape and D.dtype == np.float64
+    assert D.min() >= 0.0 and D.max() <= HALF_PI
+    assert _abs_errors_matrix(D, ref).max() <= GEMM_TOL
+    # the near entries come from the sine form: bit-identical to the entrywise tile, and every
+    # pair well inside NEAR_RADIUS is one of them (equal points: exactly zero)
+    near = D < NEAR_RADIUS
+    assert np.all(near[ref.astype(float) < 0.49])
+    np.testing.assert_array_equal(D[near], fs_distance_block(u, v)[near])
+    same = np.all(z1 == z2, axis=1)
+    assert same.any() and np.all(np.diag(D)[same] == 0.0)
+    assert np.all(np.diag(fs_distance_block_gemm(u, u)) == 0.0)
+    # without the sine path (near=0) the arccos misses the bound by orders of magnitude
+    D0 = fs_distance_block_gemm(u, v, near=0.0)
+    assert _abs_errors_matrix(D0, ref).max() > 1e3 * GEMM_TOL
+
+
+@pytest.mark.parametrize("lam", [2 - 3j, 1e150, 1e-150, 1e150j, (1 - 1j) * 1e-150])
+def test_gemm_projective_invariance(gemm_data, lam):
+    z1, z2, _ = gemm_data
+    D = fs_distance(z1, z2, method="gemm")
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        scaled = [(lam * z1, z2), (z1, lam * z2)]
+        for a, b in scaled:
+            Ds = fs_distance(a, b, method="gemm")
+            # both within GEMM_TOL of exact distances that differ only by the rounding of lam z
+            np.testing.assert_allclose(Ds, D, rtol=0, atol=2 * GEMM_TOL)
+            exact = [exact_fs(x, y) for x, y in zip(a, b)]
+            err = max(abs(mpmath.mpf(float(g)) - r) for g, r in zip(np.diag(Ds), exact))
+            assert err <= GEMM_TOL
+
+
+def test_gemm_dask_and_row_blocks_agree_with_in_memory(gemm_data, monkeypatch):
+    z1, z2, _ = gemm_data
+    one = fs_distance(z1, z2, method="gemm")
+    calls = []
+    orig = distmod.fs_distance_block_gemm
+
+    def spy(u, v):
+        calls.append((u.shape[0], v.shape[0]))
+        return orig(u, v)
+
+    monkeypatch.setattr(distmod, "fs_distance_block_gemm", spy)
+    lazy = fs_distance(da.from_array(z1, chunks=(20, 2)), da.from_array(z2, chunks=(25, 5)),
+                       method="gemm")
+    assert isinstance(lazy, da.Array) and lazy.numblocks[0] > 1 and lazy.numblocks[1] > 1
+    n_blocks = lazy.numblocks[0] * lazy.numblocks[1]
+    calls.clear()  # Dask's call on empty blocks to infer the meta
+    lazy = lazy.compute(scheduler="synchronous")
+    assert len(calls) == n_blocks and all(r <= 20 and c <= 25 for r, c in calls)
+    calls.clear()
+    blocked = fs_distance(z1, z2, method="gemm", block_elements=200)  # 2 rows per block
+    assert len(calls) > 1 and all(r * c <= 200 for r, c in calls)
+    for got in (lazy, blocked):
+        # each entry within GEMM_TOL of the exact distance; the sine-form entries bit-identical
+        np.testing.assert_allclose(got, one, rtol=0, atol=2 * GEMM_TOL)
+        near = (got < NEAR_RADIUS) & (one < NEAR_RADIUS)
+        np.testing.assert_array_equal(got[near], one[near])
+
+
+@pytest.mark.parametrize("method", ["entrywise", "gemm"])
+def test_empty_inputs(method):
+    z = random_points(np.random.default_rng(8), 4, 5)
+    empty = np.zeros((0, 5), complex)
+    assert fs_distance(empty, z, method=method).shape == (0, 4)
+    assert fs_distance(z, empty, method=method).shape == (4, 0)
+    assert fs_distance(empty, method=method).shape == (0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
 # nearest
 # ---------------------------------------------------------------------------------------------
 
@@ -605,6 +719,14 @@ def test_wrong_ndim_raises(bad):
         nearest(bad, GOOD)
     with pytest.raises(ValueError, match="shape"):
         nearest(GOOD, bad)
+
+
+def test_bad_method_raises():
+    for bad in ("blas", "GEMM", None):
+        with pytest.raises(ValueError, match="method"):
+            fs_distance(GOOD, method=bad)
+        with pytest.raises(ValueError, match="method"):
+            fs_distance(da.from_array(GOOD), method=bad)
 
 
 def test_too_few_coordinates_raises():

@@ -1,10 +1,13 @@
 """Kernels on FS distance (Gaussian 3.5, Delta), the rescaling trick (2.16) and features."""
 
+import math
+
 import dask.array as da
 import numpy as np
 import pytest
 
 import mfarray as mf
+from mfarray.geometry.distance import NEAR_RADIUS
 from mfarray.kernels.features import patch_features
 from mfarray.kernels.fs import delta, gaussian_fs, nearest_index
 from mfarray.kernels.rescale import det_metric_rescaling, rescaled
@@ -15,22 +18,79 @@ def z(quintic_points):
     return quintic_points.z.values[:400]
 
 
+EPS = 2.0**-53  # unit roundoff
+# absolute distance accuracy of method="gemm" (GEMM rounding of <u, v> in C^5, 2 m eps, amplified
+# by 1 / sin d <= 1 / sin(NEAR_RADIUS), plus one ulp of arccos) and of "entrywise" (the bound
+# required in tests/test_distance.py)
+GEMM_TOL = 2 * 5 * EPS / math.sin(NEAR_RADIUS) + 2.0**-52
+ENTRYWISE_TOL = 1e-15
+
+
+def kernel_tol(sigma, squared, dist_err):
+    """Bound on |K - K'| for two evaluations whose distances differ by at most dist_err.
+
+    |dK/dd| <= 1 / (2 sigma) for exp(-d / (2 sigma)) and <= 1 / (sigma sqrt(e)) for
+    exp(-d^2 / (2 sigma^2)) (its maximum, at d = sigma); each evaluation adds the rounding of the
+    exponent x (2 eps |x| K <= 2 eps / e) and of exp (a few ulps of K <= 1): 5 eps, twice.
+    """
+    lipschitz = 1 / (sigma * math.sqrt(math.e)) if squared else 1 / (2 * sigma)
+    return lipschitz * dist_err + 2 * 5 * EPS
+
+
 def test_gaussian_fs_is_eq_3_5_and_its_heat_kernel_variant(z):
-    d = mf.fs_distance(z, z)
-    assert np.allclose(gaussian_fs(z, z, sigma=0.3), np.exp(-d / 0.6), rtol=1e-14)
-    assert np.allclose(gaussian_fs(z, z, sigma=0.3, squared=True), np.exp(-d**2 / 0.18), rtol=1e-14)
+    d = mf.fs_distance(z, z)  # entrywise: the exact distances to a few ulps
+    tol = GEMM_TOL + ENTRYWISE_TOL
+    k = gaussian_fs(z, z, sigma=0.3)
+    np.testing.assert_allclose(k, np.exp(-d / 0.6), rtol=0, atol=kernel_tol(0.3, False, tol))
+    k = gaussian_fs(z, z, sigma=0.3, squared=True)
+    np.testing.assert_allclose(k, np.exp(-d**2 / 0.18), rtol=0, atol=kernel_tol(0.3, True, tol))
     k = gaussian_fs(z, z, sigma=30.0)  # Table 1
-    assert np.all(np.isfinite(k)) and np.allclose(k, k.T) and np.all(np.diag(k) == 1.0)
-    # projective invariance of the inputs
+    assert np.all(np.isfinite(k)) and np.all(np.diag(k) == 1.0)
+    np.testing.assert_allclose(k, k.T, rtol=0, atol=kernel_tol(30.0, False, 2 * GEMM_TOL))
+    # projective invariance of the inputs: both within GEMM_TOL of the exact distances
     lam = np.exp(1j * np.arange(len(z)))[:, None] * 3.0
-    assert np.allclose(gaussian_fs(lam * z, z, sigma=0.3), gaussian_fs(z, z, sigma=0.3), rtol=1e-13)
+    np.testing.assert_allclose(gaussian_fs(lam * z, z, sigma=0.3), gaussian_fs(z, z, sigma=0.3),
+                               rtol=0, atol=kernel_tol(0.3, False, 2 * GEMM_TOL))
+
+
+@pytest.fixture(scope="module")
+def z_near(z):
+    """The quintic points plus near-duplicates of some of them (distances ~1e-9 .. 1e-3)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(60, 5)) + 1j * rng.normal(size=(60, 5))
+    eps = 10.0 ** rng.uniform(-9, -3, size=(60, 1))
+    return np.concatenate([z, z[:60] + eps * np.abs(z[:60]).max() * w])
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("sigma", [0.01, 0.1, 1.0])
+def test_gaussian_fs_gemm_agrees_with_entrywise(z_near, sigma, squared):
+    z1, z2 = z_near[:250], z_near
+    fast = gaussian_fs(z1, z2, sigma=sigma, squared=squared)
+    slow = gaussian_fs(z1, z2, sigma=sigma, squared=squared, method="entrywise")
+    assert fast.shape == (250, len(z2)) and fast.dtype == np.float64
+    np.testing.assert_allclose(fast, slow, rtol=0,
+                               atol=kernel_tol(sigma, squared, GEMM_TOL + ENTRYWISE_TOL))
+    # K(z, z): identical points are exactly at distance 0 (through the sine form), symmetric
+    # up to the GEMM error of each entry
+    K = gaussian_fs(z_near, z_near, sigma=sigma, squared=squared)
+    assert np.all(np.diag(K) == 1.0)
+    np.testing.assert_allclose(K, K.T, rtol=0, atol=kernel_tol(sigma, squared, 2 * GEMM_TOL))
+
+
+def test_gaussian_fs_bad_method(z):
+    with pytest.raises(ValueError, match="method"):
+        gaussian_fs(z, z, sigma=0.1, method="blas")
 
 
 def test_gaussian_fs_lazy_equals_in_memory(z):
     zd = da.from_array(z, chunks=(150, 5))
     lazy = gaussian_fs(zd, zd, sigma=0.2, squared=True)
     assert isinstance(lazy, da.Array)
-    assert np.allclose(lazy.compute(), gaussian_fs(z, z, sigma=0.2, squared=True), rtol=1e-14)
+    # GEMM tiles of other shapes: each entry within GEMM_TOL of the exact distance
+    np.testing.assert_allclose(lazy.compute(), gaussian_fs(z, z, sigma=0.2, squared=True),
+                               rtol=0, atol=kernel_tol(0.2, True, 2 * GEMM_TOL))
+    assert gaussian_fs.input_kind == "points"
 
 
 @pytest.mark.parametrize("squared", [False, True])
