@@ -397,20 +397,25 @@ def test_public_exports():
 # ---------------------------------------------------------------------------------------------
 
 
+def spy_on(monkeypatch, name):
+    """Replace distance.<name>(u, v) by a wrapper that records the block shapes it gets."""
+    calls, orig = [], getattr(distmod, name)
+
+    def spy(u, v):
+        calls.append((u.shape[0], v.shape[0]))
+        return orig(u, v)
+
+    monkeypatch.setattr(distmod, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize("m", [2, 5])
 def test_row_blocks_equal_one_block(m, monkeypatch):
     rng = np.random.default_rng(21)
     z1 = random_points(rng, 37, m)
     z2 = random_points(rng, 23, m)
     one = fs_distance(z1, z2)
-    seen = []
-    orig = distmod.fs_distance_block
-
-    def spy(u, v):
-        seen.append((u.shape[0], v.shape[0]))
-        return orig(u, v)
-
-    monkeypatch.setattr(distmod, "fs_distance_block", spy)
+    seen = spy_on(monkeypatch, "fs_distance_block")
     blocked = fs_distance(z1, z2, block_elements=50)  # 2 rows of 23 per block
     assert len(seen) >= 10
     assert all(r * c <= 50 for r, c in seen)
@@ -535,14 +540,7 @@ def test_gemm_projective_invariance(gemm_data, lam):
 def test_gemm_dask_and_row_blocks_agree_with_in_memory(gemm_data, monkeypatch):
     z1, z2, _ = gemm_data
     one = fs_distance(z1, z2, method="gemm")
-    calls = []
-    orig = distmod.fs_distance_block_gemm
-
-    def spy(u, v):
-        calls.append((u.shape[0], v.shape[0]))
-        return orig(u, v)
-
-    monkeypatch.setattr(distmod, "fs_distance_block_gemm", spy)
+    calls = spy_on(monkeypatch, "fs_distance_block_gemm")
     lazy = fs_distance(da.from_array(z1, chunks=(20, 2)), da.from_array(z2, chunks=(25, 5)),
                        method="gemm")
     assert isinstance(lazy, da.Array) and lazy.numblocks[0] > 1 and lazy.numblocks[1] > 1
@@ -622,25 +620,15 @@ def test_nearest_never_forms_full_matrix(monkeypatch):
     rng = np.random.default_rng(5)
     zr = random_points(rng, 200, 3)
     zq = random_points(rng, 50, 3)
-    seen = []
-    orig = distmod.fs_distance_block
-
-    def spy(u, v):
-        seen.append((u.shape[0], v.shape[0]))
-        return orig(u, v)
-
-    monkeypatch.setattr(distmod, "fs_distance_block", spy)
+    seen = spy_on(monkeypatch, "fs_distance_block")
     idx, dist = nearest(zq, zr, block_elements=100)
     assert seen and all(r * c <= 100 or c == 1 for r, c in seen)
     assert all(c < 200 for _, c in seen)
-    monkeypatch.setattr(distmod, "fs_distance_block", orig)
     _check_nearest(idx, dist, zq, zr)
     seen.clear()
-    monkeypatch.setattr(distmod, "fs_distance_block", spy)
     di, dd = nearest(da.from_array(zq, chunks=(10, 3)), zr, block_elements=100)
     di, dd = da.compute(di, dd, scheduler="synchronous")
     assert seen and all(r * c <= 100 for r, c in seen)
-    monkeypatch.setattr(distmod, "fs_distance_block", orig)
     _check_nearest(di, dd, zq, zr)
 
 
