@@ -179,3 +179,26 @@ def test_normalised_updates_and_dual_side_clipping(quintic_chart):
     K_test = gaussian_fs(test.z.values, train.z.values, sigma=0.05, squared=True)
     expected = test.g_fs.values - np.einsum("ij,jab->iab", K_test, r.dual.values)
     assert np.allclose(r.g_test.values, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_positivity_guard_agrees_with_eigenvalues(k):
+    from mfarray.flows import positive_definite
+
+    rng = np.random.default_rng(k)
+    n = 4000
+    q, _ = np.linalg.qr(rng.standard_normal((n, k, k)) + 1j * rng.standard_normal((n, k, k)))
+    lam = rng.uniform(-1, 1, (n, k)) * 10.0 ** rng.uniform(-6, 3, (n, 1))
+    lam[np.abs(lam) < 1e-9] = 1e-9  # keep every sign well above rounding
+    g = np.einsum("nab,nb,ncb->nac", q, lam, q.conj())
+    want = lam.min(axis=1) > 0
+    assert 0.05 < want.mean() < 0.95 or k == 1
+    assert np.array_equal(positive_definite(g), want)
+    g[::7, 0, k - 1] = np.nan
+    assert not positive_definite(g)[::7].any()
+    # condition number 1e10, as for chart metrics far from their patch (cofactor minors fail)
+    lam = 10.0 ** rng.uniform(-2, 0, (n, k))
+    lam[:, 0] = 1e8
+    g = np.einsum("nab,nb,ncb->nac", q, lam, q.conj())
+    assert positive_definite(g).all() and positive_definite(1e-300 * g).all()
+    assert positive_definite(1e300 * g).all()

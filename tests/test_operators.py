@@ -434,6 +434,12 @@ def test_bad_input_names_the_argument(points, tmp_path):
         as_operator(gaussian)
     with pytest.raises(ValueError, match="shape"):
         as_operator(DenseOperator(np.ones((3, 3))), x_out, x_in)
+    with pytest.raises(ValueError, match="symmetric"):
+        BlockwiseOperator(gaussian, x_out, x_in, symmetric=True)
+    with pytest.raises(ValueError, match="workers"):
+        BlockwiseOperator(gaussian, x_out, x_in, workers=0)
+    with pytest.raises(ValueError, match="cache_bytes"):
+        BlockwiseOperator(gaussian, x_out, x_in, cache_bytes=-1)
 
 
 # ------------------------------------------------------------------ CuPy
@@ -459,3 +465,94 @@ def test_cupy_matches_numpy(points, zarr_stores):
         out = op.matvec(vg)
         assert isinstance(out, cp.ndarray)
         assert rel_err(out.get(), ref) < 1e-12
+
+
+# ------------------------------------------------------------------ symmetric tiles, threads, cache
+
+
+def test_symmetric_blockwise_computes_each_upper_tile_once(points):
+    x = points[0]
+    nb = -(-N_OUT // BLOCK)
+    K = gaussian(x, x)
+    for kind in ("real", "complex"):
+        rec = Recorder(limit=BLOCK)
+        op = BlockwiseOperator(rec, x, x, block=BLOCK)  # x_out is x_in: symmetric
+        assert op.symmetric and op.T is op
+        v = make_v(kind, N_OUT)
+        out = op.matvec(v)
+        assert rec.calls == nb * (nb + 1) // 2
+        assert rel_err(out, np.einsum("ab,b...->a...", K, v)) < 1e-14
+    full = BlockwiseOperator(gaussian, x, x, block=BLOCK).to_dense()
+    assert np.array_equal(full, full.T) and rel_err(full, K) < 1e-14
+
+
+def test_symmetric_false_for_a_kernel_that_is_not(points):
+    x = points[0]
+    w = np.arange(1, D + 1.0)
+
+    def skew(a, b):  # k(a, b) = exp(a.w) * gaussian(a, b): not symmetric
+        return np.exp(a @ w / 10)[:, None] * gaussian(a, b)
+
+    K = skew(x, x)
+    v = make_v("real", N_OUT)
+    op = BlockwiseOperator(skew, x, x, block=BLOCK, symmetric=False)
+    assert rel_err(op.matvec(v), K @ v) < 1e-14
+    assert rel_err(op.T.matvec(v), K.T @ v) < 1e-14
+    assert rel_err(op.to_dense(), K) < 1e-14
+
+
+def test_threads_agree_with_one_thread(points):
+    x_out, x_in = points
+    v = make_v("complex", N_IN)
+    one = BlockwiseOperator(gaussian, x_out, x_in, block=BLOCK, workers=1).matvec(v)
+    for workers in (2, 3, 7):
+        many = BlockwiseOperator(gaussian, x_out, x_in, block=BLOCK, workers=workers).matvec(v)
+        assert rel_err(many, one) < 1e-15
+
+
+def test_tile_cache_reuses_tiles_within_its_budget(points):
+    x_out, x_in = points
+    nrow, ncol = -(-N_OUT // BLOCK), -(-N_IN // BLOCK)
+    v = make_v("real", N_IN)
+    ref = gaussian(x_out, x_in) @ v
+    rec = Recorder()
+    op = BlockwiseOperator(rec, x_out, x_in, block=BLOCK, cache_bytes=1 << 30)
+    a = op.matvec(v)
+    assert rec.calls == nrow * ncol
+    b = op.matvec(v)
+    assert rec.calls == nrow * ncol  # everything came from the cache
+    assert np.array_equal(a, b) and rel_err(a, ref) < 1e-14
+    two_tiles = 2 * BLOCK * BLOCK * 8
+    rec = Recorder()
+    op = BlockwiseOperator(rec, x_out, x_in, block=BLOCK, cache_bytes=two_tiles, workers=1)
+    op.matvec(v)
+    op.matvec(v)
+    assert rec.calls == 2 * nrow * ncol - 2  # two full tiles fit, the rest are recomputed
+    assert op._cache.used <= two_tiles
+
+
+def test_dense_symmetric_flag_and_tiled_build(points):
+    x = points[0]
+    K = gaussian(x, x)
+    v = make_v("complex", N_OUT)
+    op = as_operator(gaussian, x, x, method="dense", block=BLOCK)
+    assert isinstance(op, DenseOperator) and op.symmetric and op.T is op
+    assert rel_err(op.to_dense(), K) < 1e-14
+    assert rel_err(op.matvec(v), np.einsum("ab,b...->a...", K, v)) < 1e-14
+    assert not as_operator(gaussian, x, points[1], method="dense").symmetric
+    with pytest.raises(ValueError, match="symmetric"):
+        DenseOperator(np.ones((3, 4)), symmetric=True)
+
+
+def test_set_dependent_kernels_are_never_tiled(points):
+    from mfarray.kernels import delta
+
+    rng = np.random.default_rng(0)
+    z_train = rng.standard_normal((150, 3)) + 1j * rng.standard_normal((150, 3))
+    z_test = rng.standard_normal((40, 3)) + 1j * rng.standard_normal((40, 3))
+    K = as_operator(delta, z_test, z_train, method="dense", block=16).to_dense()
+    assert np.array_equal(K, delta(z_test, z_train))  # tiles would pick a neighbour per tile
+    with pytest.raises(ValueError, match="pairwise"):
+        BlockwiseOperator(delta, z_test, z_train)
+    with pytest.raises(ValueError, match="pairwise"):
+        as_operator(delta, z_test, z_train, method="zarr", path="unused.zarr")

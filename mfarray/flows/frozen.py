@@ -26,7 +26,7 @@ import xarray as xr
 
 from .. import backend, losses
 from ..kernels.features import patch_features
-from ..kernels.operators import as_operator
+from ..kernels.operators import acts_componentwise, as_operator
 from ..pointset import sigma_measure
 from .guard import FlowError, positive_definite
 
@@ -149,7 +149,7 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
         history["rejected"].append(rejected)
         if test is not None:
             if step % test_every == 0 or step == steps:
-                history["sigma_test"].append(sigma_or_nan(test, gt0 - K_test.matvec(dual)))
+                history["sigma_test"].append(sigma_or_nan(test, gt0 - metric_matvec(K_test, dual)))
             else:
                 history["sigma_test"].append(np.nan)
 
@@ -160,7 +160,7 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
         if control.clip is not None:
             norm = _frob(grad)
             grad = grad * np.minimum(1.0, control.clip / np.where(norm > 0, norm, 1.0))[:, None, None]
-        update = K.matvec(grad)
+        update = metric_matvec(K, grad)
         scale = 1.0
         if control.normalize:
             biggest = float(np.max(_frob(update)))
@@ -189,8 +189,22 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
         current = history["loss"][-1]
         if control.adaptive:
             rate = min(rate * control.grow, control.lr_max)
-    return _result(train, test, g, dual, history, K_test.matvec(dual) if test is not None else None,
+    return _result(train, test, g, dual, history, metric_matvec(K_test, dual) if test is not None else None,
                    gt0 if test is not None else None)
+
+
+def metric_matvec(K, G):
+    """``Theta . G`` for Hermitian metrics G (N, k, k) -> (N, k, k).
+
+    A scalar (Kronecker, eq. 2.23) real kernel acts on each component alike, so it is applied
+    to the k^2 real coordinates of G (:func:`losses.hermitian_to_real`, an isometry) rather
+    than to its 2 k^2 real and imaginary parts: half the mat-vec columns, and an exactly
+    Hermitian result.  Other operators get G itself."""
+    if acts_componentwise(K):
+        r = K.matvec(losses.hermitian_to_real(G))
+        if not np.iscomplexobj(r):
+            return losses.real_to_hermitian(r, G.shape[-1])
+    return K.matvec(G)
 
 
 def resolve_loss(loss):

@@ -37,11 +37,12 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
@@ -57,6 +58,7 @@ __all__ = [
     "ZarrOperator",
     "FactoredOperator",
     "as_operator",
+    "acts_componentwise",
 ]
 
 _ATTR_META = "mfarray_kernel_operator"
@@ -134,20 +136,24 @@ def _unflatten(out, n_out: int, trailing):
     return out.reshape((n_out, *trailing))
 
 
-def _apply_block(K, v2):
-    """``K @ v2`` where a real K meets a complex v2 without complexifying K (one real GEMM
-    on ``[Re v | Im v]``); the real dtype is the promotion of K's and v's."""
+def _apply_block(K, v2, transpose: bool = False):
+    """``K @ v2`` (or ``K.T @ v2``), shape ``(n_out, m)``.
+
+    Computed as ``(v2.T @ K.T).T``: for a skinny v2 (m ~ 9-18 columns) OpenBLAS streams a
+    large K 1.3-1.5x faster in this orientation than ``K @ v2`` (benchmarks/RESULTS.md).  A
+    real K meeting a complex v2 is not complexified: one real product on ``[Re v | Im v]``;
+    the real dtype is the promotion of K's and v's.
+    """
     xp = array_api_compat.array_namespace(K, v2)
-    kc = _is_complex_dtype(K.dtype)
-    vc = _is_complex_dtype(v2.dtype)
-    if vc and not kc:
+    Kt = K if transpose else K.T  # the product below is v2.T @ Kt
+    if _is_complex_dtype(v2.dtype) and not _is_complex_dtype(K.dtype):
         m = v2.shape[1]
-        w = xp.concat([xp.real(v2), xp.imag(v2)], axis=1)
-        dt = np.result_type(K.dtype, w.dtype)
-        r = xp.matmul(K.astype(dt, copy=False), w.astype(dt, copy=False))
-        return r[:, :m] + 1j * r[:, m:]
+        wt = xp.concat([xp.real(v2).T, xp.imag(v2).T], axis=0)
+        dt = np.result_type(K.dtype, wt.dtype)
+        r = xp.matmul(wt.astype(dt, copy=False), Kt.astype(dt, copy=False))
+        return (r[:m] + 1j * r[m:]).T
     dt = np.result_type(K.dtype, v2.dtype)
-    return xp.matmul(K.astype(dt, copy=False), v2.astype(dt, copy=False))
+    return xp.matmul(v2.T.astype(dt, copy=False), Kt.astype(dt, copy=False)).T
 
 
 def _result_dtype(*dtypes):
@@ -155,6 +161,23 @@ def _result_dtype(*dtypes):
     if dt.kind not in "fc":
         dt = np.result_type(dt, np.float64)
     return dt
+
+
+def _pairwise(kernel) -> bool:
+    """False for kernels whose k(x, x') depends on the whole point sets (the Delta kernel's
+    nearest neighbour): they cannot be evaluated tile by tile (attribute ``pairwise``)."""
+    while isinstance(kernel, partial):
+        kernel = kernel.func
+    return getattr(kernel, "pairwise", True)
+
+
+def _check_tileable(kernel):
+    if not _pairwise(kernel):
+        raise ValueError(
+            "this kernel is not pairwise (k(x, x') depends on the whole point sets, e.g. the Delta "
+            "kernel's nearest neighbour), so it cannot be computed in tiles: use method='dense', or "
+            "for large sets mfarray.kernels.nearest_index and a gather"
+        )
 
 
 def _kernel_block(kernel, a, b):
@@ -327,9 +350,14 @@ def _bounds(n: int, block: int):
 class DenseOperator:
     """An in-memory matrix: ``(n_out, n_in)`` scalar kernel (acting on every component,
     eq. 2.23) or ``(n_out, n_in, c, c)`` component-mixing metric-NTK blocks acting on v
-    whose trailing dims flatten to ``c``.  NumPy, CuPy or Dask (lazy result)."""
+    whose trailing dims flatten to ``c``.  NumPy, CuPy or Dask (lazy result).
+
+    symmetric : the caller's promise that the scalar matrix equals its transpose (a symmetric
+        kernel on one point set); the mat-vec then reads it in BLAS's faster orientation.
+    """
 
     matrix: Any
+    symmetric: bool = False
 
     def __post_init__(self):
         M = self.matrix
@@ -341,6 +369,8 @@ class DenseOperator:
             )
         if len(M.shape) == 4 and M.shape[2] != M.shape[3]:
             raise ValueError(f"matrix component blocks must be square (c, c); got {tuple(M.shape[2:])}")
+        if self.symmetric and (len(M.shape) != 2 or M.shape[0] != M.shape[1]):
+            raise ValueError(f"symmetric=True needs a square (n, n) matrix; got {tuple(M.shape)}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -359,7 +389,7 @@ class DenseOperator:
             if _is_dask(M):
                 out = _dask_matrix_matvec(M, v2)
             else:
-                out = _apply_block(M, v2)
+                out = _apply_block(M, v2, transpose=self.symmetric)  # M.T == M, read row-major
             return _unflatten(out, n_out, trailing)
         c = self.components
         if v2.shape[1] != c:
@@ -384,6 +414,8 @@ class DenseOperator:
     @property
     def T(self) -> DenseOperator:
         M = self.matrix
+        if self.symmetric:
+            return self
         return DenseOperator(M.T if len(M.shape) == 2 else M.transpose(1, 0, 3, 2))
 
     def transpose(self) -> DenseOperator:
@@ -403,24 +435,64 @@ class _Swapped:
         return self.kernel(b, a).T
 
 
+class _TileCache:
+    """Kernel tiles kept up to a byte budget (thread-safe insertion)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.tiles = budget, 0, {}
+        self._lock = threading.Lock()
+
+    def offer(self, key, K):
+        with self._lock:
+            if key not in self.tiles and self.used + K.nbytes <= self.budget:
+                self.tiles[key] = K
+                self.used += K.nbytes
+
+
 @dataclass(frozen=True, eq=False)
 class BlockwiseOperator:
     """``K[a, b] = kernel(x_out[a], x_in[b])``, computed in ``block x block`` tiles on
     demand and never held whole.  With NumPy/CuPy inputs :meth:`matvec` streams over the
     tiles; if any of ``x_out``, ``x_in``, ``v`` is a Dask array the result is a lazy Dask
     array, one task per tile (kernel tile + its product with v), tree-summed over column
-    tiles -- memory ~ block^2 per task."""
+    tiles -- memory ~ block^2 per task.
+
+    symmetric : the square operator of a symmetric kernel on one point set, k(x, x') =
+        k(x', x): only tiles on and above the diagonal are computed, each used for both
+        ``K_ab`` and ``K_ba = K_ab^T`` (half the kernel evaluations).  ``None`` (default)
+        means ``x_out is x_in``; pass False for a kernel that is not symmetric.
+    workers : threads over tiles for NumPy inputs (kernel evaluation and BLAS release the
+        GIL); None = all cores.  Each thread holds its own output accumulator.
+    cache_bytes : keep computed tiles up to this many bytes and reuse them in later
+        mat-vecs (a kernel cache, as in SVM solvers: the flow applies the same frozen kernel
+        every step).  0 (default) recomputes every tile every time; tiles beyond the budget
+        are recomputed.  The cache lives as long as the operator.
+    """
 
     kernel: Callable
     x_out: Any
     x_in: Any
     block: int = 2048
+    symmetric: bool | None = None
+    workers: int | None = None
+    cache_bytes: int = 0
+    _cache: _TileCache = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not callable(self.kernel):
             raise ValueError(f"kernel must be callable k(x1, x2) -> (n1, n2); got {type(self.kernel).__name__}")
+        _check_tileable(self.kernel)
         _check_pair(self.x_out, self.x_in)
         object.__setattr__(self, "block", _check_block(self.block))
+        if self.symmetric is None:
+            object.__setattr__(self, "symmetric", self.x_out is self.x_in)
+        if self.symmetric and self.x_out.shape[0] != self.x_in.shape[0]:
+            raise ValueError(f"symmetric=True needs a square operator; x_out, x_in give {self.shape}")
+        if self.workers is not None:
+            object.__setattr__(self, "workers", _check_block(self.workers, "workers"))
+        if isinstance(self.cache_bytes, bool) or not isinstance(self.cache_bytes, (int, np.integer)) or self.cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a non-negative integer (0: no cache); got {self.cache_bytes!r}")
+        object.__setattr__(self, "_cache", _TileCache(int(self.cache_bytes)))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -436,22 +508,65 @@ class BlockwiseOperator:
     def _col_blocks(self):
         return _bounds(self.shape[1], self.block)
 
+    def _tiles(self):
+        """(row bounds, column bounds) of the tiles a mat-vec visits."""
+        rb, cb = self._row_blocks(), self._col_blocks()
+        if self.symmetric:
+            return [(rb[i], rb[j]) for i in range(len(rb)) for j in range(i, len(rb))]
+        return [(r, c) for r in rb for c in cb]
+
+    def _tile(self, rows, cols):
+        key = (rows[0], cols[0])
+        K = self._cache.tiles.get(key)
+        if K is None:
+            K = _kernel_block(self.kernel, self.x_out[rows[0]:rows[1]], self.x_in[cols[0]:cols[1]])
+            self._cache.offer(key, K)
+        return K
+
+    def _each_tile(self, task, like):
+        """Run ``acc = task(rows, cols, acc)`` over every tile, on ``workers`` threads (one
+        for CuPy) pulling tiles from a shared queue; returns the threads' final ``acc``s."""
+        tiles = self._tiles()
+        workers = 1 if _is_cupy(like) else min(self.workers or os.cpu_count() or 1, len(tiles))
+        queue, lock = iter(tiles), threading.Lock()
+
+        def run():
+            acc = None
+            while True:
+                with lock:
+                    rows, cols = next(queue, (None, None))
+                if rows is None:
+                    return acc
+                acc = task(rows, cols, acc)
+
+        if workers == 1:
+            return [run()]
+        with ThreadPoolExecutor(workers) as pool:
+            return [f.result() for f in [pool.submit(run) for _ in range(workers)]]
+
     def matvec(self, v):
         n_out, n_in = self.shape
         v2, trailing = _flatten(v, n_in)
         if self.lazy or _is_dask(v2):
             out = _dask_kernel_matvec(self.kernel, self.x_out, self.x_in, v2, self.block)
             return _unflatten(out, n_out, trailing)
-        xo, xi = self.x_out, self.x_in
-        rows = []
-        for i0, i1 in self._row_blocks():
-            acc = None
-            for j0, j1 in self._col_blocks():
-                K = _kernel_block(self.kernel, xo[i0:i1], xi[j0:j1])
-                p = _apply_block(K, v2[j0:j1])
-                acc = p if acc is None else acc + p
-            rows.append(acc)
-        return _unflatten(_concat_rows(rows, v2), n_out, trailing)
+        xp = array_api_compat.array_namespace(v2)
+
+        def task(rows, cols, out):  # out: this thread's own accumulator (n_out, m)
+            K = self._tile(rows, cols)
+            p = _apply_block(K, v2[cols[0]:cols[1]])
+            if out is None:
+                out = xp.zeros((n_out, v2.shape[1]), dtype=p.dtype)
+            out[rows[0]:rows[1]] += p
+            if self.symmetric and rows != cols:
+                out[cols[0]:cols[1]] += _apply_block(K, v2[rows[0]:rows[1]], transpose=True)
+            return out
+
+        parts = [p for p in self._each_tile(task, v2) if p is not None]
+        out = parts[0]
+        for p in parts[1:]:
+            out += p
+        return _unflatten(out, n_out, trailing)
 
     def diagonal(self):
         """``k(x_out[a], x_in[a])`` from the diagonal tiles (cost ~ n * block)."""
@@ -483,17 +598,26 @@ class BlockwiseOperator:
                 _kernel_dense_block, "ij", xo, "id", xi, "jd", kernel=self.kernel, dtype=dtype,
                 concatenate=True, meta=_meta_like(xo, dtype, 2),
             )  # fmt: skip
-        xp = array_api_compat.array_namespace(self.x_out, self.x_in)
-        rows = []
-        for i0, i1 in self._row_blocks():
-            cols = [_kernel_block(self.kernel, self.x_out[i0:i1], self.x_in[j0:j1]) for j0, j1 in self._col_blocks()]
-            rows.append(cols[0] if len(cols) == 1 else xp.concat(cols, axis=1))
-        return _concat_rows(rows, self.x_out)
+        r0, c0 = self._tiles()[0]
+        first = self._tile(r0, c0)
+        xp = array_api_compat.array_namespace(first)
+        K = xp.empty(self.shape, dtype=first.dtype)
+
+        def task(rows, cols, _):  # tiles write disjoint regions of K
+            t = first if (rows, cols) == (r0, c0) else self._tile(rows, cols)
+            K[rows[0]:rows[1], cols[0]:cols[1]] = t
+            if self.symmetric and rows != cols:
+                K[cols[0]:cols[1], rows[0]:rows[1]] = t.T
+
+        self._each_tile(task, first)
+        return K
 
     @property
     def T(self) -> BlockwiseOperator:
+        if self.symmetric:
+            return self
         k = self.kernel.kernel if isinstance(self.kernel, _Swapped) else _Swapped(self.kernel)
-        return BlockwiseOperator(k, self.x_in, self.x_out, self.block)
+        return BlockwiseOperator(k, self.x_in, self.x_out, self.block, False, self.workers, self.cache_bytes)
 
     def transpose(self) -> BlockwiseOperator:
         return self.T
@@ -626,6 +750,7 @@ class ZarrOperator:
             raise ValueError("path is required: where to write the Zarr store")
         if not callable(kernel):
             raise ValueError(f"kernel must be callable k(x1, x2) -> (n1, n2); got {type(kernel).__name__}")
+        _check_tileable(kernel)
         same = x_in is None or x_in is x_out
         x_in = x_out if x_in is None else x_in
         _check_pair(x_out, x_in)
@@ -861,6 +986,20 @@ class ZarrOperator:
 
 # ----------------------------------------------------------------------------- as_operator
 
+
+def acts_componentwise(op) -> bool:
+    """True when ``op`` applies one scalar kernel to every trailing component alike (eq.
+    2.23), so it may be fed any real coordinates of the metrics (e.g. the 9 real coordinates
+    of a Hermitian 3x3 instead of its 18 real and imaginary parts).  Component-mixing and
+    unknown operators answer False.  (A blockwise kernel is assumed real; see
+    ``flows.frozen.metric_matvec`` for the check.)"""
+    if isinstance(op, DenseOperator):
+        return op.components is None and not _is_complex_dtype(op.matrix.dtype)
+    if isinstance(op, FactoredOperator):
+        return not (_is_complex_dtype(op.phi_out.dtype) or _is_complex_dtype(op.phi_in.dtype))
+    return isinstance(op, (BlockwiseOperator, ZarrOperator))
+
+
 _METHODS = ("auto", "dense", "blockwise", "zarr", "factored")
 
 
@@ -881,7 +1020,8 @@ def as_operator(
 
     ``method``:
       ``"dense"``     ``DenseOperator(k(x_out, x_in))`` (lazy Dask for Dask points);
-      ``"blockwise"`` :class:`BlockwiseOperator` (``block`` default 2048);
+      ``"blockwise"`` :class:`BlockwiseOperator` (``block`` default 2048; ``symmetric``,
+                      ``workers``, ``cache_bytes`` pass through, also to the tiled "dense" build);
       ``"zarr"``      :meth:`ZarrOperator.build` at ``path`` (``block`` default 1024, measured 4x faster to read than 4096 here;
                       ``build_kwargs`` such as ``dtype``, ``workers`` go there);
       ``"factored"``  ``kernel_or_operator`` is a feature map ``phi(x) -> (n, rank)``:
@@ -903,6 +1043,7 @@ def as_operator(
         return ZarrOperator.open(obj)
     if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
         return DenseOperator(obj)
+    blockwise_kwargs = {k: build_kwargs.pop(k) for k in ("symmetric", "workers", "cache_bytes") if k in build_kwargs}
     if not callable(obj):
         raise ValueError(
             f"kernel_or_operator must be an operator, a matrix, a Zarr path or a kernel callable; "
@@ -917,12 +1058,15 @@ def as_operator(
     lazy = _is_dask(x_out) or _is_dask(x_in)
     if method == "auto":
         method = "dense" if (not lazy and 8 * x_out.shape[0] * x_in.shape[0] <= dense_max_bytes) else "blockwise"
-    if method == "dense":
-        if lazy:
-            return DenseOperator(BlockwiseOperator(obj, x_out, x_in, block or 2048).to_dense())
+    if method == "dense" and not _pairwise(obj):
         return DenseOperator(_kernel_block(obj, x_out, x_in))
+    if method == "dense":
+        # built tile by tile (threads; the upper triangle only when x_out is x_in): bounded
+        # temporaries and half the kernel evaluations of one kernel(x_out, x_in) call
+        tiled = BlockwiseOperator(obj, x_out, x_in, block or 2048, **blockwise_kwargs)
+        return DenseOperator(tiled.to_dense(), symmetric=bool(tiled.symmetric) and not lazy)
     if method == "blockwise":
-        return BlockwiseOperator(obj, x_out, x_in, block or 2048)
+        return BlockwiseOperator(obj, x_out, x_in, block or 2048, **blockwise_kwargs)
     # zarr
     if path is None:
         raise ValueError("path is required for method='zarr'")
