@@ -95,8 +95,9 @@ def _frob(a):
 
 def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma", test: xr.Dataset | None = None,
                 adaptive: bool = False, normalize: bool = False, clip: float | None = None,
-                features=None, method: str = "dense", g0=None, g0_test=None, target=None,
-                test_every: int = 1, max_halvings: int = 40) -> xr.Dataset:
+                features=None, method: str = "dense", operator_options: dict | None = None,
+                g0=None, g0_test=None, target=None, test_every: int = 1,
+                max_halvings: int = 40) -> xr.Dataset:
     """Run the frozen-kernel flow (2.12) on the train points; predict test metrics.
 
     Parameters
@@ -108,6 +109,12 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
     steps, lr : number of steps and learning rate (see :class:`StepControl` for the options).
     loss : "sigma" (B.11, kappa fixed at the initial metric), "sigma_dynamic" (kappa of the
         current metric), "sigma_squared" ((1 - eta)^2, B.14), or a ``losses.PointwiseLoss``.
+    method, operator_options : how a kernel function becomes an operator
+        (:func:`mfarray.kernels.operators.as_operator`): "dense", "blockwise" (tiles recomputed
+        every step, memory ~ tiles), "zarr", ...; options such as ``{"cache_bytes": 2**30}``
+        (blockwise: keep tiles up to 1 GiB, after the first step as fast as dense at 10^4
+        points), ``block``, ``workers`` or ``path`` (zarr; the test store is ``path + ".test"``)
+        go to both train and test operators.
     g0, g0_test : initial metrics (N, k, k) in the points' chart; default g_FS.
     target : target metrics (N, k, k) for loss="mse".
 
@@ -128,14 +135,17 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float, loss="sigma
     if loss_fn.name == "mse" and data.target is None:
         raise ValueError("loss='mse' needs target metrics: pass target=(N, k, k)")
     x_train = None if hasattr(kernel, "matvec") else kernel_inputs(kernel, train, features)
-    K = as_operator(kernel, x_train, x_train, method=method)
+    options = dict(operator_options or {})
+    K = as_operator(kernel, x_train, x_train, method=method, **options)
     if tuple(K.shape) != (g.shape[0], g.shape[0]):
         raise ValueError(f"kernel operator has shape {tuple(K.shape)}; the train set needs {(g.shape[0],) * 2}")
     if test is not None:
         gt0 = np.array(backend.to_numpy(test["g_fs"].data if g0_test is None else g0_test), dtype=np.complex128)
         if hasattr(kernel, "matvec"):
             raise ValueError("with test points, pass a kernel function (an operator only covers the train points)")
-        K_test = as_operator(kernel, kernel_inputs(kernel, test, features), x_train, method=method)
+        if "path" in options:  # one Zarr store per operator
+            options["path"] = f"{options['path']}.test"
+        K_test = as_operator(kernel, kernel_inputs(kernel, test, features), x_train, method=method, **options)
     dual = np.zeros_like(g)
     rate = control.lr
     history = {"loss": [], "sigma_train": [], "lr": [], "rejected": []}
