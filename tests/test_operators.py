@@ -521,7 +521,7 @@ def test_tile_cache_reuses_tiles_within_its_budget(points):
     assert rec.calls == nrow * ncol
     b = op.matvec(v)
     assert rec.calls == nrow * ncol  # everything came from the cache
-    assert np.array_equal(a, b) and rel_err(a, ref) < 1e-14
+    assert rel_err(b, a) < 1e-15 and rel_err(a, ref) < 1e-14  # order of tile sums may differ
     two_tiles = 2 * BLOCK * BLOCK * 8
     rec = Recorder()
     op = BlockwiseOperator(rec, x_out, x_in, block=BLOCK, cache_bytes=two_tiles, workers=1)

@@ -529,6 +529,11 @@ class BlockwiseOperator:
         for CuPy) pulling tiles from a shared queue; returns the threads' final ``acc``s."""
         tiles = self._tiles()
         workers = 1 if _is_cupy(like) else min(self.workers or os.cpu_count() or 1, len(tiles))
+        if all((r[0], c[0]) in self._cache.tiles for r, c in tiles):
+            # products only: BLAS's own threads do them; Python threads with one BLAS thread
+            # each ran 2x slower right after any multi-threaded BLAS call, whose idle
+            # OpenBLAS threads keep spinning on a core for a while (measured)
+            workers = 1
         queue, lock = iter(tiles), threading.Lock()
 
         def run():
