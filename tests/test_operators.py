@@ -495,6 +495,9 @@ def test_symmetric_false_for_a_kernel_that_is_not(points):
 
     K = skew(x, x)
     v = make_v("real", N_OUT)
+    for method in ("blockwise", "dense"):  # x_out is x_in would mirror the upper triangle
+        with pytest.raises(ValueError, match="not symmetric.*symmetric=False"):
+            as_operator(skew, x, x, method=method, block=BLOCK).matvec(v)
     op = BlockwiseOperator(skew, x, x, block=BLOCK, symmetric=False)
     assert rel_err(op.matvec(v), K @ v) < 1e-14
     assert rel_err(op.T.matvec(v), K.T @ v) < 1e-14

@@ -436,11 +436,26 @@ class _Swapped:
         return self.kernel(b, a).T
 
 
+def _check_symmetric_tile(K, rtol: float = 1e-10):
+    """A diagonal tile of a symmetric operator must equal its transpose (up to rounding):
+    catches a kernel that is not symmetric before half of its matrix is mirrored."""
+    xp = array_api_compat.array_namespace(K)
+    gap, top = float(xp.max(xp.abs(K - K.T))), float(xp.max(xp.abs(K)))
+    if not gap <= rtol * top:
+        raise ValueError(
+            f"the kernel is not symmetric on these points (max |K - K^T| = {gap:.3g} on a diagonal "
+            f"tile, max |K| = {top:.3g}), but x_out is x_in made the operator symmetric: pass "
+            "symmetric=False (operator_options={'symmetric': False} in kernel_flow)"
+        )
+
+
 class _TileCache:
-    """Kernel tiles kept up to a byte budget (thread-safe insertion)."""
+    """Kernel tiles kept up to a byte budget (thread-safe insertion), and the operator's
+    other run-time state."""
 
     def __init__(self, budget: int):
         self.budget, self.used, self.tiles = budget, 0, {}
+        self.symmetry_checked = False
         self._lock = threading.Lock()
 
     def offer(self, key, K):
@@ -521,6 +536,9 @@ class BlockwiseOperator:
         K = self._cache.tiles.get(key)
         if K is None:
             K = _kernel_block(self.kernel, self.x_out[rows[0]:rows[1]], self.x_in[cols[0]:cols[1]])
+            if self.symmetric and rows == cols and not self._cache.symmetry_checked:
+                _check_symmetric_tile(K)  # once per operator: it costs three passes over a tile
+                self._cache.symmetry_checked = True
             self._cache.offer(key, K)
         return K
 
