@@ -559,3 +559,21 @@ def test_set_dependent_kernels_are_never_tiled(points):
         BlockwiseOperator(delta, z_test, z_train)
     with pytest.raises(ValueError, match="pairwise"):
         as_operator(delta, z_test, z_train, method="zarr", path="unused.zarr")
+
+
+def test_symmetric_dask_graph_computes_each_upper_tile_once(points):
+    x = points[0]
+    nb = -(-N_OUT // BLOCK)
+    rec = Recorder(limit=BLOCK)
+    xd = da.from_array(x, chunks=90)
+    op = BlockwiseOperator(rec, xd, xd, block=BLOCK)
+    v = make_v("complex", N_OUT)
+    out = op.matvec(v)
+    assert op.symmetric and isinstance(out, da.Array) and rec.calls == 0  # lazy
+    out = out.compute()
+    assert rec.calls == nb * (nb + 1) // 2
+    assert rel_err(out, np.einsum("ab,b...->a...", gaussian(x, x), v)) < 1e-14
+    w = np.arange(1, D + 1.0)
+    skew = lambda a, b: np.exp(a @ w / 10)[:, None] * gaussian(a, b)  # noqa: E731
+    with pytest.raises(ValueError, match="not symmetric"):
+        BlockwiseOperator(skew, xd, xd, block=BLOCK).matvec(v).compute()

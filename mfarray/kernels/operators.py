@@ -234,9 +234,45 @@ def _meta_like(x, dtype, ndim):
 # Block functions used inside Dask graphs (module level: picklable for distributed).
 
 
+_BLAS = None
+
+
+def _one_blas_thread():
+    """Context holding BLAS to one thread inside a Dask tile task: the threaded scheduler
+    already runs a task per core, and nested BLAS threads made a recompute mat-vec 1.8x
+    slower (measured).  Process-global, so overlapping tasks may briefly restore it: a
+    speed matter only.  (dask.distributed workers start with one BLAS thread anyway.)"""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()  # scanning the loaded libraries once, not per task
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def _partial_kernel_product(xo, xi, v, *, kernel, out_dtype):
-    K = _kernel_block(kernel, xo, xi)
-    return _apply_block(K, v).astype(out_dtype, copy=False)[:, None, :]
+    with _one_blas_thread():
+        K = _kernel_block(kernel, xo, xi)
+        return _apply_block(K, v).astype(out_dtype, copy=False)[:, None, :]
+
+
+def _symmetric_tile_products(xa, xb, va, vb, *, kernel, out_dtype, diagonal):
+    """For tile K = k(xa, xb) above the diagonal: (K @ vb, K^T @ va); on it (xa = xb):
+    (K @ va, None) after checking K = K^T."""
+    with _one_blas_thread():
+        K = _kernel_block(kernel, xa, xb)
+        if diagonal:
+            _check_symmetric_tile(K)
+            return _apply_block(K, vb).astype(out_dtype, copy=False), None
+        return (_apply_block(K, vb).astype(out_dtype, copy=False),
+                _apply_block(K, va, transpose=True).astype(out_dtype, copy=False))
+
+
+def _sum_parts(*parts):
+    out = parts[0].copy()
+    for p in parts[1:]:
+        out += p
+    return out
 
 
 def _partial_matrix_product(K, v, *, out_dtype):
@@ -275,6 +311,32 @@ def _dask_kernel_matvec(kernel, x_out, x_in, v2, block, split_every=8):
             meta=_meta_like(vv, dtype, 3),
         )  # fmt: skip
     return _dask_reduce_partials(partials, split_every)
+
+
+def _dask_symmetric_kernel_matvec(kernel, x, v2, block):
+    """Lazy ``K(x, x) @ v2`` for a symmetric kernel: one task per tile on or above the
+    diagonal giving both K_ab v_b and K_ab^T v_a, then one sum per row block (half the
+    kernel evaluations of :func:`_dask_kernel_matvec`)."""
+    import dask
+    import dask.array as da
+
+    xb = _as_dask(x, block).to_delayed().ravel()
+    vb = _as_dask(v2, block).to_delayed().ravel()
+    rows = _bounds(int(x.shape[0]), block)
+    dtype = _result_dtype(x.dtype, v2.dtype)
+    tile = dask.delayed(_symmetric_tile_products, nout=2, pure=True)
+    parts = [[] for _ in rows]
+    for a in range(len(rows)):
+        for b in range(a, len(rows)):
+            on, off = tile(xb[a], xb[b], vb[a], vb[b], kernel=kernel, out_dtype=dtype, diagonal=a == b)
+            parts[a].append(on)
+            if b != a:
+                parts[b].append(off)
+    meta = _meta_like(v2, dtype, 2)
+    return da.concatenate([
+        da.from_delayed(dask.delayed(_sum_parts, pure=True)(*p), shape=(r1 - r0, v2.shape[1]), dtype=dtype, meta=meta)
+        for p, (r0, r1) in zip(parts, rows)
+    ])
 
 
 def _dask_matrix_matvec(K, v2, split_every=8):
@@ -574,7 +636,10 @@ class BlockwiseOperator:
         n_out, n_in = self.shape
         v2, trailing = _flatten(v, n_in)
         if self.lazy or _is_dask(v2):
-            out = _dask_kernel_matvec(self.kernel, self.x_out, self.x_in, v2, self.block)
+            if self.symmetric:
+                out = _dask_symmetric_kernel_matvec(self.kernel, self.x_out, v2, self.block)
+            else:
+                out = _dask_kernel_matvec(self.kernel, self.x_out, self.x_in, v2, self.block)
             return _unflatten(out, n_out, trailing)
         xp = array_api_compat.array_namespace(v2)
 
