@@ -577,3 +577,10 @@ def test_symmetric_dask_graph_computes_each_upper_tile_once(points):
     skew = lambda a, b: np.exp(a @ w / 10)[:, None] * gaussian(a, b)  # noqa: E731
     with pytest.raises(ValueError, match="not symmetric"):
         BlockwiseOperator(skew, xd, xd, block=BLOCK).matvec(v).compute()
+
+
+def test_empty_blockwise_operator_gives_zeros():
+    x = np.ones((4, D))
+    assert BlockwiseOperator(gaussian, x[:0], x).matvec(np.ones((4, 9))).shape == (0, 9)
+    out = BlockwiseOperator(gaussian, x, x[:0]).matvec(np.ones((0, 3, 3)))
+    assert out.shape == (4, 3, 3) and not out.any()

@@ -48,7 +48,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import array_api_compat
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .. import backend
 
@@ -238,10 +237,11 @@ _BLAS = None
 
 
 def _one_blas_thread():
-    """Context holding BLAS to one thread inside a Dask tile task: the threaded scheduler
-    already runs a task per core, and nested BLAS threads made a recompute mat-vec 1.8x
-    slower (measured).  Process-global, so overlapping tasks may briefly restore it: a
-    speed matter only.  (dask.distributed workers start with one BLAS thread anyway.)"""
+    """Context holding BLAS to one thread where tiles already run one per core (tile
+    threads, Dask's threaded scheduler): nested BLAS threads oversubscribe the cores
+    (1.8-2.2x slower mat-vecs measured on 2 cores).  Process-global, so overlapping Dask
+    tasks may briefly restore it: a speed matter only.  (dask.distributed workers start
+    with one BLAS thread anyway.)"""
     global _BLAS
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController
@@ -627,9 +627,7 @@ class BlockwiseOperator:
 
         if workers == 1:
             return [run()]
-        # one BLAS thread per worker: threads over tiles already fill the cores, and nested
-        # BLAS threads oversubscribe them (2.2x slower measured on 2 cores)
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        with _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             return [f.result() for f in [pool.submit(run) for _ in range(workers)]]
 
     def matvec(self, v):
@@ -654,10 +652,9 @@ class BlockwiseOperator:
             return out
 
         parts = [p for p in self._each_tile(task, v2) if p is not None]
-        out = parts[0]
-        for p in parts[1:]:
-            out += p
-        return _unflatten(out, n_out, trailing)
+        if not parts:  # no tiles: an operator with 0 rows or columns
+            return _unflatten(xp.zeros((n_out, v2.shape[1]), dtype=_result_dtype(v2.dtype)), n_out, trailing)
+        return _unflatten(_sum_parts(*parts), n_out, trailing)
 
     def diagonal(self):
         """``k(x_out[a], x_in[a])`` from the diagonal tiles (cost ~ n * block)."""
