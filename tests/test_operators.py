@@ -584,3 +584,13 @@ def test_empty_blockwise_operator_gives_zeros():
     assert BlockwiseOperator(gaussian, x[:0], x).matvec(np.ones((4, 9))).shape == (0, 9)
     out = BlockwiseOperator(gaussian, x, x[:0]).matvec(np.ones((0, 3, 3)))
     assert out.shape == (4, 3, 3) and not out.any()
+
+
+def test_as_operator_passes_options_to_the_right_operator(points, tmp_path):
+    x = points[0]
+    z = as_operator(gaussian, x, method="zarr", path=tmp_path / "s.zarr", block=BLOCK, workers=1, symmetric=True)
+    assert isinstance(z, ZarrOperator) and z.complete and z.attrs["symmetric"] is True  # reached the build
+    b = as_operator(gaussian, x, method="blockwise", block=BLOCK, workers=1, cache_bytes=10, symmetric=False)
+    assert (b.workers, b.cache_bytes, b.symmetric) == (1, 10, False)
+    with pytest.raises(ValueError, match="dtype"):
+        as_operator(gaussian, x, method="blockwise", dtype="float32")

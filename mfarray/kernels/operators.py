@@ -1131,7 +1131,6 @@ def as_operator(
         return ZarrOperator.open(obj)
     if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
         return DenseOperator(obj)
-    blockwise_kwargs = {k: build_kwargs.pop(k) for k in ("symmetric", "workers", "cache_bytes") if k in build_kwargs}
     if not callable(obj):
         raise ValueError(
             f"kernel_or_operator must be an operator, a matrix, a Zarr path or a kernel callable; "
@@ -1148,6 +1147,10 @@ def as_operator(
         method = "dense" if (not lazy and 8 * x_out.shape[0] * x_in.shape[0] <= dense_max_bytes) else "blockwise"
     if method == "dense" and not _pairwise(obj):
         return DenseOperator(_kernel_block(obj, x_out, x_in))
+    if method in ("dense", "blockwise"):
+        blockwise_kwargs = {k: build_kwargs.pop(k) for k in ("symmetric", "workers", "cache_bytes") if k in build_kwargs}
+        if build_kwargs:
+            raise ValueError(f"method={method!r} takes block, symmetric, workers, cache_bytes; got {sorted(build_kwargs)}")
     if method == "dense":
         # built tile by tile (threads; the upper triangle only when x_out is x_in): bounded
         # temporaries and half the kernel evaluations of one kernel(x_out, x_in) call
