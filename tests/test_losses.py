@@ -329,3 +329,20 @@ def test_user_defined_loss_plugs_in(setup):
     bad = losses.PointwiseLoss("bad", lambda g, d: np.zeros(3), lambda g, d: g)
     with pytest.raises(ValueError, match="returned shape"):
         losses.total(bad, g, data)
+
+
+def test_losses_accept_ill_conditioned_positive_metrics():
+    """Condition number 1e10 (chart metrics far from their patch): positive definite for the
+    losses as for the flow guard; cofactor minors call a third of these indefinite."""
+    from mfarray.flows import positive_definite
+
+    rng = np.random.default_rng(0)
+    n = 500
+    q, _ = np.linalg.qr(rng.standard_normal((n, 3, 3)) + 1j * rng.standard_normal((n, 3, 3)))
+    lam = np.stack([np.full(n, 1e8), 10 ** rng.uniform(-2, 0, n), 10 ** rng.uniform(-2, 0, n)], 1)
+    g = np.einsum("nab,nb,ncb->nac", q, lam, q.conj())
+    g = 0.5 * (g + np.conj(np.swapaxes(g, 1, 2)))
+    data = losses.LossData(omega2=np.ones(n), weight=np.ones(n), kappa=1.0)
+    assert positive_definite(g).all()
+    eta = losses.sigma_squared_loss().value(g, data)  # w (1 - det g)^2 with det = prod(lam)
+    assert np.allclose(1 + np.sqrt(eta), lam.prod(axis=1), rtol=1e-5)  # det g >= 1e4 > 1
