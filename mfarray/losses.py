@@ -58,13 +58,13 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from . import backend
-from .geometry.fubini_study import ldl_pivots
+from . import backend, linalg
+from .linalg import Metrics, hermitian_to_real, real_to_hermitian
 
 __all__ = [
     "LossData", "Loss", "PointwiseLoss", "sigma_loss", "sigma_loss_dynamic", "sigma_squared_loss",
     "mse_loss", "total", "make_loss_data", "current_kappa", "det_gradient",
-    "hermitian_to_real", "real_to_hermitian",
+    "hermitian_to_real", "real_to_hermitian", "Metrics",
 ]
 
 _HERMITIAN_RTOL = 1e-6
@@ -96,54 +96,48 @@ def _as_1d(x, name, n=None):
     return x
 
 
-def _as_metrics(g, name="g", n=None, k=None, hermitian=True):
-    """(N, k, k) complex128 array, finite and Hermitian up to round-off (relative 1e-6), else
-    ValueError; returned as its exact Hermitian part (g + g^dagger)/2."""
-    g = _as_array(g, name)
+def _as_metrics(g, name="g", n=None, k=None, positive=True) -> Metrics:
+    """The :class:`~mfarray.linalg.Metrics` of g (N, k, k): shape checked, then the one validity
+    rule of :mod:`mfarray.linalg` (finite, Hermitian, positive definite with a margin from
+    singularity), else ValueError naming ``name``.  ``positive=False`` asks only for finite,
+    Hermitian metrics (the MSE loss).  The metric used is the exact Hermitian part."""
+    if isinstance(g, Metrics):
+        m = g
+    else:
+        g = _as_array(g, name)
+        if g.ndim != 3 or g.shape[-1] != g.shape[-2]:
+            raise ValueError(f"{name} must have shape (N, k, k) (Hermitian metrics); got {tuple(g.shape)}")
+        m = None
+    shape = tuple((m.g if m is not None else g).shape)
+    if n is not None and shape[0] != n:
+        raise ValueError(f"{name} has {shape[0]} points but the loss data has {n}")
+    if k is not None and shape[-1] != k:
+        raise ValueError(f"{name} has k = {shape[-1]}; expected {k}")
+    if m is not None:
+        return m  # already factorised (and checked) by the caller, e.g. a flow
     xp = backend.namespace(g)
-    if g.ndim != 3 or g.shape[-1] != g.shape[-2]:
-        raise ValueError(f"{name} must have shape (N, k, k) (Hermitian metrics); got {tuple(g.shape)}")
-    if n is not None and g.shape[0] != n:
-        raise ValueError(f"{name} has {g.shape[0]} points but the loss data has {n}")
-    if k is not None and g.shape[-1] != k:
-        raise ValueError(f"{name} has k = {g.shape[-1]}; expected {k}")
-    if g.dtype != xp.complex128:
-        g = xp.astype(g, xp.complex128)
     if not bool(xp.all(xp.isfinite(g))):
         raise ValueError(f"{name} has non-finite entries (NaN or inf)")
-    if hermitian and g.shape[0] > 0:
-        asym = float(xp.max(xp.abs(g - xp.conj(xp.matrix_transpose(g)))))
-        scale = float(xp.max(xp.abs(g)))
-        if asym > _HERMITIAN_RTOL * scale:
-            raise ValueError(f"{name} must be Hermitian, {name}[..., b, c] = conj({name}[..., c, b]); "
-                             f"max |{name} - {name}^dagger| = {asym:.3g} (max |{name}| = {scale:.3g})")
-        g = 0.5 * (g + xp.conj(xp.matrix_transpose(g)))  # round-off: use the exact Hermitian part
-    return g, xp
-
-
-def _require_positive_definite(g, xp, name="g"):
-    """det g (N,) as the product of the LDL^H pivots, which must all be > 0 (the flows' own
-    positivity test, stable for ill-conditioned chart metrics), else ValueError."""
-    pivots = ldl_pivots(g)
-    bad = ~xp.all(pivots > 0, axis=-1)
-    if bool(xp.any(bad)):
-        count = int(xp.sum(xp.astype(bad, xp.int64)))
-        raise ValueError(f"{name} must be positive definite at every point ({count} points are not)")
-    det = xp.prod(pivots, axis=-1)
-    if not bool(xp.all(xp.isfinite(det))):
-        raise ValueError(f"det {name} is not finite (overflow: entries of {name} too large)")
-    return det
+    m = linalg.metrics(g)
+    if shape[0] == 0 or m.all_valid:
+        return m
+    gh = xp.conj(xp.matrix_transpose(g))
+    asym = xp.max(xp.abs(xp.reshape(g - gh, (shape[0], -1))), axis=-1)
+    top = xp.max(xp.abs(xp.reshape(g, (shape[0], -1))), axis=-1)
+    if bool(xp.any(asym > linalg.HERMITIAN_RTOL * top)):
+        raise ValueError(f"{name} must be Hermitian, {name}[..., b, c] = conj({name}[..., c, b]); "
+                         f"max |{name} - {name}^dagger| = {float(xp.max(asym)):.3g} (max |{name}| = {float(xp.max(top)):.3g})")
+    if positive:
+        count = int(xp.sum(xp.astype(~m.valid, xp.int64)))
+        raise ValueError(f"{name} must be positive definite at every point ({count} points are not, or are "
+                         f"numerically singular: {linalg.describe_invalid(m)})")
+    return m
 
 
 def _finite_out(x, xp, what):
     if not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{what} is not finite (overflow: g or |Omega|^2 out of range)")
     return x
-
-
-def _hermitian_inverse(g, xp):
-    inv = xp.linalg.inv(g)
-    return 0.5 * (inv + xp.conj(xp.matrix_transpose(inv)))  # exactly Hermitian
 
 
 # --------------------------------------------------------------------------- data and interface
@@ -184,7 +178,7 @@ class LossData:
         object.__setattr__(self, "omega2", omega2)
         object.__setattr__(self, "kappa", kappa)
         if self.target is not None:
-            object.__setattr__(self, "target", _as_metrics(self.target, "target", n)[0])
+            object.__setattr__(self, "target", _as_metrics(self.target, "target", n, positive=False).g)
 
     @property
     def n(self) -> int:
@@ -208,19 +202,43 @@ class PointwiseLoss:
 
     ``gradient`` must return G(x) = N dL/dg(x) for L = mean_x value(x), in the trace-inner-product
     convention dl = Re tr(G^dagger dg) (module docstring); for a pointwise loss, dl(x)/dg(x).
+
+    ``value`` and ``gradient`` take raw metrics (validated here).  The flows call
+    :meth:`values_at` / :meth:`gradient_at` with a :class:`~mfarray.linalg.Metrics` they have
+    already factorised, so each metric is factorised once per step; a user loss gets ``m.g``.
     """
 
     name: str
     value: Callable
     gradient: Callable
+    on_metrics: tuple | None = None  # (value(m, data), gradient(m, data)) on Metrics, built-ins
+
+    def values_at(self, m: Metrics, data: LossData):
+        return self.on_metrics[0](m, data) if self.on_metrics else self.value(m.g, data)
+
+    def gradient_at(self, m: Metrics, data: LossData):
+        return self.on_metrics[1](m, data) if self.on_metrics else self.gradient(m.g, data)
 
 
-def _prepare(g, data, *, positive=True):
+def _checked(data, g, positive=True):
     if not isinstance(data, LossData):
         raise ValueError(f"data must be a LossData (see make_loss_data); got {type(data).__name__}")
-    g, xp = _as_metrics(g, "g", data.n)
-    det = _require_positive_definite(g, xp) if positive else None
-    return g, xp, det
+    return _as_metrics(g, "g", data.n, positive=positive)
+
+
+def _on_metrics(name, value_at, gradient_at, positive=True) -> PointwiseLoss:
+    """A built-in loss: formulas on Metrics, with raw-metric entry points that validate first."""
+    return PointwiseLoss(
+        name,
+        lambda g, data: value_at(_checked(data, g, positive), data),
+        lambda g, data: gradient_at(_checked(data, g, positive), data),
+        on_metrics=(value_at, gradient_at),
+    )
+
+
+def _times_inverse(coeff, m, what):
+    xp = backend.namespace(coeff)
+    return _finite_out(coeff[:, None, None] * m.inverse, xp, what)
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -229,30 +247,38 @@ def det_gradient(g):
 
     In the module's convention: d det g = Re tr((det g g^{-1})^dagger dg) = det g tr(g^{-1} dg).
     """
-    g, xp = _as_metrics(g)
-    det = _require_positive_definite(g, xp)
-    return _finite_out(det[:, None, None] * _hermitian_inverse(g, xp), xp, "det g g^{-1}")
+    m = _as_metrics(g)
+    xp = backend.namespace(m.det)
+    _finite_out(m.det, xp, "det g")
+    return _times_inverse(m.det, m, "det g g^{-1}")
 
 
 def current_kappa(g, data: LossData):
     """kappa = E_w[det g/|Omega|^2] of the metric g itself (B.10), a 0-d array."""
-    g, xp, det = _prepare(g, data)
-    return xp.sum(data.weight * det / data.omega2) / xp.sum(data.weight)
+    m = _checked(data, g)
+    xp = backend.namespace(m.det)
+    return xp.sum(data.weight * m.det / data.omega2) / xp.sum(data.weight)
 
 
 # --------------------------------------------------------------------------- sigma losses (B.11)
-def _sigma_value(g, data):
-    g, xp, det = _prepare(g, data)
-    eta = det / (data.kappa * data.omega2)
-    return _finite_out(data.weight * xp.abs(1.0 - eta), xp, "sigma loss")
+def _eta(m, data, kappa=None):
+    xp = backend.namespace(m.det)
+    _finite_out(m.det, xp, "det g")
+    return m.det / ((data.kappa if kappa is None else kappa) * data.omega2), xp
 
 
-def _sigma_gradient(g, data):
-    g, xp, det = _prepare(g, data)
-    eta = det / (data.kappa * data.omega2)
-    # d|1 - eta| = -sign(1 - eta) d eta,  d eta = eta tr(g^-1 dg)
-    coeff = -data.weight * xp.sign(1.0 - eta) * eta
-    return _finite_out(coeff[:, None, None] * _hermitian_inverse(g, xp), xp, "sigma loss gradient")
+def _eta_loss(name, F, dF, doc_what) -> PointwiseLoss:
+    """l = w F(eta) with kappa fixed (``data.kappa``); dl/dg = w F'(eta) eta g^{-1}."""
+
+    def value_at(m, data):
+        eta, xp = _eta(m, data)
+        return _finite_out(data.weight * F(eta, xp), xp, f"{doc_what} loss")
+
+    def gradient_at(m, data):
+        eta, xp = _eta(m, data)
+        return _times_inverse(data.weight * dF(eta, xp) * eta, m, f"{doc_what} gradient")
+
+    return _on_metrics(name, value_at, gradient_at)
 
 
 def sigma_loss() -> PointwiseLoss:
@@ -267,23 +293,23 @@ def sigma_loss() -> PointwiseLoss:
 
     Shapes: g (N, k, k) -> value (N,), gradient (N, k, k).
     """
-    return PointwiseLoss("sigma", _sigma_value, _sigma_gradient)
+    return _eta_loss("sigma", lambda e, xp: xp.abs(1.0 - e), lambda e, xp: -xp.sign(1.0 - e), "sigma")
 
 
-def _dynamic_parts(g, data):
-    g, xp, det = _prepare(g, data)
+def _dynamic_parts(m, data):
+    xp = backend.namespace(m.det)
+    _finite_out(m.det, xp, "det g")
     wsum = xp.sum(data.weight)
-    kappa = xp.sum(data.weight * det / data.omega2) / wsum
-    eta = det / (kappa * data.omega2)
-    return g, xp, eta, wsum
+    kappa = xp.sum(data.weight * m.det / data.omega2) / wsum
+    return m.det / (kappa * data.omega2), xp, wsum
 
 
-def _dynamic_value(g, data):
-    g, xp, eta, _ = _dynamic_parts(g, data)
+def _dynamic_value(m, data):
+    eta, xp, _ = _dynamic_parts(m, data)
     return _finite_out(data.weight * xp.abs(1.0 - eta), xp, "sigma loss")
 
 
-def _dynamic_gradient(g, data):
+def _dynamic_gradient(m, data):
     r"""G(x) = N dL/dg(x) for L = mean_y w_y |1 - eta_y|, eta_y = det_y/(kappa(g) omega2_y).
 
     With s = sign(1 - eta), d eta_y = eta_y [tr(g_y^-1 dg_y) - d kappa/kappa] and
@@ -293,11 +319,10 @@ def _dynamic_gradient(g, data):
 
     The E_w[s eta] term is the global (rank one in points) coupling through kappa.
     """
-    g, xp, eta, wsum = _dynamic_parts(g, data)
+    eta, xp, wsum = _dynamic_parts(m, data)
     s = xp.sign(1.0 - eta)
     mean_s_eta = xp.sum(data.weight * s * eta) / wsum
-    coeff = data.weight * eta * (mean_s_eta - s)
-    return _finite_out(coeff[:, None, None] * _hermitian_inverse(g, xp), xp, "sigma loss gradient")
+    return _times_inverse(data.weight * eta * (mean_s_eta - s), m, "sigma loss gradient")
 
 
 def sigma_loss_dynamic() -> PointwiseLoss:
@@ -312,20 +337,7 @@ def sigma_loss_dynamic() -> PointwiseLoss:
 
     which satisfies sum_x Re tr(G(x) g(x)) = 0 (scale invariance).
     """
-    return PointwiseLoss("sigma_dynamic", _dynamic_value, _dynamic_gradient)
-
-
-def _squared_value(g, data):
-    g, xp, det = _prepare(g, data)
-    eta = det / (data.kappa * data.omega2)
-    return _finite_out(data.weight * (1.0 - eta) ** 2, xp, "sigma_squared loss")
-
-
-def _squared_gradient(g, data):
-    g, xp, det = _prepare(g, data)
-    eta = det / (data.kappa * data.omega2)
-    coeff = -2.0 * data.weight * (1.0 - eta) * eta
-    return _finite_out(coeff[:, None, None] * _hermitian_inverse(g, xp), xp, "sigma_squared gradient")
+    return _on_metrics("sigma_dynamic", _dynamic_value, _dynamic_gradient)
 
 
 def sigma_squared_loss() -> PointwiseLoss:
@@ -335,7 +347,8 @@ def sigma_squared_loss() -> PointwiseLoss:
     vanishes at the optimum, so fixed or backtracking steps converge instead of chattering around
     eta = 1 as the |1 - eta| loss does with one global step size.  kappa is fixed (``data.kappa``).
     """
-    return PointwiseLoss("sigma_squared", _squared_value, _squared_gradient)
+    return _eta_loss("sigma_squared", lambda e, xp: (1.0 - e) ** 2, lambda e, xp: -2.0 * (1.0 - e),
+                     "sigma_squared")
 
 
 # --------------------------------------------------------------------------- mse
@@ -343,36 +356,48 @@ def mse_loss(target=None) -> PointwiseLoss:
     """l(x) = w(x) ||g(x) - g_target(x)||_F^2 (trace inner product); dl/dg = 2 w (g - g_target).
     ``target`` (N, k, k) Hermitian; default ``data.target``.  g need not be positive definite.
     """
-    fixed = None if target is None else _as_metrics(target, "target")[0]
+    fixed = None if target is None else _as_metrics(target, "target", positive=False).g
 
-    def _target(g, data):
-        g, xp, _ = _prepare(g, data, positive=False)
+    def _target(m, data):
         t = fixed if fixed is not None else data.target
         if t is None:
             raise ValueError("mse_loss needs a target: pass mse_loss(target) or LossData(..., target=...)")
-        if tuple(t.shape) != tuple(g.shape):
-            raise ValueError(f"target has shape {tuple(t.shape)}; g has {tuple(g.shape)}")
-        return g, xp, t
+        if tuple(t.shape) != tuple(m.g.shape):
+            raise ValueError(f"target has shape {tuple(t.shape)}; g has {tuple(m.g.shape)}")
+        return m.g - t, backend.namespace(m.g)
 
-    def value(g, data):
-        g, xp, t = _target(g, data)
-        d = g - t
+    def value_at(m, data):
+        d, xp = _target(m, data)
         return _finite_out(data.weight * xp.sum(xp.real(d) ** 2 + xp.imag(d) ** 2, axis=(-2, -1)), xp, "mse loss")
 
-    def gradient(g, data):
-        g, xp, t = _target(g, data)
-        return _finite_out(2.0 * data.weight[:, None, None] * (g - t), xp, "mse gradient")
+    def gradient_at(m, data):
+        d, xp = _target(m, data)
+        return _finite_out(2.0 * data.weight[:, None, None] * d, xp, "mse gradient")
 
-    return PointwiseLoss("mse", value, gradient)
+    return _on_metrics("mse", value_at, gradient_at, positive=False)
 
 
 # --------------------------------------------------------------------------- totals and data
 def total(loss: Loss, g, data: LossData) -> float:
-    """The total loss L = sum_x l(x)/N, the mean of ``loss.value(g, data)`` (eq. 2.3 divided by N)."""
-    values = backend.to_numpy(loss.value(g, data))
+    """The total loss L = sum_x l(x)/N, the mean of ``loss.value(g, data)`` (eq. 2.3 divided by N).
+    ``g`` may be raw metrics or a :class:`~mfarray.linalg.Metrics` already factorised."""
+    if isinstance(g, Metrics):
+        values = loss.values_at(g, data) if hasattr(loss, "values_at") else loss.value(g.g, data)
+    else:
+        values = loss.value(g, data)
+    values = backend.to_numpy(values)
     if values.shape != (data.n,):
         raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned shape {values.shape}; expected ({data.n},)")
     return float(values.mean())
+
+
+def gradient(loss: Loss, m: Metrics, data: LossData):
+    """Per-point gradients (N, k, k) of ``loss`` at factorised metrics ``m``."""
+    G = loss.gradient_at(m, data) if hasattr(loss, "gradient_at") else loss.gradient(m.g, data)
+    if tuple(G.shape) != tuple(m.g.shape):
+        raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned a gradient of shape {tuple(G.shape)}; "
+                         f"expected {tuple(m.g.shape)}")
+    return G
 
 
 def make_loss_data(ds, g0=None, *, target=None) -> LossData:
@@ -386,81 +411,20 @@ def make_loss_data(ds, g0=None, *, target=None) -> LossData:
     if "weight" not in ds or "g_fs" not in ds:
         raise ValueError("ds must be a point set with variables 'weight' and 'g_fs' (mfarray.sample_points)")
     weight = _as_1d(backend.to_numpy(ds["weight"].data), "ds.weight")
-    n = weight.shape[0]
-    g0, xp = _as_metrics(backend.to_numpy(ds["g_fs"].data if g0 is None else g0), "g0", n)
-    if "omega2" not in ds:
-        return LossData(omega2=np.ones_like(weight), weight=weight, kappa=1.0, target=target)
-    omega2 = _as_1d(backend.to_numpy(ds["omega2"].data), "ds.omega2", n)
-    det = _require_positive_definite(g0, xp, "g0")
-    kappa = float(np.sum(weight * det / omega2) / np.sum(weight))
+    omega2 = _as_1d(backend.to_numpy(ds["omega2"].data), "ds.omega2", weight.shape[0]) if "omega2" in ds else None
+    g0 = backend.to_numpy(ds["g_fs"].data if g0 is None else g0)
+    return loss_data(omega2, weight, g0, target=target)
+
+
+def loss_data(omega2, weight, g0, *, target=None) -> LossData:
+    """LossData from arrays: kappa = E_w[det g0/|Omega|^2] (B.10); omega2 None means no
+    Calabi-Yau form (omega2 = 1, kappa = 1)."""
+    weight = _as_1d(weight, "weight")
+    m = _as_metrics(g0, "g0", weight.shape[0])
+    if omega2 is None:
+        xp = backend.namespace(weight)
+        return LossData(omega2=xp.ones_like(weight), weight=weight, kappa=1.0, target=target)
+    omega2 = _as_1d(omega2, "omega2", weight.shape[0])
+    xp = backend.namespace(weight)
+    kappa = float(xp.sum(weight * m.det / omega2) / xp.sum(weight))
     return LossData(omega2=omega2, weight=weight, kappa=kappa, target=target)
-
-
-# --------------------------------------------------------------------------- real flattening
-def _basis(k):
-    """(k*k, k, k) orthonormal basis of Hermitian k x k matrices under Re tr(A^dagger B).
-
-    Order: E_aa (a = 0..k-1), then for each a < b (row-major) (E_ab + E_ba)/sqrt 2 and
-    i (E_ab - E_ba)/sqrt 2.
-    """
-    out = []
-    for a in range(k):
-        e = np.zeros((k, k), complex)
-        e[a, a] = 1
-        out.append(e)
-    for a in range(k):
-        for b in range(a + 1, k):
-            e = np.zeros((k, k), complex)
-            e[a, b] = e[b, a] = 1 / np.sqrt(2)
-            out.append(e)
-            e = np.zeros((k, k), complex)
-            e[a, b], e[b, a] = 1j / np.sqrt(2), -1j / np.sqrt(2)
-            out.append(e)
-    return np.stack(out)
-
-
-def hermitian_to_real(g):
-    """(..., k, k) -> (..., k*k) float64 coordinates r_j = Re tr(B_j^dagger g) in :func:`_basis`.
-
-    For Hermitian g this is an isometry, <A, B> = Re tr(A^dagger B) = r_A . r_B, inverse to
-    :func:`real_to_hermitian`: r = (g_aa; sqrt2 Re g_ab, sqrt2 Im g_ab for a < b).  For a general
-    complex g it is the adjoint of :func:`real_to_hermitian` (orthogonal projection onto the
-    Hermitian part).  A gradient G in the module convention flattens to the Euclidean gradient
-    in r.
-    """
-    g = _as_array(g, "g")
-    xp = backend.namespace(g)
-    if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
-        raise ValueError(f"g must have shape (..., k, k); got {tuple(g.shape)}")
-    g = xp.astype(g, xp.complex128)
-    if not bool(xp.all(xp.isfinite(g))):
-        raise ValueError("g has non-finite entries (NaN or inf)")
-    k = g.shape[-1]
-    r2 = 1.0 / math.sqrt(2.0)
-    cols = [xp.real(g[..., a, a]) for a in range(k)]
-    for a in range(k):
-        for b in range(a + 1, k):
-            cols.append(r2 * (xp.real(g[..., a, b]) + xp.real(g[..., b, a])))
-            cols.append(r2 * (xp.imag(g[..., a, b]) - xp.imag(g[..., b, a])))
-    return xp.stack(cols, axis=-1)
-
-
-def real_to_hermitian(r, k: int):
-    """(..., k*k) real coordinates -> (..., k, k) exactly Hermitian matrices sum_j r_j B_j.
-
-    Inverse of :func:`hermitian_to_real` on Hermitian matrices (and its adjoint in general).
-    """
-    r = _as_array(r, "r")
-    xp = backend.namespace(r)
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
-    if r.ndim < 1 or r.shape[-1] != k * k:
-        raise ValueError(f"r must have shape (..., {k * k}) for k = {k}; got {tuple(r.shape)}")
-    if xp.isdtype(r.dtype, "complex floating"):
-        raise ValueError(f"r must be real; got dtype {r.dtype}")
-    r = xp.astype(r, xp.float64)
-    if not bool(xp.all(xp.isfinite(r))):
-        raise ValueError("r has non-finite entries (NaN or inf)")
-    B = xp.asarray(np.reshape(_basis(k), (k * k, k * k)))
-    out = xp.astype(r, xp.complex128) @ B
-    return xp.reshape(out, tuple(r.shape[:-1]) + (k, k))

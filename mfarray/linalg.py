@@ -1,0 +1,358 @@
+r"""Hermitian metrics as arrays: determinant, LDL pivots, inverse, the one validity rule, and
+the orthonormal real basis.
+
+Metrics are complex arrays ``g`` of shape (N, k, k) with ``g[..., b, c] = g_{b cbar}``.  Every
+layer above (losses, measures, flows, evaluation) asks this module what a valid metric is, so
+there is exactly one answer:
+
+**A metric is valid** when it is finite, Hermitian (max |g - g^dagger| <= ``HERMITIAN_RTOL``
+max |g|, per point), positive definite (every LDL^H pivot > 0) and not numerically singular:
+
+    rcond(g) = det g / (tr g * e_{k-1}(g)) >= MARGIN,
+
+where e_{k-1} is the sum of the principal (k-1)-minors (= det g tr g^{-1}).  Since
+tr g >= lambda_max and tr g^{-1} >= 1/lambda_min,
+
+    lambda_min / (k^2 lambda_max) <= rcond(g) <= lambda_min / lambda_max,
+
+so every valid metric has lambda_min >= MARGIN lambda_max (a metric is refused at worst when
+lambda_min / lambda_max < k^2 MARGIN).  MARGIN = 1e-14 (about 45 eps) is above the rounding
+error of the LDL pivots (about k eps lambda_max), so it refuses metrics within rounding of
+singular, whose sign depends on the order of floating-point operations (a last pivot of
++4e-17 that a second evaluation called -4e-17); and it keeps the worst FS chart metric seen in
+practice: 200 quintic points moved into chart (0, 1) by ``express_in_chart`` have
+lambda_min / lambda_max down to 2.1e-14 (rcond 2.06e-14, lambda_max 6.8e10).
+
+:func:`metrics` computes all of it in one pass and carries det and the inverse on, so a flow
+step factorises each metric once.  Bare array code: NumPy or CuPy, namespace from the inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from . import backend
+
+__all__ = [
+    "MARGIN", "HERMITIAN_RTOL", "Metrics", "metrics", "valid", "require_valid", "hermitian_det",
+    "ldl_pivots", "positive_definite", "hermitian_inverse", "hermitian_part", "frobenius",
+    "hermitian_to_real", "real_to_hermitian", "real_basis",
+]
+
+MARGIN = 1e-14
+HERMITIAN_RTOL = 1e-10
+
+
+# --------------------------------------------------------------------------- factorisation
+def hermitian_det(g):
+    """Real determinant of Hermitian matrices g (..., k, k) -> (...).
+
+    k <= 3 uses the explicit cofactor expansion with real diagonals (about 3x faster than a
+    batched LU for the quintic's 3 x 3 metrics); larger k uses ``linalg.det``.  For
+    ill-conditioned metrics prefer ``metrics(g).det`` (product of LDL pivots).
+    """
+    xp = backend.namespace(g)
+    k = g.shape[-1]
+    if k == 1:
+        return xp.real(g[..., 0, 0])
+    if k == 2:
+        return xp.real(g[..., 0, 0]) * xp.real(g[..., 1, 1]) - xp.abs(g[..., 0, 1]) ** 2
+    if k == 3:
+        a, b, c = xp.real(g[..., 0, 0]), xp.real(g[..., 1, 1]), xp.real(g[..., 2, 2])
+        x, y, w = g[..., 0, 1], g[..., 0, 2], g[..., 1, 2]
+        return (a * b * c + 2.0 * xp.real(x * w * xp.conj(y))
+                - a * xp.abs(w) ** 2 - b * xp.abs(y) ** 2 - c * xp.abs(x) ** 2)
+    return xp.real(xp.linalg.det(g))
+
+
+def ldl_pivots(g):
+    """Pivots (N, k) of the LDL^H elimination of Hermitian g (N, k, k), without pivoting.
+
+    All pivots are > 0 exactly when g is positive definite, and det g is their product.  For
+    positive-definite g the elimination is backward stable, so metrics with condition numbers
+    up to ~1e14 are recognised, where leading minors from cofactor determinants fail beyond
+    ~1e8.  Each metric is scaled to max |entry| = 1 first, so no product overflows, and the
+    pivots scaled back.  Finite input expected (NaN pivots compare False).
+    """
+    xp = backend.namespace(g)
+    top = xp.max(xp.reshape(xp.abs(g), (g.shape[0], -1)), axis=-1)
+    top = xp.where(top > 0, top, 1.0)
+    a = g / top[:, None, None]
+    pivots = []
+    while a.shape[-1] > 0:
+        pivot = xp.real(a[:, 0, 0])
+        pivots.append(pivot)
+        safe = xp.where(pivot > 0, pivot, 1.0)[:, None, None]
+        a = a[:, 1:, 1:] - a[:, 1:, :1] * a[:, :1, 1:] / safe  # Schur complement
+    return xp.stack(pivots, axis=-1) * top[:, None]
+
+
+def positive_definite(g):
+    """(N,) bool: g (N, k, k) Hermitian is finite and positive definite (:func:`ldl_pivots`).
+
+    Positivity alone; the validity rule of this module (:func:`valid`) also asks for a
+    margin from singularity."""
+    xp = backend.namespace(g)
+    finite = xp.all(xp.isfinite(xp.reshape(g, (g.shape[0], -1))), axis=-1)
+    safe = xp.where(finite[:, None, None], g, xp.eye(g.shape[-1], dtype=g.dtype))
+    return finite & xp.all(ldl_pivots(safe) > 0, axis=-1)
+
+
+def hermitian_part(g):
+    """(g + g^dagger) / 2."""
+    xp = backend.namespace(g)
+    return 0.5 * (g + xp.conj(xp.matrix_transpose(g)))
+
+
+def _adjugate(g, xp):
+    """Adjugate of Hermitian g (N, k, k) for k <= 3 (exactly Hermitian), or None."""
+    k = g.shape[-1]
+    if k == 1:
+        return xp.ones_like(g)
+    if k == 2:
+        a, b, x = g[:, 0, 0], g[:, 1, 1], g[:, 0, 1]
+        return xp.stack([xp.stack([b, -x], axis=-1), xp.stack([-xp.conj(x), a], axis=-1)], axis=-2)
+    if k == 3:
+        a, b, c = xp.real(g[:, 0, 0]), xp.real(g[:, 1, 1]), xp.real(g[:, 2, 2])
+        x, y, w = g[:, 0, 1], g[:, 0, 2], g[:, 1, 2]
+        c00 = b * c - xp.abs(w) ** 2
+        c11 = a * c - xp.abs(y) ** 2
+        c22 = a * b - xp.abs(x) ** 2
+        c01 = y * xp.conj(w) - x * c          # adj[0, 1]
+        c02 = x * w - y * b                   # adj[0, 2]
+        c12 = xp.conj(x) * y - a * w          # adj[1, 2]
+        zero = xp.zeros_like(x)
+        rows = [
+            xp.stack([c00 + zero, c01, c02], axis=-1),
+            xp.stack([xp.conj(c01), c11 + zero, c12], axis=-1),
+            xp.stack([xp.conj(c02), xp.conj(c12), c22 + zero], axis=-1),
+        ]
+        return xp.stack(rows, axis=-2)
+    return None
+
+
+def hermitian_inverse(g):
+    """g^{-1} (N, k, k) of Hermitian positive-definite g, exactly Hermitian."""
+    return metrics(g).inverse
+
+
+def frobenius(a):
+    """Per-point Frobenius norms (N,) of (N, k, k) arrays."""
+    xp = backend.namespace(a)
+    return xp.sqrt(xp.sum(xp.real(a) ** 2 + xp.imag(a) ** 2, axis=(-2, -1)))
+
+
+# --------------------------------------------------------------------------- the validity rule
+@dataclasses.dataclass(frozen=True, eq=False)
+class Metrics:
+    """Hermitian metrics with their factorisation facts, computed once (:func:`metrics`).
+
+    g : (N, k, k) complex128, the exact Hermitian part of the input.
+    det : (N,) float, product of the LDL^H pivots (meaningful where ``valid``).
+    rcond : (N,) float, det / (tr g e_{k-1}) (0 where not positive definite).
+    valid : (N,) bool, the module's validity rule.
+    inverse : (N, k, k), exactly Hermitian (computed on first use).
+    """
+
+    g: object
+    det: object
+    rcond: object
+    valid: object
+
+    @property
+    def n(self) -> int:
+        return int(self.g.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.g.shape[-1])
+
+    @property
+    def all_valid(self) -> bool:
+        xp = backend.namespace(self.valid)
+        return bool(xp.all(self.valid))
+
+    @functools.cached_property
+    def inverse(self):
+        xp = backend.namespace(self.g)
+        adj = _adjugate(self.g, xp)
+        if adj is None:
+            inv = xp.linalg.inv(self.g)
+            return hermitian_part(inv)
+        det = xp.where(self.det != 0, self.det, 1.0)
+        return adj / xp.astype(det, adj.dtype)[:, None, None]
+
+    def take(self, mask) -> Metrics:
+        return Metrics(self.g[mask], self.det[mask], self.rcond[mask], self.valid[mask])
+
+
+def metrics(g, *, margin: float = MARGIN, hermitian_rtol: float = HERMITIAN_RTOL) -> Metrics:
+    """Factorise Hermitian metrics g (N, k, k) once: det, rcond, validity (module rule).
+
+    Non-finite or non-Hermitian input is marked invalid, never raised on: callers decide
+    (:func:`require_valid` raises with a count and the reason).
+    """
+    g = _as_complex(g)
+    if g.ndim != 3 or g.shape[-1] != g.shape[-2]:
+        raise ValueError(f"metrics must have shape (N, k, k); got {tuple(g.shape)}")
+    with np.errstate(all="ignore"):  # overflow or NaN makes a metric invalid, not a warning
+        return _metrics(g, margin, hermitian_rtol)
+
+
+def _metrics(g, margin, hermitian_rtol):
+    xp = backend.namespace(g)
+    n, k = g.shape[0], g.shape[-1]
+    flat = xp.reshape(g, (n, -1))
+    finite = xp.all(xp.isfinite(flat), axis=-1)
+    eye = xp.eye(k, dtype=g.dtype)
+    g = xp.where(finite[:, None, None], g, eye)
+    gh = xp.conj(xp.matrix_transpose(g))
+    top = xp.max(xp.abs(xp.reshape(g, (n, -1))), axis=-1)
+    asym = xp.max(xp.abs(xp.reshape(g - gh, (n, -1))), axis=-1)
+    hermitian = asym <= hermitian_rtol * top
+    g = 0.5 * (g + gh)
+    pivots = ldl_pivots(g)
+    positive = xp.all(pivots > 0, axis=-1)
+    det = xp.prod(pivots, axis=-1)
+    trace = sum(xp.real(g[:, i, i]) for i in range(k))
+    e_k1 = _principal_minor_sum(g, det, xp)
+    rcond = xp.where(positive, det / (trace * e_k1), 0.0)
+    ok = finite & hermitian & positive & (rcond >= margin)
+    return Metrics(g=g, det=det, rcond=rcond, valid=ok)
+
+
+def _principal_minor_sum(g, det, xp):
+    """e_{k-1}(g): the sum of the principal (k-1)-minors (= det g tr g^{-1})."""
+    k = g.shape[-1]
+    if k == 1:
+        return xp.ones_like(det)
+    if k == 2:
+        return xp.real(g[:, 0, 0]) + xp.real(g[:, 1, 1])
+    if k == 3:
+        a, b, c = xp.real(g[:, 0, 0]), xp.real(g[:, 1, 1]), xp.real(g[:, 2, 2])
+        return (b * c - xp.abs(g[:, 1, 2]) ** 2) + (a * c - xp.abs(g[:, 0, 2]) ** 2) + \
+            (a * b - xp.abs(g[:, 0, 1]) ** 2)
+    safe = xp.where((det > 0)[:, None, None], g, xp.eye(k, dtype=g.dtype))
+    inv = xp.linalg.inv(safe)
+    return det * xp.real(xp.trace(inv, axis1=-2, axis2=-1))
+
+
+def valid(g, **kw):
+    """(N,) bool: the validity rule of this module for metrics g (N, k, k)."""
+    return metrics(g, **kw).valid
+
+
+def require_valid(g, name: str = "g", **kw) -> Metrics:
+    """:func:`metrics` of g, or ValueError naming ``name``, how many metrics fail and why."""
+    m = g if isinstance(g, Metrics) else metrics(g, **kw)
+    if m.n and not m.all_valid:
+        raise ValueError(f"{name}: {describe_invalid(m)}")
+    return m
+
+
+def describe_invalid(m: Metrics) -> str:
+    """Count and reason of the invalid metrics in ``m`` (for error messages)."""
+    xp = backend.namespace(m.valid)
+    bad = ~m.valid
+    count = int(xp.sum(xp.astype(bad, xp.int64)))
+    positive = m.rcond > 0
+    singular = int(xp.sum(xp.astype(bad & positive, xp.int64)))
+    first = backend.to_numpy(xp.nonzero(bad)[0][:5]).tolist()
+    return (f"{count} of {m.n} metrics are not valid (finite, Hermitian, positive definite with "
+            f"lambda_min >= {MARGIN:g} lambda_max); {singular} of them are positive but numerically "
+            f"singular; e.g. points {first}")
+
+
+def _as_complex(g):
+    if backend.is_dask(g):
+        g = g.compute()
+    if not backend.is_cupy(g):
+        g = np.asarray(g)
+    xp = backend.namespace(g)
+    if g.dtype != xp.complex128:
+        g = xp.astype(g, xp.complex128)
+    return g
+
+
+# --------------------------------------------------------------------------- real basis
+@functools.lru_cache(maxsize=None)
+def real_basis(k: int):
+    """(k*k, k, k) orthonormal basis of Hermitian k x k matrices under Re tr(A^dagger B).
+
+    Order: E_aa (a = 0..k-1), then for each a < b (row-major) (E_ab + E_ba)/sqrt 2 and
+    i (E_ab - E_ba)/sqrt 2.  Read-only NumPy array.
+    """
+    out = []
+    for a in range(k):
+        e = np.zeros((k, k), complex)
+        e[a, a] = 1
+        out.append(e)
+    for a in range(k):
+        for b in range(a + 1, k):
+            e = np.zeros((k, k), complex)
+            e[a, b] = e[b, a] = 1 / np.sqrt(2)
+            out.append(e)
+            e = np.zeros((k, k), complex)
+            e[a, b], e[b, a] = 1j / np.sqrt(2), -1j / np.sqrt(2)
+            out.append(e)
+    basis = np.stack(out)
+    basis.setflags(write=False)
+    return basis
+
+
+def hermitian_to_real(g):
+    """(..., k, k) -> (..., k*k) float64 coordinates r_j = Re tr(B_j^dagger g) in :func:`real_basis`.
+
+    For Hermitian g this is an isometry, <A, B> = Re tr(A^dagger B) = r_A . r_B, inverse to
+    :func:`real_to_hermitian`: r = (g_aa; sqrt2 Re g_ab, sqrt2 Im g_ab for a < b).  For a general
+    complex g it is the adjoint of :func:`real_to_hermitian` (orthogonal projection onto the
+    Hermitian part).
+    """
+    g = _as_array(g)
+    xp = backend.namespace(g)
+    if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
+        raise ValueError(f"g must have shape (..., k, k); got {tuple(g.shape)}")
+    g = xp.astype(g, xp.complex128)
+    if not bool(xp.all(xp.isfinite(g))):
+        raise ValueError("g has non-finite entries (NaN or inf)")
+    k = g.shape[-1]
+    r2 = 1.0 / math.sqrt(2.0)
+    cols = [xp.real(g[..., a, a]) for a in range(k)]
+    for a in range(k):
+        for b in range(a + 1, k):
+            cols.append(r2 * (xp.real(g[..., a, b]) + xp.real(g[..., b, a])))
+            cols.append(r2 * (xp.imag(g[..., a, b]) - xp.imag(g[..., b, a])))
+    return xp.stack(cols, axis=-1)
+
+
+def real_to_hermitian(r, k: int):
+    """(..., k*k) real coordinates -> (..., k, k) exactly Hermitian matrices sum_j r_j B_j.
+
+    Inverse of :func:`hermitian_to_real` on Hermitian matrices (and its adjoint in general).
+    """
+    r = _as_array(r)
+    xp = backend.namespace(r)
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    if r.ndim < 1 or r.shape[-1] != k * k:
+        raise ValueError(f"r must have shape (..., {k * k}) for k = {k}; got {tuple(r.shape)}")
+    if xp.isdtype(r.dtype, "complex floating"):
+        raise ValueError(f"r must be real; got dtype {r.dtype}")
+    r = xp.astype(r, xp.float64)
+    if not bool(xp.all(xp.isfinite(r))):
+        raise ValueError("r has non-finite entries (NaN or inf)")
+    B = xp.asarray(np.reshape(real_basis(k), (k * k, k * k)))
+    out = xp.astype(r, xp.complex128) @ B
+    return xp.reshape(out, tuple(r.shape[:-1]) + (k, k))
+
+
+def _as_array(x):
+    if backend.is_cupy(x):
+        return x
+    if backend.is_dask(x):
+        x = x.compute()
+    return np.asarray(x)
