@@ -90,7 +90,7 @@ def test_gaussian_fs_lazy_equals_in_memory(z):
     # GEMM tiles of other shapes: each entry within GEMM_TOL of the exact distance
     np.testing.assert_allclose(lazy.compute(), gaussian_fs(z, z, sigma=0.2, squared=True),
                                rtol=0, atol=kernel_tol(0.2, True, 2 * GEMM_TOL))
-    assert gaussian_fs.input_kind == "points"
+    assert gaussian_fs.inputs == "points"
 
 
 @pytest.mark.parametrize("squared", [False, True])

@@ -48,7 +48,9 @@ sigma^2 = d / sigma_w^2 (2.37, correct) iff
 All functions are pure array code: the namespace comes from the inputs
 (``array_api_compat.array_namespace``), so NumPy and CuPy inputs both work; parameters are
 drawn with NumPy (``numpy.random.default_rng``) and moved to the inputs' namespace.  Integer
-inputs are promoted to float64; floating inputs keep their dtype.
+inputs are promoted to float64; floating inputs keep their dtype.  :func:`cosine_ntk` is a
+:class:`~mfarray.kernels.spec.Kernel` spec on real features (``inputs="features"``);
+:func:`cosine_ntk_empirical` depends on a draw of the network (width, seed) and stays a function.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ import math
 
 import array_api_compat
 import numpy as np
+
+from .spec import kernel
 
 __all__ = [
     "VARIANTS",
@@ -191,6 +195,7 @@ def _amplitude(amplitude, normalized, d, sigma_w, variant):
 
 
 # ------------------------------------------------------------------- analytic NTK (2.35)
+@kernel("features")
 def cosine_ntk(x1, x2, *, sigma_w, amplitude=1.0, normalized=False, variant="rff"):
     """Infinite-width last-layer NTK of the cosine network, eqs. (2.34)-(2.35).
 

@@ -3,20 +3,34 @@
 These act on homogeneous points z (n, n+1) of P^n and use the cancellation-free distance of
 :mod:`mfarray.geometry.distance`, so the paper's threshold for nearly equal points (§3.1,
 after eq. 3.4) is not needed.  Both give the scalar k(x, x') of the Kronecker-structured
-metric-NTK Theta_{ijkl} = delta_ik delta_jl k(x, x') (eq. 2.23, 3.5).
+metric-NTK Theta_{ijkl} = delta_ik delta_jl k(x, x') (eq. 2.23, 3.5), as
+:class:`~mfarray.kernels.spec.Kernel` specs reading points (``inputs="points"``); the Delta
+kernel is not pairwise (its k(x, x') depends on the whole second point set) nor symmetric.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from .. import backend
 from ..geometry.distance import fs_distance, nearest
+from .spec import kernel
 
 
-def _check_sigma(sigma):
-    if not (isinstance(sigma, (int, float)) and sigma > 0 and sigma < float("inf")):
+def _check_sigma(sigma) -> float:
+    """The kernel width as a float: any real number (NumPy scalars too) that is positive and
+    finite; bools, strings and other types raise TypeError, NaN, inf and sigma <= 0 ValueError."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f"sigma must be a positive finite real number (the kernel width); got {sigma!r} "
+                        f"of type {type(sigma).__name__}")
+    value = float(sigma)
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"sigma must be a positive finite number (the kernel width); got {sigma!r}")
+    return value
 
 
+@kernel("points")
 def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False, method: str = "gemm"):
     """Gaussian kernel of FS distance d = d_FS(z1, z2), shape (n1, n2).
 
@@ -31,7 +45,7 @@ def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False, method: str = "g
     its entries agree with ``method="entrywise"`` to a few ulps of d, and identical points still
     give exactly 1.  ``"entrywise"`` gives distances bit-identical across blocks and chunks.
     """
-    _check_sigma(sigma)
+    sigma = _check_sigma(sigma)
     d = fs_distance(z1, z2, method=method)
     scale = -1.0 / (2 * sigma**2) if squared else -1.0 / (2 * sigma)
     if backend.is_dask(d):
@@ -50,6 +64,7 @@ def nearest_index(z_test, z_train):
     return nearest(z_test, z_train)[0]
 
 
+@kernel("points", pairwise=False, symmetric=False)
 def delta(z1, z2):
     """The Delta kernel of §3.2: k[i, j] = 1 if train point j is the nearest to point i, else 0.
 
@@ -62,10 +77,3 @@ def delta(z1, z2):
         idx = idx.compute()
     xp = backend.namespace(idx)
     return xp.astype(idx[:, None] == xp.arange(z2.shape[0])[None, :], xp.float64)
-
-
-# kernels on homogeneous points rather than real features: flows feed them z directly
-gaussian_fs.input_kind = "points"
-delta.input_kind = "points"
-# delta's k(x, x') depends on the whole train set (its nearest point): never tile it
-delta.pairwise = False

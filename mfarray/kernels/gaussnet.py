@@ -45,6 +45,10 @@ Finite width: the per-neuron fourth moment is E[h(x)^2 h(x')^2] = exp(4 sigma_b0
 4 sigma_w^2 x.x' / d) (log-normal, heavy-tailed), so the empirical NTK's O(1/sqrt(N))
 error grows like exp(2 sigma_w^2 |x|^2 / d) for large |x| and with sigma_b0; sigma_b0 = 0
 minimises it without changing the kernel.
+
+:func:`gaussnet_nngp` and :func:`gaussnet_ntk` are :class:`~mfarray.kernels.spec.Kernel` specs on
+real features (``inputs="features"``); :func:`gaussnet_ntk_empirical` depends on a draw of the
+network (width, seed) and stays a function.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import math
 import numpy as np
 
 from .cosine import _as_float, _as_float_pair, _param, sq_distances
+from .spec import kernel
 
 __all__ = [
     "gaussnet_normalized_amplitude",
@@ -84,6 +89,7 @@ def _amplitude(amplitude, normalized, d, sigma_w, sigma_b):
     return gaussnet_normalized_amplitude(d, sigma_w)
 
 
+@kernel("features")
 def gaussnet_nngp(x1, x2, *, sigma_w, sigma_b=0.0, sigma_a=1.0, amplitude=1.0):
     """NNGP kernel E[f(x) f(x')] of Gauss-net (module docstring).
 
@@ -108,6 +114,7 @@ def gaussnet_nngp(x1, x2, *, sigma_w, sigma_b=0.0, sigma_a=1.0, amplitude=1.0):
     return (amplitude * sigma_a) ** 2 * g + sigma_b * sigma_b
 
 
+@kernel("features")
 def gaussnet_ntk(x1, x2, *, sigma_w, sigma_b=0.0, amplitude=1.0, normalized=False):
     """Infinite-width last-layer NTK of Gauss-net (a and the output bias beta trained).
 

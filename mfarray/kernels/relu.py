@@ -11,7 +11,8 @@ component network.  Section 3.2 ("Metrics from a ReLU NTK", Table 1) uses the
 infinite-width NTK of a one-hidden-layer ReLU network computed with
 ``neural-tangents`` with :math:`\sigma_b = 80.52`, :math:`\sigma_w = 5.716`.
 This module provides that kernel (and its deeper versions) in closed form as
-pure array functions, without JAX.
+pure array functions, without JAX; ``relu_ntk`` and ``relu_nngp`` are
+:class:`~mfarray.kernels.spec.Kernel` specs on real features (``inputs="features"``).
 
 Convention (exactly neural-tangents' ``stax`` in NTK parameterisation)
 --------------------------------------------------------------------
@@ -99,10 +100,12 @@ NumPy the blocks can be processed by a small thread pool (``n_threads``).
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import array_api_compat
+
+from .. import backend
+from .spec import kernel
 
 __all__ = ["relu_kernels", "relu_ntk", "relu_nngp", "relu_ntk_diag", "relu_nngp_diag",
            "relu_kernels_diag"]
@@ -338,8 +341,7 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
     ntk = xp.empty((n1, n2), dtype=x1.dtype) if want_ntk else None
     starts = list(range(0, n1, block_rows))
     if n_threads is None:
-        n_threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                        else (os.cpu_count() or 1), 8)
+        n_threads = min(backend.cores(), 8)
     is_np = array_api_compat.is_numpy_namespace(xp)
     n_threads = max(1, min(int(n_threads), len(starts))) if is_np else 1
 
@@ -398,6 +400,7 @@ def relu_kernels(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
                     n_threads, True, True)
 
 
+@kernel("features")
 def relu_ntk(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
              refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
     """Infinite-width NTK :math:`\\Theta^L(x_1, x_2)` of a ReLU MLP, shape (n1, n2).
@@ -409,6 +412,7 @@ def relu_ntk(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
                     n_threads, False, True)[1]
 
 
+@kernel("features")
 def relu_nngp(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
               refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
     """Infinite-width NNGP kernel :math:`K^L(x_1, x_2) = E[f(x_1) f(x_2)]`, shape (n1, n2).
