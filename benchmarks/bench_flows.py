@@ -183,7 +183,7 @@ def step_pieces(train, K, repeat=5):
 
 
 PROFILE_KEYS = [
-    ("matvec", "operators.py", "K.matvec"),
+    ("matvec", "kernels/operators/", "K.matvec"),
     ("_squared_gradient", "losses.py", "loss gradient"),
     ("positive_definite", "guard.py", "positive_definite"),
     ("total", "losses.py", "loss total (record)"),

@@ -1,17 +1,31 @@
-"""Array backend policy: which namespace, which dtype, whether an array is lazy.
+"""Array backend policy: which namespace, which dtype, whether an array is lazy, and how
+the CPU cores are shared.
 
 Every bare formula in mfarray takes its array namespace from its inputs
 (``array_api_compat.array_namespace``), so the same code runs on NumPy and on CuPy.
 CuPy is only ever imported lazily, inside :func:`cupy`.  Dask arrays are recognised
 here so that the thin lifting wrappers can map bare formulas over chunks.
+
+Parallelism, one policy for every threaded kernel computation (kernel operator tiles,
+empirical and ReLU NTK row blocks): :func:`cores` threads by default, each holding BLAS to
+one thread (:func:`one_blas_thread`), and kernel matrices cut into :data:`TILE` x
+:data:`TILE` tiles.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import array_api_compat
 
 REAL = "float64"
 COMPLEX = "complex128"
+
+TILE = 1024
+"""Default tile (block) edge of a kernel matrix: tiled operators, Dask graphs and Zarr chunks.
+Measured: 1024^2 tiles 15% faster than 2048^2 (cache-resident temporaries) and 4x faster to
+read from a Zarr store than 4096^2 (benchmarks/RESULTS.md)."""
 
 
 def namespace(*arrays):
@@ -48,3 +62,34 @@ def to_numpy(x):
     if is_cupy(x):
         return x.get()
     return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------- parallelism
+
+
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one, else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+_BLAS = None
+
+
+def one_blas_thread():
+    """Context holding BLAS to one thread where our own threads already run one per core
+    (tile threads, row-block threads, Dask's threaded scheduler): nested BLAS threads
+    oversubscribe the cores (1.8-2.2x slower mat-vecs measured on 2 cores).  Process-global,
+    so overlapping users may briefly restore it: a speed matter only.  (dask.distributed
+    workers start with one BLAS thread anyway.)  A no-op without threadpoolctl."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            _BLAS = False
+        else:
+            _BLAS = ThreadpoolController()  # scanning the loaded libraries once, not per use
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()

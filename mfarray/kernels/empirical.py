@@ -44,6 +44,7 @@ from __future__ import annotations
 import array_api_compat
 import numpy as np
 
+from .. import backend
 from .. import networks as _nw
 
 __all__ = [
@@ -112,33 +113,6 @@ def _add(raw, a, b, out):
         raw.add(a, b, out=out)
     else:
         out[...] = a + b
-
-
-def _usable_cores():
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-class _single_threaded_blas:
-    """Limit the BLAS to one thread while our own threads share the cores (if possible)."""
-
-    def __enter__(self):
-        try:
-            from threadpoolctl import threadpool_limits
-
-            self._ctx = threadpool_limits(limits=1, user_api="blas")
-        except Exception:  # pragma: no cover - threadpoolctl missing
-            self._ctx = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.restore_original_limits()
-        return False
 
 
 def _block_rows(n2, c, itemsize, block_rows):
@@ -229,14 +203,14 @@ def empirical_ntk(config, params, x1, x2=None, *, block_rows=None, n_threads=Non
 
     starts = list(range(0, n1, rows))
     if n_threads is None:
-        n_threads = _usable_cores() if raw is np else 1
+        n_threads = backend.cores() if raw is np else 1
     n_threads = max(1, min(int(n_threads), len(starts)))
     if n_threads == 1:
         work(starts)
         return out
     from concurrent.futures import ThreadPoolExecutor
 
-    with _single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
+    with backend.one_blas_thread(), ThreadPoolExecutor(n_threads) as pool:
         # Interleaved assignment balances the work; every block is written exactly once.
         list(pool.map(work, [starts[t::n_threads] for t in range(n_threads)]))
     return out

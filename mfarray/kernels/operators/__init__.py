@@ -1,0 +1,140 @@
+"""Kernel operators: the metric-NTK as a linear map, without materialising it.
+
+The metric flow (Halverson & Ruehle eq. 2.12) applies the Kronecker metric-NTK (2.21)-(2.23),
+``Theta_{ijkl}(x, x') = delta_ik delta_jl k(x, x')``, to metric-shaped arrays ``v (n_in,
+*component_shape)``: one scalar ``(n_out, n_in)`` kernel matrix acting on every component
+(:mod:`.protocol` spells this out).  For ``N = 10^5`` points (paper §3.1) even the scalar
+kernel is 10^10 entries (80 GB in float64), so it is applied blockwise: recomputed on the fly
+(:class:`BlockwiseOperator`), streamed from a Zarr store on disk (:class:`ZarrOperator`), or
+through a low-rank factorisation (:class:`FactoredOperator`, random features or Jacobians).
+:class:`DenseOperator` holds the matrix in memory, and also accepts a general
+component-mixing metric-NTK as ``(n_out, n_in, c, c)`` blocks.  Every operator follows one
+small protocol (:class:`KernelOperator`); :func:`as_operator` picks one.
+
+One module per concept::
+
+    protocol   the protocol; shared checks, flatten/unflatten, the block product, kernel spec
+    dense      DenseOperator           (in memory, scalar or component-mixing)
+    tiled      BlockwiseOperator       (recomputed tiles: threads, tile cache, symmetric tiles)
+    graph      the Dask graphs of the lazy mat-vecs (one task per tile)
+    stored     ZarrOperator            (on disk, resumable build)
+    record     what a stored matrix records about itself (points, kernel identity)
+    factored   FactoredOperator        (Phi_out Phi_in^T)
+
+NumPy and CuPy inputs work alike (the namespace comes from the inputs); Dask inputs give
+lazy Dask results whose tasks each hold about one ``block x block`` kernel block.
+CuPy is never imported here.  Threads, BLAS threads and the default tile follow
+:mod:`mfarray.backend` (``cores()``, ``one_blas_thread()``, ``TILE``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ... import backend
+from .dense import DenseOperator
+from .factored import FactoredOperator
+from .protocol import KernelOperator, check_pair, is_complex_dtype, kernel_block, kernel_spec
+from .stored import ZarrOperator
+from .tiled import BlockwiseOperator
+
+__all__ = [
+    "KernelOperator",
+    "DenseOperator",
+    "BlockwiseOperator",
+    "ZarrOperator",
+    "FactoredOperator",
+    "as_operator",
+    "acts_componentwise",
+]
+
+
+def acts_componentwise(op) -> bool:
+    """True when ``op`` applies one scalar kernel to every trailing component alike (eq.
+    2.23), so it may be fed any real coordinates of the metrics (e.g. the 9 real coordinates
+    of a Hermitian 3x3 instead of its 18 real and imaginary parts).  Component-mixing and
+    unknown operators answer False.  (A blockwise kernel is assumed real; see
+    ``flows.frozen.metric_matvec`` for the check.)"""
+    if isinstance(op, DenseOperator):
+        return op.components is None and not is_complex_dtype(op.matrix.dtype)
+    if isinstance(op, FactoredOperator):
+        return not (is_complex_dtype(op.phi_out.dtype) or is_complex_dtype(op.phi_in.dtype))
+    return isinstance(op, (BlockwiseOperator, ZarrOperator))
+
+
+_METHODS = ("auto", "dense", "blockwise", "zarr", "factored")
+
+
+def as_operator(
+    kernel_or_operator,
+    x_out=None,
+    x_in=None,
+    *,
+    method: str = "auto",
+    block: int | None = None,
+    path=None,
+    dense_max_bytes: int = 2**28,
+    **build_kwargs,
+):
+    """The operator a flow applies: pass through an operator, wrap a matrix, open a Zarr
+    path, or turn a kernel ``k(x1, x2)`` on ``x_out`` (and ``x_in``, default ``x_out``)
+    into one.
+
+    ``method``:
+      ``"dense"``     ``DenseOperator(k(x_out, x_in))`` (lazy Dask for Dask points);
+      ``"blockwise"`` :class:`BlockwiseOperator` (``block`` default ``backend.TILE`` = 1024;
+                      ``symmetric``, ``workers``, ``cache_bytes`` pass through, also to the
+                      tiled "dense" build);
+      ``"zarr"``      :meth:`ZarrOperator.build` at ``path`` (``block`` default 1024, measured
+                      4x faster to read than 4096 here; ``build_kwargs`` such as ``dtype``,
+                      ``workers`` go there);
+      ``"factored"``  ``kernel_or_operator`` is a feature map ``phi(x) -> (n, rank)``:
+                      :class:`FactoredOperator` ``(phi(x_out), phi(x_in))``;
+      ``"auto"``      dense when the float64 matrix fits in ``dense_max_bytes`` and no
+                      input is Dask, blockwise otherwise.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
+    obj = kernel_or_operator
+    if hasattr(obj, "matvec") and hasattr(obj, "shape"):
+        if x_out is not None:
+            x_in_ = x_out if x_in is None else x_in
+            want = (int(x_out.shape[0]), int(x_in_.shape[0]))
+            if tuple(obj.shape) != want:
+                raise ValueError(f"operator has shape {tuple(obj.shape)} but x_out, x_in give {want}")
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return ZarrOperator.open(obj)
+    if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
+        return DenseOperator(obj)
+    if not callable(obj):
+        raise ValueError(
+            f"kernel_or_operator must be an operator, a matrix, a Zarr path or a kernel callable; "
+            f"got {type(obj).__name__}"
+        )
+    if x_out is None:
+        raise ValueError("x_out is required to build an operator from a kernel")
+    x_in = x_out if x_in is None else x_in
+    if method == "factored":
+        return FactoredOperator(obj(x_out), obj(x_in) if x_in is not x_out else None)
+    check_pair(x_out, x_in)
+    lazy = backend.is_dask(x_out) or backend.is_dask(x_in)
+    if method == "auto":
+        method = "dense" if (not lazy and 8 * x_out.shape[0] * x_in.shape[0] <= dense_max_bytes) else "blockwise"
+    if method == "dense" and not kernel_spec(obj).pairwise:
+        return DenseOperator(kernel_block(obj, x_out, x_in))
+    block = block or backend.TILE
+    if method == "zarr":
+        if path is None:
+            raise ValueError("path is required for method='zarr'")
+        return ZarrOperator.build(obj, x_out, x_in, path, block=block, **build_kwargs)
+    blockwise_kwargs = {k: build_kwargs.pop(k) for k in ("symmetric", "workers", "cache_bytes") if k in build_kwargs}
+    if build_kwargs:
+        raise ValueError(f"method={method!r} takes block, symmetric, workers, cache_bytes; got {sorted(build_kwargs)}")
+    tiled = BlockwiseOperator(obj, x_out, x_in, block, **blockwise_kwargs)
+    if method == "blockwise":
+        return tiled
+    # dense: built tile by tile (threads; the upper triangle only when x_out is x_in and the
+    # kernel is symmetric): bounded temporaries and half the kernel evaluations of one
+    # kernel(x_out, x_in) call
+    return DenseOperator(tiled.to_dense(), symmetric=bool(tiled.symmetric) and not lazy)
