@@ -13,12 +13,28 @@ which mfarray normalises to mean 1 over a point set.  With E_w the w-weighted me
     eta   = det g / (kappa |Omega|^2)
     sigma = E_w[|1 - eta|]                  (B.11; 0 for the Calabi-Yau metric)
 
-These are bare formulas on arrays of shape (N,); reductions run over the last axis.
+These are bare formulas on arrays of shape (N,); reductions run over the last axis.  The
+arrays of one call must be of one kind (all NumPy, all CuPy or all Dask): mixed kinds are
+refused with a TypeError rather than converted here, so a caller converts once, at its boundary
+(``mfarray.pointset`` does for point sets).
 """
 
 from __future__ import annotations
 
 from .. import backend
+
+
+def _namespace(*arrays):
+    """The one array namespace of ``arrays``; a TypeError naming the kinds where they are mixed."""
+    try:
+        return backend.namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__.split(".")[0] for a in arrays})
+        raise TypeError(
+            "the measures take arrays of one kind (all NumPy, all CuPy or all Dask); got a mix of "
+            f"{', '.join(kinds)}: convert them once, where they enter (mfarray.pointset does for "
+            "point sets)"
+        ) from exc
 
 
 def mc_weight_raw(omega2, det_g_fs):
@@ -27,22 +43,25 @@ def mc_weight_raw(omega2, det_g_fs):
 
 
 def weighted_mean(f, weight):
-    xp = backend.namespace(f, weight)
+    """E_w[f] = sum w f / sum w over the last axis."""
+    xp = _namespace(f, weight)
     return xp.sum(weight * f, axis=-1) / xp.sum(weight, axis=-1)
 
 
 def kappa(det_g, omega2, weight):
     """kappa = E_w[det g / |Omega|^2] (B.10)."""
+    _namespace(det_g, omega2, weight)
     return weighted_mean(det_g / omega2, weight)
 
 
 def eta(det_g, omega2, kappa_value):
     """eta = det g / (kappa |Omega|^2) per point (B.11)."""
+    _namespace(det_g, omega2)
     return det_g / (kappa_value * omega2)
 
 
 def sigma(det_g, omega2, weight):
     """sigma = E_w[|1 - eta|] with kappa from the same points (B.11)."""
-    xp = backend.namespace(det_g, omega2, weight)
+    xp = _namespace(det_g, omega2, weight)
     k = kappa(det_g, omega2, weight)[..., None]
     return weighted_mean(xp.abs(1.0 - eta(det_g, omega2, k)), weight)
