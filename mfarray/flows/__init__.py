@@ -1,9 +1,17 @@
-"""Metric flows: frozen-kernel (2.12) with test prediction, evolving-kernel network flows (2.8)
-and their linearisation (2.10), guards and evaluation."""
+"""Metric flows: one integrator over metric models (kernel 2.12, network 2.8/2.10), their
+results, evaluation and prediction.
 
-from .evaluate import evaluate
+Layer order inside: sites (boundary) <- models <- integrate <- results <- frozen / evolving
+(entry points) <- evaluate (after a flow).
+"""
+
+from ..linalg import positive_definite
+from .evaluate import evaluate, predict
 from .evolving import metric_ntk_operator, network_flow, network_metric
-from .frozen import StepControl, kernel_flow, kernel_inputs, resolve_loss
-from .guard import FlowError, positive_definite
+from .frozen import kernel_flow, kernel_inputs, resolve_loss
+from .integrate import FlowError, StepControl
+from .models import KernelModel, MetricModel, NetworkModel
 
-__all__ = ["network_flow", "network_metric", "metric_ntk_operator", "resolve_loss", "kernel_flow", "kernel_inputs", "StepControl", "evaluate", "FlowError", "positive_definite"]
+__all__ = ["network_flow", "network_metric", "metric_ntk_operator", "resolve_loss", "kernel_flow",
+           "kernel_inputs", "StepControl", "evaluate", "predict", "FlowError", "positive_definite",
+           "MetricModel", "KernelModel", "NetworkModel"]

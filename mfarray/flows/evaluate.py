@@ -1,43 +1,146 @@
-"""Evaluation of a flow: sigma before and after on train and test points, gains, positivity."""
+"""After a flow: its sigma summary from the result alone, and its metrics at new points.
+
+:func:`evaluate` reads the result Dataset (:mod:`mfarray.flows.results`): initial and final
+metrics, weights and |Omega|^2 of the train and test points, so it needs no point sets; given
+point sets must be the ones the flow used (same ``point`` index), else it refuses.
+
+:func:`predict` gives the metrics of a finished flow at any point set in the flow's chart,
+identical to passing that set as ``test=`` to the flow: for kernel flows
+g(x) = g_FS(x) - Theta(x, train) A (the dual form of 2.12), for network flows the network at
+its final parameters.
+"""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import xarray as xr
 
-from ..pointset import sigma_measure
-from .guard import positive_definite
+from .. import backend, linalg
+from .. import networks as nw
+from ..geometry import measures
+from .sites import materialize, point_index
+
+__all__ = ["evaluate", "predict", "sigma_of"]
 
 
-def _sigma(ds, g):
-    """sigma (B.11) over the points whose metric is positive definite, and that fraction."""
-    ok = np.asarray(positive_definite(np.asarray(g)))
-    if not ok.any():
-        return np.nan, 0.0
-    sub = ds.isel(point=np.nonzero(ok)[0])
-    return sigma_measure(sub, np.asarray(g)[ok]), float(ok.mean())
+def sigma_of(g, omega2, weight, name="g"):
+    """sigma (B.11) of metrics g (N, k, k) at points with |Omega|^2 and weights; refuses
+    metrics that are not valid (:mod:`mfarray.linalg`)."""
+    m = linalg.require_valid(np.asarray(g), name)
+    return float(backend.to_numpy(measures.sigma(m.det, np.asarray(omega2), np.asarray(weight))))
 
 
-def evaluate(result: xr.Dataset, train: xr.Dataset, test: xr.Dataset | None = None) -> xr.Dataset:
-    """Scalar summary of a :func:`kernel_flow` result.
+def _check_same(result, ds, dim, name):
+    if ds is None:
+        return
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"{name} must be the point set the flow used (an xarray.Dataset); got {type(ds).__name__}")
+    if dim not in result.dims:
+        raise ValueError(f"the flow was run without a {name} set; evaluate(result) summarises what it has")
+    ours = result[dim].values
+    theirs = point_index(ds)
+    if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+        raise ValueError(
+            f"{name} is not the point set this flow used (its point index differs from the result's "
+            f"{dim} coordinate): evaluate(result) needs no point sets; to score other points use "
+            "mfarray.predict(result, points)"
+        )
 
-    Variables: ``sigma_train_initial``, ``sigma_train_final``, ``gain_train`` (sigma_FS /
-    sigma_flow), the same for test when given, and ``positive_fraction_train`` /
-    ``positive_fraction_test`` (points whose metric stayed positive definite; sigma is taken
-    over those points, so a non-positive metric is counted, never passed on as a NaN).
+
+def evaluate(result: xr.Dataset, train: xr.Dataset | None = None, test: xr.Dataset | None = None) -> xr.Dataset:
+    """Scalar summary of a flow result: sigma before and after on train and test points, gains.
+
+    Variables: ``sigma_train_initial``, ``sigma_train_final``, ``gain_train`` (sigma_initial /
+    sigma_final), the same for test when the flow had test points, and ``positive_fraction_train``
+    / ``positive_fraction_test`` (fraction of valid metrics: 1 for every flow result, since no
+    flow returns an invalid metric).  ``train``/``test`` are optional and only checked to be the
+    sets the flow used.  The recorded ``sigma_test`` of the result's last step equals
+    ``sigma_test_final``.
     """
+    if not isinstance(result, xr.Dataset) or "g_train" not in result:
+        raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow)")
+    _check_same(result, train, "point", "train")
+    _check_same(result, test, "test_point", "test")
+    if "omega2_train" not in result:
+        raise ValueError("this result has no |Omega|^2 (the surface has no Calabi-Yau form): sigma is not defined")
     out = {}
-    for name, ds, g0, g in (
-        ("train", train, result["g_train_initial"].values, result["g_train"].values),
-        ("test", test, None if test is None else result["g_test_initial"].values,
-         None if test is None else result["g_test"].values),
-    ):
-        if ds is None:
+    for name in ("train", "test"):
+        if f"g_{name}" not in result:
             continue
-        s0, _ = _sigma(ds, g0)
-        s1, frac = _sigma(ds, g)
+        omega2, weight = result[f"omega2_{name}"].values, result[f"weight_{name}"].values
+        s0 = sigma_of(result[f"g_{name}_initial"].values, omega2, weight, f"g_{name}_initial")
+        s1 = sigma_of(result[f"g_{name}"].values, omega2, weight, f"g_{name}")
         out[f"sigma_{name}_initial"] = s0
         out[f"sigma_{name}_final"] = s1
         out[f"gain_{name}"] = s0 / s1 if s1 > 0 else np.inf
-        out[f"positive_fraction_{name}"] = frac
-    return xr.Dataset({k: ((), v) for k, v in out.items()})
+        out[f"positive_fraction_{name}"] = float(np.mean(linalg.valid(result[f"g_{name}"].values)))
+    return xr.Dataset({k: ((), v) for k, v in out.items()}, attrs={"flow": result.attrs.get("flow", "")})
+
+
+def _kernel_of(result, kernel):
+    from .. import kernels
+    from .frozen import kernel_spec
+
+    record = json.loads(result.attrs["kernel"])
+    if record.get("operator"):
+        raise ValueError("this flow ran on a kernel operator over its train points only: it cannot predict elsewhere")
+    if kernel is None:
+        known = getattr(kernels, record["name"], None)
+        if not isinstance(known, kernels.Kernel) or record["factors"] or record["opaque"]:
+            raise ValueError(f"cannot rebuild kernel {record['name']!r} from the result: pass kernel=<the flow's kernel>")
+        kernel = known.bind(**{k: v for k, v in record["hyper"].items()})
+    spec = kernel_spec(kernel)
+    mine = spec.describe()
+    if mine != record:
+        raise ValueError(f"kernel {mine} is not the kernel this flow used ({record})")
+    return spec
+
+
+def predict(result: xr.Dataset, points: xr.Dataset, *, kernel=None, features=None) -> xr.DataArray:
+    """Metrics (point, row, col) of a finished flow at the points of ``points``.
+
+    ``points`` must be in the flow's chart (``mfarray.select_chart(points, like=train)``).  Kernel
+    flows rebuild their kernel from the result's record (pass ``kernel=`` for a rescaled or
+    user-wrapped kernel, and ``features=`` if the flow had custom features); the operator is
+    built as the flow built its test operator, so the prediction equals ``g_test`` of a flow
+    run with ``test=points``.  Raises ValueError if a predicted metric is not valid (pass those
+    points as ``test=`` to the flow: its step control keeps test metrics valid).
+    """
+    from ..kernels.features import patch_features
+    from ..kernels.operators import as_operator
+    from .frozen import kernel_inputs
+    from .models import KernelModel, NetworkModel
+
+    if not isinstance(result, xr.Dataset) or "model" not in result.attrs:
+        raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow)")
+    sites = materialize(points)[0]
+    chart = tuple(result.attrs["chart"])
+    if sites.chart != chart:
+        raise ValueError(f"points are in chart {sites.chart}, the flow in {chart}: select them with "
+                         f"mfarray.select_chart(points, patch={chart[0]}, elim={chart[1]})")
+    if result.attrs["model"] == "kernel":
+        spec = _kernel_of(result, kernel)
+        z_train = result["z_train"].values
+        x_train = kernel_inputs(spec, z_train, features)
+        options = json.loads(result.attrs.get("operator_options", "{}"))
+        options = {k: v for k, v in options.items() if k in ("block", "workers", "symmetric", "cache_bytes")}
+        method = result.attrs.get("method", "dense")
+        method = method if method in ("dense", "blockwise") else "dense"
+        K_new = as_operator(spec, kernel_inputs(spec, sites.z, features), x_train, method=method, **options)
+        g = KernelModel(None, None, None).predict(result["dual"].values, K_new, sites.g_fs)
+    elif result.attrs["model"] == "network":
+        info = json.loads(result.attrs["network"])
+        config = nw.MLP(tuple(info["widths"]), info["activation"], info["sigma_w"], info["sigma_b"])
+        feats = features or patch_features
+        theta0 = result["theta_initial"].values
+        model = NetworkModel(config, nw.unflatten(config, theta0), None, None,
+                             linearized=info["linearized"], center=info["center"])
+        x = feats(sites.z)
+        g = model.metric_at(result["theta"].values, np.asarray(x, dtype=np.float64), sites.g_fs)
+    else:
+        raise ValueError(f"unknown flow model {result.attrs['model']!r}")
+    linalg.require_valid(g, "the predicted metrics")
+    return xr.DataArray(backend.to_numpy(g), dims=("point", "row", "col"), coords={"point": sites.point},
+                        name="g", attrs={"description": "metrics predicted by the flow, in its chart"})

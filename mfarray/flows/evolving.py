@@ -46,26 +46,28 @@ evolving-kernel flow (2.8).  With ``linearized=True`` the model is the linearise
 whose gradient descent is exactly the frozen empirical-NTK flow (2.11)-(2.12) with
 ``Theta^L = Theta(theta0)``: :func:`metric_ntk_operator` + ``kernel_flow`` reproduce it.
 
-Every accepted step keeps every train metric finite and positive definite: a step that does
-not is halved (the shorter rate is kept for later steps, as in ``kernel_flow``) until it does,
-or :class:`~mfarray.flows.guard.FlowError` is raised after ``max_halvings`` halvings.
-
-NumPy only (the point set is brought to host memory).
+The model is :class:`~mfarray.flows.models.NetworkModel`; steps, the validity guard and the
+record are the one integrator's (:mod:`mfarray.flows.integrate`), exactly as for
+``kernel_flow``.  NumPy (the networks of :mod:`mfarray.networks` run on the inputs' namespace).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
-from .. import backend, losses
+from .. import backend, linalg, losses
 from .. import networks as nw
 from ..kernels.empirical import empirical_ntk
 from ..kernels.features import patch_features
-from .frozen import resolve_loss, sigma_or_nan, single_chart
-from .guard import FlowError, positive_definite
+from .frozen import resolve_loss
+from .integrate import FlowError, StepControl, check_steps, integrate
+from .models import NetworkModel, as_float_params
+from .results import flow_result
+from .sites import materialize
 
 __all__ = [
     "network_metric",
@@ -79,20 +81,33 @@ __all__ = [
 
 # ------------------------------------------------------------------ model
 def network_inputs(ds, features=patch_features):
-    """The network inputs ``features(z)`` of a point set, float64 NumPy (n, d_in)."""
-    z = backend.to_numpy(ds["z"].data)
-    return np.asarray(backend.to_numpy(features(z)), dtype=np.float64)
+    """The network inputs ``features(z)`` of a point set, float64 (n, d_in)."""
+    z = ds["z"].data if isinstance(ds, xr.Dataset) else ds
+    return _inputs(backend.to_numpy(z), features)
 
 
-def _g_ref(ds):
-    return np.array(backend.to_numpy(ds["g_fs"].data), dtype=np.complex128)
+def _inputs(z, features):
+    x = features(z)
+    xp = backend.namespace(x)
+    return xp.astype(x, xp.float64)
 
 
-def _k_of(config, ds):
-    k = int(ds["g_fs"].shape[-1])
+def _k_of(config, k):
     if config.c_out != k * k:
         raise ValueError(f"the network has {config.c_out} outputs; {k}x{k} Hermitian metrics need c = {k * k}")
     return k
+
+
+def _as_tree(config, params):
+    if hasattr(params, "ndim") and params.ndim == 1:
+        return nw.unflatten(config, np.asarray(params, dtype=np.float64))
+    return params
+
+
+def _model(config, params0, ds, *, features=patch_features, linearized=False, center=False):
+    g_ref = np.array(backend.to_numpy(ds["g_fs"].data), dtype=np.complex128)
+    _k_of(config, g_ref.shape[-1])
+    return NetworkModel(config, params0, network_inputs(ds, features), g_ref, linearized=linearized, center=center)
 
 
 def network_metric(config, params, ds, *, features=patch_features, params0=None):
@@ -107,52 +122,9 @@ def network_metric(config, params, ds, *, features=patch_features, params0=None)
         ``network_flow(center=True)``: ``g_{params0} = g_FS``).
     """
     params = _as_tree(config, params)
-    k = _k_of(config, ds)
-    x = network_inputs(ds, features)
-    f = nw.apply(config, params, x)
-    if params0 is not None:
-        f = f - nw.apply(config, _as_tree(config, params0), x)
-    return _g_ref(ds) + losses.real_to_hermitian(f, k)
-
-
-def _as_tree(config, params):
-    if hasattr(params, "ndim") and params.ndim == 1:
-        return nw.unflatten(config, np.asarray(params, dtype=np.float64))
-    return params
-
-
-@dataclass
-class _Model:
-    """The metric on a fixed set of inputs as a function of the flat parameter vector."""
-
-    config: nw.MLP
-    params0: tuple
-    x: np.ndarray
-    g_ref: np.ndarray
-    k: int
-    linearized: bool
-    center: bool
-
-    def __post_init__(self):
-        f0 = nw.apply(self.config, self.params0, self.x)
-        self.theta0 = nw.flatten(self.params0)
-        # Constant part of the metric: g_ref (centred) or g_ref + R(f0).
-        self.base = self.g_ref if self.center else self.g_ref + losses.real_to_hermitian(f0, self.k)
-        self.f0 = f0
-
-    def metric(self, theta):
-        if self.linearized:
-            d = nw.jvp(self.config, self.params0, self.x, nw.unflatten(self.config, theta - self.theta0))
-            return self.base + losses.real_to_hermitian(d, self.k)
-        f = nw.apply(self.config, nw.unflatten(self.config, theta), self.x)
-        if self.center:
-            return self.g_ref + losses.real_to_hermitian(f - self.f0, self.k)
-        return self.g_ref + losses.real_to_hermitian(f, self.k)
-
-    def pullback(self, theta, G):
-        """``J(theta)^T r(G)`` (J at theta0 for the linearised model), flat (P,)."""
-        params = self.params0 if self.linearized else nw.unflatten(self.config, theta)
-        return nw.flatten(nw.vjp(self.config, params, self.x, losses.hermitian_to_real(G)))
+    ref = params if params0 is None else _as_tree(config, params0)
+    model = _model(config, ref, ds, features=features, center=params0 is not None)
+    return model.metrics(nw.flatten(params))[0]
 
 
 def parameter_gradient(config, params, ds, *, loss="sigma_squared", data=None, target=None,
@@ -166,13 +138,12 @@ def parameter_gradient(config, params, ds, *, loss="sigma_squared", data=None, t
     """
     theta = nw.flatten(_as_tree(config, params))
     ref = _as_tree(config, theta if params0 is None else params0)
-    model = _Model(config, ref, network_inputs(ds, features), _g_ref(ds), _k_of(config, ds),
-                   linearized=False, center=params0 is not None)
+    model = _model(config, ref, ds, features=features, center=params0 is not None)
     loss_fn = resolve_loss(loss)
-    g = model.metric(theta)
+    g = model.metrics(theta)[0]
     if data is None:
         data = losses.make_loss_data(ds, g, target=target)
-    return model.pullback(theta, loss_fn.gradient(g, data))  # the flow's own chain rule
+    return model.pullback(theta, losses.gradient(loss_fn, linalg.require_valid(g), data))
 
 
 # ------------------------------------------------------------------ NTK operator
@@ -193,8 +164,8 @@ class RealBasisOperator:
         return tuple(self.inner.shape)
 
     def matvec(self, v):
-        r = losses.hermitian_to_real(np.asarray(v))
-        return losses.real_to_hermitian(self.inner.matvec(r), self.k)
+        r = linalg.hermitian_to_real(v)
+        return linalg.real_to_hermitian(self.inner.matvec(r), self.k)
 
     def diagonal(self):
         return self.inner.diagonal()
@@ -210,125 +181,95 @@ def metric_ntk_operator(config, params, ds_out, ds_in=None, *, features=patch_fe
     from ..kernels.operators import DenseOperator
 
     params = _as_tree(config, params)
-    k = _k_of(config, ds_out)
+    k = _k_of(config, int(ds_out["g_fs"].shape[-1]))
     x_out = network_inputs(ds_out, features)
     x_in = x_out if ds_in is None else network_inputs(ds_in, features)
     return RealBasisOperator(DenseOperator(empirical_ntk(config, params, x_out, x_in)), k)
 
 
 # ------------------------------------------------------------------ flow
-def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float, loss="sigma_squared",
+def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float = 1.0, loss="sigma_squared",
                  test: xr.Dataset | None = None, linearized: bool = False, center: bool = False,
-                 record_every: int = 1, target=None, features=patch_features,
-                 max_halvings: int = 40) -> xr.Dataset:
+                 adaptive: bool = True, normalize: bool = False, clip: float | None = None, grow: float = 1.25,
+                 max_halvings: int = 40, record_every: int = 1, target=None, features=patch_features,
+                 callback=None, progress: bool = False) -> xr.Dataset:
     r"""Gradient descent of a network metric: the evolving-kernel flow (2.8) or, with
     ``linearized=True``, the linearised network (2.10) (= frozen empirical-NTK flow, 2.11-2.12).
 
     Parameters
     ----------
-    train, test : point sets in one chart (``z``, ``g_fs``, ``omega2``, ``weight``).
+    train, test : point sets in one chart (``z``, ``g_fs``, ``omega2``, ``weight``), lazy or computed.
     config, params : the MLP (``c_out = k*k``) and its initial parameters theta0.
-    steps, lr : number of steps and learning rate; ``theta <- theta - lr * grad(N L)``.
+    steps, lr, adaptive, grow, normalize, clip, max_halvings : as in
+        :func:`~mfarray.flows.kernel_flow` (one integrator); a step is
+        ``theta <- theta - s * grad(N L)``.
     loss : "sigma", "sigma_dynamic", "sigma_squared", "mse" (needs ``target``) or a
         ``losses.PointwiseLoss``.  kappa is that of the initial train metric.
     linearized : train the linear model (2.10) around theta0 instead of the network.
     center : subtract ``f_theta0`` so the flow starts at ``g_FS`` (see :func:`network_metric`).
     record_every : history is stored at steps 0, record_every, 2 record_every, ... and the last.
     target : (N, k, k) target metrics for the MSE loss.
-    max_halvings : step shortenings tried (positivity guard) before :class:`FlowError`.
 
     Returns
     -------
-    xarray.Dataset with ``loss`` (the mean, ``losses.total``), ``sigma_train``, ``lr`` (the step
-    size of the last step taken), ``rejected`` (halvings since the previous record) and, with a
-    test set, ``sigma_test`` along ``step``; final ``g_train`` / ``g_test`` and initial
-    ``g_train_initial`` / ``g_test_initial`` (point, row, col); final parameters ``theta`` and
+    The result Dataset of :mod:`mfarray.flows.results` with the final parameters ``theta`` and
     initial ``theta_initial`` (param), flattened as :func:`mfarray.networks.flatten`.
     """
-    if not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
-    if not (np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite learning rate; got {lr!r}")
-    if not isinstance(record_every, (int, np.integer)) or record_every < 1:
+    steps = check_steps(steps)
+    record_every = check_steps(record_every, "record_every")
+    if record_every < 1:
         raise ValueError(f"record_every must be a positive integer; got {record_every!r}")
-    single_chart(train, test)
+    control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip, grow=grow,
+                          max_halvings=max_halvings)
     params0 = _as_tree(config, params)
     nw._check_params(config, params0)
-    params0 = tuple((np.array(W, dtype=np.float64), np.array(b, dtype=np.float64)) for W, b in params0)
-    k = _k_of(config, train)
-    x_train = network_inputs(train, features)
+    params0 = as_float_params(params0)
+    tr, te = materialize(train, test)
+    _k_of(config, tr.k)
+    x_train = _inputs(tr.z, features)
     if x_train.shape[1] != config.d_in:
         raise ValueError(f"features give {x_train.shape[1]} inputs per point; the network takes {config.d_in}")
-    model = _Model(config, params0, x_train, _g_ref(train), k, linearized, center)
-    theta = model.theta0.copy()
-    g = model.metric(theta)
-    if not np.all(positive_definite(g)):
+    model = NetworkModel(config, params0, x_train, tr.g_fs, None if te is None else _inputs(te.z, features),
+                         None if te is None else te.g_fs, linearized=linearized, center=center)
+    g, _ = model.metrics(model.init())
+    m = linalg.metrics(g)
+    if not m.all_valid:
         raise ValueError(
-            "the initial network metric g_FS + R(f_theta0) is not positive definite at every train point: "
-            "use center=True or smaller initial outputs (e.g. scale the last layer)"
+            "the initial network metric g_FS + R(f_theta0) is not positive definite at every train point "
+            f"({linalg.describe_invalid(m)}): use center=True or smaller initial outputs (e.g. scale the last layer)"
         )
     loss_fn = resolve_loss(loss)
-    data = losses.make_loss_data(train, g, target=target)
+    data = losses.loss_data(tr.omega2, tr.weight, m.g, target=target)
     if loss_fn.name == "mse" and data.target is None:
         raise ValueError("loss='mse' needs target metrics: pass target=(N, k, k)")
-    test_model = None
-    if test is not None:
-        test_model = _Model(config, params0, network_inputs(test, features), _g_ref(test), k, linearized, center)
-        gt0 = test_model.metric(theta)
-
-    history = {"step": [], "loss": [], "sigma_train": [], "lr": [], "rejected": []}
-    if test is not None:
-        history["sigma_test"] = []
-
-    def record(step, g, theta, rate, rejected):
-        history["step"].append(step)
-        history["loss"].append(losses.total(loss_fn, g, data))
-        history["sigma_train"].append(sigma_or_nan(train, g))
-        history["lr"].append(rate)
-        history["rejected"].append(rejected)
-        if test is not None:
-            history["sigma_test"].append(sigma_or_nan(test, test_model.metric(theta)))
-
-    record(0, g, theta, 0.0, 0)
-    rate = float(lr)
-    rejected_since = 0
-    for step in range(1, steps + 1):
-        grad = model.pullback(theta, loss_fn.gradient(g, data))
-        rejected = 0
-        while True:
-            trial_theta = theta - rate * grad
-            trial = model.metric(trial_theta)
-            if bool(np.all(positive_definite(trial))):
-                break
-            rejected += 1
-            rate *= 0.5
-            if rejected > max_halvings:
-                raise FlowError(
-                    f"step {step}: no step size down to {rate:.3g} keeps every train metric positive "
-                    "definite; the flow cannot continue (lower lr)"
-                )
-        theta, g = trial_theta, trial
-        rejected_since += rejected
-        if step % record_every == 0 or step == steps:
-            record(step, g, theta, rate, rejected_since)
-            rejected_since = 0
-
-    data_vars = {
-        "loss": ("step", np.asarray(history["loss"])),
-        "sigma_train": ("step", np.asarray(history["sigma_train"])),
-        "lr": ("step", np.asarray(history["lr"])),
-        "rejected": ("step", np.asarray(history["rejected"], dtype=np.int64)),
-        "g_train": (("point", "row", "col"), g),
-        "g_train_initial": (("point", "row", "col"), model.metric(model.theta0)),
-        "theta": ("param", theta),
-        "theta_initial": ("param", model.theta0.copy()),
-    }
-    if test is not None:
-        data_vars["sigma_test"] = ("step", np.asarray(history["sigma_test"]))
-        data_vars["g_test"] = (("test_point", "row", "col"), test_model.metric(theta))
-        data_vars["g_test_initial"] = (("test_point", "row", "col"), gt0)
+    network = {"widths": list(config.widths), "activation": config.activation, "sigma_w": config.sigma_w,
+               "sigma_b": config.sigma_b, "linearized": bool(linearized), "center": bool(center),
+               "features": getattr(features, "__qualname__", repr(features))}
     attrs = {"flow": "linearized network (2.10)" if linearized else "evolving-kernel network (2.8)",
-             "linearized": int(bool(linearized)), "center": int(bool(center)), "loss": loss_fn.name,
-             "widths": list(config.widths), "activation": config.activation,
+             "model": "network", "loss": loss_fn.name, "network": json.dumps(network),
+             "step_control": json.dumps(control.describe()), "linearized": int(bool(linearized)),
+             "center": int(bool(center)), "widths": list(config.widths), "activation": config.activation,
              "sigma_w": config.sigma_w, "sigma_b": config.sigma_b}
-    return xr.Dataset(data_vars, coords={"step": np.asarray(history["step"], dtype=np.int64)}, attrs=attrs)
+    tr = _with_initial(tr, m.g)
+    if te is not None:
+        te = _with_initial(te, model.metrics(model.init())[1])
+
+    def result(trajectory):
+        model_vars = {"theta": ("param", backend.to_numpy(trajectory.theta)),
+                      "theta_initial": ("param", backend.to_numpy(model.init()))}
+        return flow_result(trajectory, tr, te, model_vars=model_vars, attrs=attrs, steps=steps)
+
+    try:
+        trajectory = integrate(model, loss_fn, data, control, steps, tr, te, record_every=record_every,
+                               callback=callback, progress=progress)
+    except FlowError as err:
+        err.result = result(err.trajectory)
+        raise
+    return result(trajectory)
+
+
+def _with_initial(sites, g0):
+    """Sites whose initial metric is the network's at theta0 (recorded as g_*_initial)."""
+    import dataclasses
+
+    return dataclasses.replace(sites, g0=g0)
