@@ -151,78 +151,166 @@ def frobenius(a):
 class Metrics:
     """Hermitian metrics with their factorisation facts, computed once (:func:`metrics`).
 
-    g : (N, k, k) complex128, the exact Hermitian part of the input.
+    rows : (k*k, N) float64, the real coordinates (:func:`hermitian_to_real`) as contiguous
+        rows -- what flows move; the metrics are exactly Hermitian by construction.
     det : (N,) float, product of the LDL^H pivots (meaningful where ``valid``).
     rcond : (N,) float, det / (tr g e_{k-1}) (0 where not positive definite).
     valid : (N,) bool, the module's validity rule.
-    inverse : (N, k, k), exactly Hermitian (computed on first use).
+    g : (N, k, k) complex128 (built on first use); inverse : (N, k, k) and inverse_rows
+        (k*k, N): g^{-1}, exactly Hermitian (on first use).
     """
 
-    g: object
+    rows: object
+    k: int
     det: object
     rcond: object
     valid: object
+    parts: tuple | None = None  # k = 3: the row arithmetic's intermediates (private)
 
     @property
     def n(self) -> int:
-        return int(self.g.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.g.shape[-1])
+        return int(self.rows.shape[-1])
 
     @property
     def all_valid(self) -> bool:
         xp = backend.namespace(self.valid)
         return bool(xp.all(self.valid))
 
+    def take(self, columns: slice) -> Metrics:
+        """The metrics of a range of points (views, no copies)."""
+        parts = None if self.parts is None else tuple(p[columns] for p in self.parts)
+        return Metrics(self.rows[:, columns], self.k, self.det[columns], self.rcond[columns],
+                       self.valid[columns], parts)
+
+    @functools.cached_property
+    def g(self):
+        return from_rows(self.rows, self.k)
+
+    @functools.cached_property
+    def inverse_rows(self):
+        xp = backend.namespace(self.rows)
+        if self.parts is not None:
+            return _inverse_rows3(self.rows, self.parts, xp)
+        return to_rows(self.inverse)
+
     @functools.cached_property
     def inverse(self):
-        xp = backend.namespace(self.g)
-        adj = _adjugate(self.g, xp)
+        if self.parts is not None:
+            return from_rows(self.inverse_rows, self.k)
+        xp = backend.namespace(self.rows)
+        g = self.g
+        adj = _adjugate(g, xp)
         if adj is None:
-            inv = xp.linalg.inv(self.g)
-            return hermitian_part(inv)
+            return hermitian_part(xp.linalg.inv(g))
         det = xp.where(self.det != 0, self.det, 1.0)
         return adj / xp.astype(det, adj.dtype)[:, None, None]
 
-    def take(self, mask) -> Metrics:
-        return Metrics(self.g[mask], self.det[mask], self.rcond[mask], self.valid[mask])
+
+def to_rows(g):
+    """(N, k, k) Hermitian -> (k*k, N) contiguous real coordinate rows."""
+    r = hermitian_to_real(g)
+    xp = backend.namespace(r)
+    n, kk = r.shape
+    return xp.reshape(xp.reshape(xp.permute_dims(r, (1, 0)), (kk * n,)), (kk, n))
+
+
+def from_rows(rows, k: int):
+    """(k*k, N) real coordinate rows -> (N, k, k) exactly Hermitian complex metrics."""
+    xp = backend.namespace(rows)
+    return real_to_hermitian(xp.permute_dims(rows, (1, 0)), k)
 
 
 def metrics(g, *, margin: float = MARGIN, hermitian_rtol: float = HERMITIAN_RTOL) -> Metrics:
     """Factorise Hermitian metrics g (N, k, k) once: det, rcond, validity (module rule).
 
     Non-finite or non-Hermitian input is marked invalid, never raised on: callers decide
-    (:func:`require_valid` raises with a count and the reason).
+    (:func:`require_valid` raises with a count and the reason).  The metric kept is the
+    exact Hermitian part of g.
     """
     g = _as_complex(g)
     if g.ndim != 3 or g.shape[-1] != g.shape[-2]:
         raise ValueError(f"metrics must have shape (N, k, k); got {tuple(g.shape)}")
-    with np.errstate(all="ignore"):  # overflow or NaN makes a metric invalid, not a warning
-        return _metrics(g, margin, hermitian_rtol)
-
-
-def _metrics(g, margin, hermitian_rtol):
     xp = backend.namespace(g)
     n, k = g.shape[0], g.shape[-1]
     flat = xp.reshape(g, (n, -1))
     finite = xp.all(xp.isfinite(flat), axis=-1)
-    eye = xp.eye(k, dtype=g.dtype)
-    g = xp.where(finite[:, None, None], g, eye)
-    gh = xp.conj(xp.matrix_transpose(g))
-    top = xp.max(xp.abs(xp.reshape(g, (n, -1))), axis=-1)
-    asym = xp.max(xp.abs(xp.reshape(g - gh, (n, -1))), axis=-1)
-    hermitian = asym <= hermitian_rtol * top
-    g = 0.5 * (g + gh)
+    g = xp.where(finite[:, None, None], g, xp.eye(k, dtype=g.dtype))
+    with np.errstate(all="ignore"):
+        top = xp.max(xp.abs(xp.reshape(g, (n, -1))), axis=-1)
+        asym = xp.max(xp.abs(xp.reshape(g - xp.conj(xp.matrix_transpose(g)), (n, -1))), axis=-1)
+    m = metrics_rows(to_rows(hermitian_part(g)), k, margin=margin)
+    ok = m.valid & finite & (asym <= hermitian_rtol * top)
+    return dataclasses.replace(m, valid=ok)
+
+
+def metrics_rows(rows, k: int, *, margin: float = MARGIN) -> Metrics:
+    """:func:`metrics` of metrics given by their real coordinate rows (k*k, N) (exactly
+    Hermitian by construction; what the flows move).  k = 3 runs in real row arithmetic."""
+    with np.errstate(all="ignore"):  # overflow or NaN makes a metric invalid, not a warning
+        if k == 3:
+            return _metrics_rows3(rows, margin, backend.namespace(rows))
+        return _metrics_generic(rows, k, margin)
+
+
+_S2 = math.sqrt(2.0)
+
+
+def _metrics_rows3(r, margin, xp):
+    """The validity rule for k = 3 on the rows r = (a, b, c, sqrt2 Re x, sqrt2 Im x, sqrt2 Re y,
+    sqrt2 Im y, sqrt2 Re w, sqrt2 Im w) of g = [[a, x, y], [., b, w], [., ., c]]: the LDL^H
+    pivots a, d2, d3, det, the principal 2-minors and rcond in about 40 real operations on
+    (N,) rows.  NaN or inf entries give NaN pivots, hence invalid metrics."""
+    a, b, c = r[0], r[1], r[2]
+    xx = 0.5 * (r[3] * r[3] + r[4] * r[4])  # |x|^2, |y|^2, |w|^2
+    yy = 0.5 * (r[5] * r[5] + r[6] * r[6])
+    ww = 0.5 * (r[7] * r[7] + r[8] * r[8])
+    d2 = b - xx / a
+    # w' = w - conj(x) y / a  (Schur complement entry), in sqrt2-scaled real parts;
+    # 2 conj(x) y = (r3 r5 + r4 r6) + i (r3 r6 - r4 r5)
+    xy_re, xy_im = r[3] * r[5] + r[4] * r[6], r[3] * r[6] - r[4] * r[5]
+    inv_a = 1.0 / (_S2 * a)
+    wpr, wpi = r[7] - xy_re * inv_a, r[8] - xy_im * inv_a
+    d3 = (c - yy / a) - 0.5 * (wpr * wpr + wpi * wpi) / d2
+    positive = (a > 0) & (d2 > 0) & (d3 > 0)
+    det = a * d2 * d3
+    c00, c11, c22 = b * c - ww, a * c - yy, a * b - xx  # principal 2-minors = adjugate diagonal
+    rcond = det / ((a + b + c) * (c00 + c11 + c22))
+    ok = positive & (rcond >= margin)
+    rcond = xp.where(positive, rcond, 0.0)
+    return Metrics(rows=r, k=3, det=det, rcond=rcond, valid=ok, parts=(c00, c11, c22, det, xy_re, xy_im))
+
+
+def _inverse_rows3(r, parts, xp):
+    """Rows of g^{-1} = adj(g) / det g for k = 3, from the rows of g (real arithmetic)."""
+    c00, c11, c22, det, xy_re, xy_im = parts
+    a, b, c = r[0], r[1], r[2]
+    s = 1.0 / _S2
+    adj = [
+        c00, c11, c22,
+        (r[5] * r[7] + r[6] * r[8]) * s - r[3] * c,  # sqrt2 Re adj_01 = sqrt2 Re(y conj w - x c)
+        (r[6] * r[7] - r[5] * r[8]) * s - r[4] * c,
+        (r[3] * r[7] - r[4] * r[8]) * s - r[5] * b,  # adj_02 = x w - y b
+        (r[3] * r[8] + r[4] * r[7]) * s - r[6] * b,
+        xy_re * s - a * r[7],  # adj_12 = conj(x) y - a w
+        xy_im * s - a * r[8],
+    ]
+    return xp.stack(adj, axis=0) * (1.0 / det)
+
+
+def _metrics_generic(rows, k, margin):
+    g = from_rows(rows, k)
+    xp = backend.namespace(g)
+    n = g.shape[0]
+    finite = xp.all(xp.isfinite(xp.reshape(g, (n, -1))), axis=-1)
+    g = xp.where(finite[:, None, None], g, xp.eye(k, dtype=g.dtype))
     pivots = ldl_pivots(g)
     positive = xp.all(pivots > 0, axis=-1)
     det = xp.prod(pivots, axis=-1)
     trace = sum(xp.real(g[:, i, i]) for i in range(k))
     e_k1 = _principal_minor_sum(g, det, xp)
     rcond = xp.where(positive, det / (trace * e_k1), 0.0)
-    ok = finite & hermitian & positive & (rcond >= margin)
-    return Metrics(g=g, det=det, rcond=rcond, valid=ok)
+    ok = finite & positive & (rcond >= margin)
+    return Metrics(rows=rows, k=k, det=det, rcond=rcond, valid=ok)
 
 
 def _principal_minor_sum(g, det, xp):
@@ -304,29 +392,40 @@ def real_basis(k: int):
     return basis
 
 
+@functools.lru_cache(maxsize=None)
+def _index(k: int):
+    """Flat indices of the diagonal, the upper (a < b, row-major) and lower (b, a) entries."""
+    diag = np.array([a * k + a for a in range(k)])
+    upper = np.array([a * k + b for a in range(k) for b in range(a + 1, k)], dtype=np.int64)
+    lower = np.array([b * k + a for a in range(k) for b in range(a + 1, k)], dtype=np.int64)
+    return diag, upper, lower
+
+
+_R2 = 1.0 / math.sqrt(2.0)
+
+
 def hermitian_to_real(g):
     """(..., k, k) -> (..., k*k) float64 coordinates r_j = Re tr(B_j^dagger g) in :func:`real_basis`.
 
     For Hermitian g this is an isometry, <A, B> = Re tr(A^dagger B) = r_A . r_B, inverse to
     :func:`real_to_hermitian`: r = (g_aa; sqrt2 Re g_ab, sqrt2 Im g_ab for a < b).  For a general
     complex g it is the adjoint of :func:`real_to_hermitian` (orthogonal projection onto the
-    Hermitian part).
+    Hermitian part): the pair entries are (g_ab + conj(g_ba)) / sqrt 2.
     """
     g = _as_array(g)
     xp = backend.namespace(g)
     if g.ndim < 2 or g.shape[-1] != g.shape[-2]:
         raise ValueError(f"g must have shape (..., k, k); got {tuple(g.shape)}")
-    g = xp.astype(g, xp.complex128)
+    g = xp.astype(g, xp.complex128, copy=False)
     if not bool(xp.all(xp.isfinite(g))):
         raise ValueError("g has non-finite entries (NaN or inf)")
     k = g.shape[-1]
-    r2 = 1.0 / math.sqrt(2.0)
-    cols = [xp.real(g[..., a, a]) for a in range(k)]
-    for a in range(k):
-        for b in range(a + 1, k):
-            cols.append(r2 * (xp.real(g[..., a, b]) + xp.real(g[..., b, a])))
-            cols.append(r2 * (xp.imag(g[..., a, b]) - xp.imag(g[..., b, a])))
-    return xp.stack(cols, axis=-1)
+    lead = tuple(g.shape[:-2])
+    flat = xp.reshape(g, lead + (k * k,))
+    diag, upper, lower = _index(k)
+    pairs = (flat[..., upper] + xp.conj(flat[..., lower])) * _R2
+    reim = xp.stack([xp.real(pairs), xp.imag(pairs)], axis=-1)
+    return xp.concat([xp.real(flat[..., diag]), xp.reshape(reim, lead + (k * k - k,))], axis=-1)
 
 
 def real_to_hermitian(r, k: int):
@@ -342,12 +441,17 @@ def real_to_hermitian(r, k: int):
         raise ValueError(f"r must have shape (..., {k * k}) for k = {k}; got {tuple(r.shape)}")
     if xp.isdtype(r.dtype, "complex floating"):
         raise ValueError(f"r must be real; got dtype {r.dtype}")
-    r = xp.astype(r, xp.float64)
+    r = xp.astype(r, xp.float64, copy=False)
     if not bool(xp.all(xp.isfinite(r))):
         raise ValueError("r has non-finite entries (NaN or inf)")
-    B = xp.asarray(np.reshape(real_basis(k), (k * k, k * k)))
-    out = xp.astype(r, xp.complex128) @ B
-    return xp.reshape(out, tuple(r.shape[:-1]) + (k, k))
+    lead = tuple(r.shape[:-1])
+    diag, upper, lower = _index(k)
+    pairs = (r[..., k::2] + 1j * r[..., k + 1::2]) * _R2
+    flat = xp.zeros(lead + (k * k,), dtype=xp.complex128)
+    flat[..., diag] = r[..., :k]
+    flat[..., upper] = pairs
+    flat[..., lower] = xp.conj(pairs)
+    return xp.reshape(flat, lead + (k, k))
 
 
 def _as_array(x):

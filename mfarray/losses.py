@@ -108,7 +108,7 @@ def _as_metrics(g, name="g", n=None, k=None, positive=True) -> Metrics:
         if g.ndim != 3 or g.shape[-1] != g.shape[-2]:
             raise ValueError(f"{name} must have shape (N, k, k) (Hermitian metrics); got {tuple(g.shape)}")
         m = None
-    shape = tuple((m.g if m is not None else g).shape)
+    shape = (m.n, m.k, m.k) if m is not None else tuple(g.shape)
     if n is not None and shape[0] != n:
         raise ValueError(f"{name} has {shape[0]} points but the loss data has {n}")
     if k is not None and shape[-1] != k:
@@ -211,13 +211,19 @@ class PointwiseLoss:
     name: str
     value: Callable
     gradient: Callable
-    on_metrics: tuple | None = None  # (value(m, data), gradient(m, data)) on Metrics, built-ins
+    on_metrics: tuple | None = None  # (value(m, data), gradient(m, data), rows(m, data)), built-ins
 
     def values_at(self, m: Metrics, data: LossData):
         return self.on_metrics[0](m, data) if self.on_metrics else self.value(m.g, data)
 
     def gradient_at(self, m: Metrics, data: LossData):
         return self.on_metrics[1](m, data) if self.on_metrics else self.gradient(m.g, data)
+
+    def gradient_rows_at(self, m: Metrics, data: LossData):
+        """The gradient as real coordinate rows (k*k, N) (:func:`mfarray.linalg.to_rows`)."""
+        if self.on_metrics and self.on_metrics[2] is not None:
+            return self.on_metrics[2](m, data)
+        return linalg.to_rows(self.gradient_at(m, data))
 
 
 def _checked(data, g, positive=True):
@@ -226,19 +232,26 @@ def _checked(data, g, positive=True):
     return _as_metrics(g, "g", data.n, positive=positive)
 
 
-def _on_metrics(name, value_at, gradient_at, positive=True) -> PointwiseLoss:
-    """A built-in loss: formulas on Metrics, with raw-metric entry points that validate first."""
+def _on_metrics(name, value_at, gradient_at=None, positive=True, coeff_at=None) -> PointwiseLoss:
+    """A built-in loss: formulas on Metrics, with raw-metric entry points that validate first.
+    A loss whose gradient is coeff(x) g(x)^{-1} gives ``coeff_at`` instead of ``gradient_at``."""
+    rows_at = None
+    if coeff_at is not None:
+        def coeff(m, data):  # g^{-1} of a valid metric is finite: checking the (N,) factor suffices
+            return _finite_out(coeff_at(m, data), backend.namespace(m.det), f"{name} gradient")
+
+        def gradient_at(m, data):
+            return coeff(m, data)[:, None, None] * m.inverse
+
+        def rows_at(m, data):
+            return coeff(m, data) * m.inverse_rows
+
     return PointwiseLoss(
         name,
         lambda g, data: value_at(_checked(data, g, positive), data),
         lambda g, data: gradient_at(_checked(data, g, positive), data),
-        on_metrics=(value_at, gradient_at),
+        on_metrics=(value_at, gradient_at, rows_at),
     )
-
-
-def _times_inverse(coeff, m, what):
-    xp = backend.namespace(coeff)
-    return _finite_out(coeff[:, None, None] * m.inverse, xp, what)
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -250,7 +263,7 @@ def det_gradient(g):
     m = _as_metrics(g)
     xp = backend.namespace(m.det)
     _finite_out(m.det, xp, "det g")
-    return _times_inverse(m.det, m, "det g g^{-1}")
+    return _finite_out(m.det[:, None, None] * m.inverse, xp, "det g g^{-1}")
 
 
 def current_kappa(g, data: LossData):
@@ -274,11 +287,11 @@ def _eta_loss(name, F, dF, doc_what) -> PointwiseLoss:
         eta, xp = _eta(m, data)
         return _finite_out(data.weight * F(eta, xp), xp, f"{doc_what} loss")
 
-    def gradient_at(m, data):
+    def coeff_at(m, data):
         eta, xp = _eta(m, data)
-        return _times_inverse(data.weight * dF(eta, xp) * eta, m, f"{doc_what} gradient")
+        return data.weight * dF(eta, xp) * eta
 
-    return _on_metrics(name, value_at, gradient_at)
+    return _on_metrics(name, value_at, coeff_at=coeff_at)
 
 
 def sigma_loss() -> PointwiseLoss:
@@ -310,7 +323,7 @@ def _dynamic_value(m, data):
 
 
 def _dynamic_gradient(m, data):
-    r"""G(x) = N dL/dg(x) for L = mean_y w_y |1 - eta_y|, eta_y = det_y/(kappa(g) omega2_y).
+    r"""The coefficient of g^{-1} in G(x) = N dL/dg(x) for L = mean_y w_y |1 - eta_y|, eta_y = det_y/(kappa(g) omega2_y).
 
     With s = sign(1 - eta), d eta_y = eta_y [tr(g_y^-1 dg_y) - d kappa/kappa] and
     d kappa/kappa = sum_x w_x eta_x tr(g_x^-1 dg_x)/W (W = sum w), so
@@ -322,7 +335,7 @@ def _dynamic_gradient(m, data):
     eta, xp, wsum = _dynamic_parts(m, data)
     s = xp.sign(1.0 - eta)
     mean_s_eta = xp.sum(data.weight * s * eta) / wsum
-    return _times_inverse(data.weight * eta * (mean_s_eta - s), m, "sigma loss gradient")
+    return data.weight * eta * (mean_s_eta - s)
 
 
 def sigma_loss_dynamic() -> PointwiseLoss:
@@ -337,7 +350,7 @@ def sigma_loss_dynamic() -> PointwiseLoss:
 
     which satisfies sum_x Re tr(G(x) g(x)) = 0 (scale invariance).
     """
-    return _on_metrics("sigma_dynamic", _dynamic_value, _dynamic_gradient)
+    return _on_metrics("sigma_dynamic", _dynamic_value, coeff_at=_dynamic_gradient)
 
 
 def sigma_squared_loss() -> PointwiseLoss:
@@ -394,10 +407,18 @@ def total(loss: Loss, g, data: LossData) -> float:
 def gradient(loss: Loss, m: Metrics, data: LossData):
     """Per-point gradients (N, k, k) of ``loss`` at factorised metrics ``m``."""
     G = loss.gradient_at(m, data) if hasattr(loss, "gradient_at") else loss.gradient(m.g, data)
-    if tuple(G.shape) != tuple(m.g.shape):
+    if tuple(G.shape) != (m.n, m.k, m.k):
         raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned a gradient of shape {tuple(G.shape)}; "
-                         f"expected {tuple(m.g.shape)}")
+                         f"expected {(m.n, m.k, m.k)}")
     return G
+
+
+def gradient_rows(loss: Loss, m: Metrics, data: LossData):
+    """Per-point gradients of ``loss`` at ``m`` as real coordinate rows (k*k, N): what flows
+    apply kernels to (built-in losses never form the (N, k, k) matrices)."""
+    if hasattr(loss, "gradient_rows_at"):
+        return loss.gradient_rows_at(m, data) if loss.on_metrics else linalg.to_rows(gradient(loss, m, data))
+    return linalg.to_rows(gradient(loss, m, data))
 
 
 def make_loss_data(ds, g0=None, *, target=None) -> LossData:

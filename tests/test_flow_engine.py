@@ -48,7 +48,7 @@ def test_readme_pipeline_on_lazy_points_equals_computed(lazy_chart, chart):
             np.testing.assert_array_equal(r[var].values, ref[var].values)
     summary = evaluate(lazy)
     assert summary["gain_train"].item() > 1
-    assert summary["sigma_test_final"].item() == lazy.sigma_test.values[-1]
+    assert summary["sigma_test_final"].item() == pytest.approx(lazy.sigma_test.values[-1], rel=1e-13)
 
 
 def test_network_flow_and_evaluate_on_lazy_points(lazy_chart):
@@ -60,7 +60,7 @@ def test_network_flow_and_evaluate_on_lazy_points(lazy_chart):
     ref = mf.flows.network_flow(train.compute(), cfg, nw.init(cfg, 0), steps=3, lr=1e-3, center=True,
                                 test=test.compute())
     np.testing.assert_array_equal(r.g_test.values, ref.g_test.values)
-    assert evaluate(r)["sigma_test_final"].item() == r.sigma_test.values[-1]
+    assert evaluate(r)["sigma_test_final"].item() == pytest.approx(r.sigma_test.values[-1], rel=1e-13)
 
 
 # ----------------------------------------------------------------------------- valid metrics only
@@ -95,8 +95,9 @@ def test_sweep_returns_only_valid_metrics_and_recorded_sigma_equals_evaluate(cha
                         assert isinstance(r, xr.Dataset) and r.attrs["steps_done"] < steps
                     assert _valid(r.g_train.values) and _valid(r.g_test.values)
                     summary = evaluate(r)
-                    assert summary["sigma_test_final"].item() == r.sigma_test.values[-1]
-                    assert summary["sigma_train_final"].item() == r.sigma_train.values[-1]
+                    # the same metrics: equal up to the rounding of the flows' orthonormal real coordinates
+                    assert summary["sigma_test_final"].item() == pytest.approx(r.sigma_test.values[-1], rel=1e-13)
+                    assert summary["sigma_train_final"].item() == pytest.approx(r.sigma_train.values[-1], rel=1e-13)
                     assert summary["positive_fraction_test"].item() == 1.0
     assert outcomes["ok"] > 0
 
@@ -264,23 +265,24 @@ def test_g0_is_the_recorded_initial_metric(chart):
     train = chart.isel(point=slice(0, 100))
     g0 = 1.3 * train.g_fs.values
     r = kernel_flow(train, delta, steps=2, lr=0.1, g0=g0)
-    np.testing.assert_array_equal(r.g_train_initial.values, linalg.hermitian_part(g0))  # the metric used
+    # the metric used: g0 in the flow's real coordinates (orthonormal basis: rounding of sqrt 2 only)
+    np.testing.assert_allclose(r.g_train_initial.values, g0, rtol=0, atol=4e-16 * np.abs(g0).max())
     assert evaluate(r)["sigma_train_initial"].item() == pytest.approx(r.sigma_train.values[0], rel=1e-14)
 
 
 def test_each_metric_is_factorised_once_per_step(chart, monkeypatch):
-    """One factorisation of the train and one of the test metrics per accepted step (the guard,
+    """One factorisation of the train and test metrics together per accepted step (the guard,
     the loss, sigma and the next gradient share it)."""
     from mfarray.flows import integrate as integ
 
     calls = []
-    real = linalg.metrics
+    real = linalg.metrics_rows
 
-    def spy(g, **kw):
-        calls.append(g.shape[0])
-        return real(g, **kw)
+    def spy(rows, k, **kw):
+        calls.append(rows.shape[-1])
+        return real(rows, k, **kw)
 
-    monkeypatch.setattr(integ.linalg, "metrics", spy)
+    monkeypatch.setattr(integ.linalg, "metrics_rows", spy)
     train, test = chart.isel(point=slice(0, 100)), chart.isel(point=slice(100, 150))
     counts = []
     for steps in (10, 20):
@@ -288,7 +290,8 @@ def test_each_metric_is_factorised_once_per_step(chart, monkeypatch):
         r = kernel_flow(train, delta, steps=steps, lr=1e-3, adaptive=False, test=test)
         assert r.rejected.sum() == 0
         counts.append(len(calls))
-    assert (counts[1] - counts[0]) / 10 == 2, counts
+        assert calls[-1] == 150  # train and test columns in one call
+    assert (counts[1] - counts[0]) / 10 == 1, counts
 
 
 def test_callback_and_progress(chart, capsys):

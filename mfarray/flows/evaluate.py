@@ -129,7 +129,10 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel=None, features=Non
         method = result.attrs.get("method", "dense")
         method = method if method in ("dense", "blockwise") else "dense"
         K_new = as_operator(spec, kernel_inputs(spec, sites.z, features), x_train, method=method, **options)
-        g = KernelModel(None, None, None).predict(result["dual"].values, K_new, sites.g_fs)
+        k = sites.k
+        rows = KernelModel(None, None, None, k=k).predict(linalg.to_rows(result["dual"].values), K_new,
+                                                           linalg.to_rows(sites.g_fs))
+        g = linalg.from_rows(rows, k)
     elif result.attrs["model"] == "network":
         info = json.loads(result.attrs["network"])
         config = nw.MLP(tuple(info["widths"]), info["activation"], info["sigma_w"], info["sigma_b"])
@@ -138,7 +141,8 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel=None, features=Non
         model = NetworkModel(config, nw.unflatten(config, theta0), None, None,
                              linearized=info["linearized"], center=info["center"])
         x = feats(sites.z)
-        g = model.metric_at(result["theta"].values, np.asarray(x, dtype=np.float64), sites.g_fs)
+        rows = model.metric_at(result["theta"].values, np.asarray(x, dtype=np.float64), linalg.to_rows(sites.g_fs))
+        g = linalg.from_rows(rows, sites.k)
     else:
         raise ValueError(f"unknown flow model {result.attrs['model']!r}")
     linalg.require_valid(g, "the predicted metrics")

@@ -107,7 +107,8 @@ def _as_tree(config, params):
 def _model(config, params0, ds, *, features=patch_features, linearized=False, center=False):
     g_ref = np.array(backend.to_numpy(ds["g_fs"].data), dtype=np.complex128)
     _k_of(config, g_ref.shape[-1])
-    return NetworkModel(config, params0, network_inputs(ds, features), g_ref, linearized=linearized, center=center)
+    return NetworkModel(config, params0, network_inputs(ds, features), linalg.to_rows(g_ref),
+                        linearized=linearized, center=center)
 
 
 def network_metric(config, params, ds, *, features=patch_features, params0=None):
@@ -124,7 +125,7 @@ def network_metric(config, params, ds, *, features=patch_features, params0=None)
     params = _as_tree(config, params)
     ref = params if params0 is None else _as_tree(config, params0)
     model = _model(config, ref, ds, features=features, center=params0 is not None)
-    return model.metrics(nw.flatten(params))[0]
+    return linalg.from_rows(model.metrics(nw.flatten(params)), int(ds["g_fs"].shape[-1]))
 
 
 def parameter_gradient(config, params, ds, *, loss="sigma_squared", data=None, target=None,
@@ -140,10 +141,11 @@ def parameter_gradient(config, params, ds, *, loss="sigma_squared", data=None, t
     ref = _as_tree(config, theta if params0 is None else params0)
     model = _model(config, ref, ds, features=features, center=params0 is not None)
     loss_fn = resolve_loss(loss)
-    g = model.metrics(theta)[0]
+    k = int(ds["g_fs"].shape[-1])
+    m = linalg.require_valid(linalg.metrics_rows(model.metrics(theta), k))
     if data is None:
-        data = losses.make_loss_data(ds, g, target=target)
-    return model.pullback(theta, losses.gradient(loss_fn, linalg.require_valid(g), data))
+        data = losses.make_loss_data(ds, m.g, target=target)
+    return model.pullback(theta, losses.gradient_rows(loss_fn, m, data))
 
 
 # ------------------------------------------------------------------ NTK operator
@@ -229,10 +231,11 @@ def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float = 1
     x_train = _inputs(tr.z, features)
     if x_train.shape[1] != config.d_in:
         raise ValueError(f"features give {x_train.shape[1]} inputs per point; the network takes {config.d_in}")
-    model = NetworkModel(config, params0, x_train, tr.g_fs, None if te is None else _inputs(te.z, features),
-                         None if te is None else te.g_fs, linearized=linearized, center=center)
-    g, _ = model.metrics(model.init())
-    m = linalg.metrics(g)
+    model = NetworkModel(config, params0, x_train, linalg.to_rows(tr.g_fs),
+                         None if te is None else _inputs(te.z, features),
+                         None if te is None else linalg.to_rows(te.g_fs), linearized=linearized, center=center)
+    both = linalg.metrics_rows(model.metrics(model.init()), tr.k)
+    m = both.take(slice(0, tr.n))
     if not m.all_valid:
         raise ValueError(
             "the initial network metric g_FS + R(f_theta0) is not positive definite at every train point "
@@ -252,7 +255,7 @@ def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float = 1
              "sigma_w": config.sigma_w, "sigma_b": config.sigma_b}
     tr = _with_initial(tr, m.g)
     if te is not None:
-        te = _with_initial(te, model.metrics(model.init())[1])
+        te = _with_initial(te, both.take(slice(tr.n, None)).g)
 
     def result(trajectory):
         model_vars = {"theta": ("param", backend.to_numpy(trajectory.theta)),

@@ -23,7 +23,7 @@ import json
 
 import xarray as xr
 
-from .. import backend, losses
+from .. import backend, linalg, losses
 from ..kernels.features import patch_features
 from ..kernels.operators import as_operator
 from ..kernels.spec import as_kernel
@@ -132,14 +132,14 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float = 1.0, loss=
     if loss_fn.name == "mse" and data.target is None:
         raise ValueError("loss='mse' needs target metrics: pass target=(N, k, k)")
     K, K_test, kernel_record = _operators(kernel, tr, te, features, method, operator_options)
-    model = KernelModel(K, K_test, tr.g0, None if te is None else te.g0)
+    model = KernelModel(K, K_test, tr.m0.rows, None if te is None else te.m0.rows, k=tr.k)
     attrs = {"flow": "frozen-kernel flow (2.12)", "model": "kernel", "loss": loss_fn.name,
              "kernel": json.dumps(kernel_record), "step_control": json.dumps(control.describe()),
              "features": getattr(features or patch_features, "__qualname__", repr(features)),
              "method": method, "operator_options": json.dumps(_json_safe(operator_options or {}))}
 
     def result(trajectory):
-        dual = (("point", "row", "col"), backend.to_numpy(trajectory.theta))
+        dual = (("point", "row", "col"), backend.to_numpy(linalg.from_rows(trajectory.theta, tr.k)))
         return flow_result(trajectory, tr, te, model_vars={"dual": dual}, attrs=attrs, steps=steps)
 
     try:

@@ -141,10 +141,16 @@ def _sigma(m, sites):
     return float(backend.to_numpy(measures.sigma(m.det, sites.omega2, sites.weight)))
 
 
+def _frobenius_rows(rows):
+    """Per-point Frobenius norms (N,) of Hermitian matrices given by real rows (an isometry)."""
+    xp = backend.namespace(rows)
+    return xp.sqrt(xp.sum(rows * rows, axis=0))
+
+
 def _clip(G, clip):
     xp = backend.namespace(G)
-    norm = linalg.frobenius(G)
-    return G * xp.minimum(1.0, clip / xp.where(norm > 0, norm, 1.0))[:, None, None]
+    norm = _frobenius_rows(G)
+    return G * xp.minimum(1.0, clip / xp.where(norm > 0, norm, 1.0))
 
 
 class _Progress:
@@ -171,15 +177,18 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
               *, record_every: int = 1, callback: Callable | None = None, progress: bool = False) -> Trajectory:
     """Run ``steps`` steps of gradient descent of ``model`` on ``loss`` (module docstring).
 
-    model : a :class:`~mfarray.flows.models.MetricModel` (``init``, ``metrics``, ``line``).
+    model : a :class:`~mfarray.flows.models.MetricModel` (``init``, ``metrics``, ``line``) on
+        real coordinate rows (k*k, N + M) of the train metrics followed by the test metrics
+        (:func:`mfarray.linalg.to_rows`), factorised together.
     data : the loss data of the train points; train_sites / test_sites : their
         :class:`~mfarray.flows.sites.Sites` (sigma is recorded where they have |Omega|^2).
     Returns a :class:`Trajectory`; raises :class:`FlowError` (with ``.trajectory``).
     """
     theta = model.init()
-    g, gt = model.metrics(theta)
-    m = linalg.require_valid(g, "the initial train metric")
-    mt = None if gt is None else linalg.require_valid(gt, "the initial test metric")
+    k, n = train_sites.k, train_sites.n
+    both = linalg.metrics_rows(model.metrics(theta), k)  # train columns, then test columns
+    m = linalg.require_valid(both.take(slice(0, n)), "the initial train metric")
+    mt = None if test_sites is None else linalg.require_valid(both.take(slice(n, None)), "the initial test metric")
     values = losses.total(loss, m, data)
     history = {k: [] for k in ("step", "loss", "sigma_train", "sigma_test", "lr", "rejected", "rejected_test")}
     report = _Progress(steps, progress)
@@ -199,24 +208,24 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
     rate, floor = control.lr, control.lr * 2.0 ** -control.max_halvings
     pending = [0, 0]
     for step in range(1, steps + 1):
-        G = losses.gradient(loss, m, data)
+        G = losses.gradient_rows(loss, m, data)
         if control.clip is not None:
             G = _clip(G, control.clip)
-        at = model.line(theta, m.g, None if mt is None else mt.g, G)
+        metrics_at, theta_at = model.line(theta, both.rows, G)
         scale = 1.0
         if control.normalize:
-            _, g1, _ = at(1.0)
-            biggest = float(backend.to_numpy(backend.namespace(g1).max(linalg.frobenius(g1 - m.g))))
+            g1 = metrics_at(1.0)
+            biggest = float(backend.to_numpy(backend.namespace(g1).max(_frobenius_rows(g1[:, :n] - m.rows))))
             scale = 1.0 / biggest if biggest > 0 else 0.0
         rejected = rejected_test = 0
         while True:
             size = rate * scale
-            th_s, g_s, gt_s = at(size)
-            m_s = linalg.metrics(g_s)
+            g_s = metrics_at(size)
+            both_s = linalg.metrics_rows(g_s, k)  # train and test metrics factorised in one pass
+            m_s = both_s.take(slice(0, n))
+            mt_s = None if test_sites is None else both_s.take(slice(n, None))
             ok = m_s.all_valid
-            mt_s = None
-            if ok and gt_s is not None:
-                mt_s = linalg.metrics(gt_s)
+            if ok and mt_s is not None:
                 ok = mt_s.all_valid
                 rejected_test += not ok
             trial_value = None
@@ -234,7 +243,7 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
                     f"step {step}: no step size down to {rate:.3g} {why}; the flow cannot continue "
                     f"(lower lr, enable clip or normalize); the {step - 1} steps done are in error.result",
                     step=step, trajectory=Trajectory(history, theta, m, mt, step - 1))
-        theta, m, mt, current = th_s, m_s, mt_s, trial_value
+        theta, both, m, mt, current = theta_at(size), both_s, m_s, mt_s, trial_value
         pending[0] += rejected
         pending[1] += rejected_test
         if step % record_every == 0 or step == steps:

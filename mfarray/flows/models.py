@@ -3,13 +3,20 @@ r"""Metric models: what a flow moves.
 A metric model maps parameters theta to metrics at the train (and test) points and says how
 they move in the descent direction of a loss gradient G = dl/dg (N, k, k):
 
-    model.init()                       -> theta0
-    model.metrics(theta)               -> (g_train (N, k, k), g_test (M, k, k) or None)
-    model.line(theta, g, g_test, G)    -> at(s) -> (theta_s, g_train_s, g_test_s)
+    model.init()                -> theta0
+    model.metrics(theta)        -> g: the train metrics, then the test metrics (columns)
+    model.line(theta, g, G)     -> (metrics_at, theta_at)      G: the train gradient
+                                   metrics_at(s) -> g_s;  theta_at(s) -> theta_s
 
-``at(s)`` is the step of length s along the gradient-descent direction; the integrator
+Metrics and gradients travel as real coordinate rows (k*k, N) (:func:`mfarray.linalg.to_rows`:
+the orthonormal Hermitian basis, an isometry), converted once at the flow's boundary: a
+scalar kernel acts on each row alike, a network outputs them, and the validity rule reads
+them directly.
+
+``metrics_at(s)`` are the metrics after a step of length s along the gradient-descent
+direction and ``theta_at(s)`` its parameters (asked only for the accepted s); the integrator
 (:mod:`mfarray.flows.integrate`) chooses s.  Computing the direction once per step and
-evaluating ``at`` for several s is what makes backtracking cheap.
+evaluating ``metrics_at`` for several s is what makes backtracking cheap.
 
 * :class:`KernelModel` -- the frozen-kernel flow (2.12).  theta is the dual coefficient array
   A (N, k, k), g = g0 - Theta(x, train) A, and a step is A <- A + s G, so the metric moves by
@@ -42,21 +49,28 @@ class MetricModel(Protocol):
 
     def metrics(self, theta): ...
 
-    def line(self, theta, g, g_test, G): ...
+    def line(self, theta, g, G): ...
 
 
 def metric_matvec(K, G):
-    """``Theta . G`` for Hermitian metrics G (N, k, k) -> (N_out, k, k).
+    """``Theta . G`` for Hermitian metrics G (N, k, k) -> (N_out, k, k)."""
+    k = G.shape[-1]
+    return linalg.from_rows(rows_matvec(K, linalg.to_rows(G), k), k)
+
+
+def rows_matvec(K, rows, k):
+    """``Theta . G`` on real coordinate rows (k*k, N_in) -> (k*k, N_out).
 
     A scalar (Kronecker, eq. 2.23) real kernel acts on each component alike, so it is applied
-    to the k^2 real coordinates of G (:func:`mfarray.linalg.hermitian_to_real`, an isometry)
-    rather than to its 2 k^2 real and imaginary parts: half the mat-vec columns, and an exactly
-    Hermitian result.  Other operators get G itself."""
+    to the k^2 real coordinates (an isometry) rather than to 2 k^2 real and imaginary parts:
+    half the mat-vec columns, and an exactly Hermitian result; with rows, ``K @ rows.T`` is
+    one GEMM without copies.  Other (component-mixing) operators get the (N, k, k) matrices."""
+    xp = backend.namespace(rows)
     if acts_componentwise(K):
-        r = K.matvec(linalg.hermitian_to_real(G))
-        if not backend.namespace(r).isdtype(r.dtype, "complex floating"):
-            return linalg.real_to_hermitian(r, G.shape[-1])
-    return K.matvec(G)
+        r = K.matvec(xp.permute_dims(rows, (1, 0)))
+        if not xp.isdtype(r.dtype, "complex floating"):
+            return xp.permute_dims(r, (1, 0))
+    return linalg.to_rows(K.matvec(linalg.from_rows(rows, k)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -64,34 +78,41 @@ class KernelModel:
     """The frozen-kernel metric flow (2.12) in its dual form.
 
     K : train-train operator (N, N); K_test : test-train operator (M, N) or None;
-    g0, g0_test : initial metrics.  theta = A, the dual coefficients sum_n s_n G_n (N, k, k).
+    g0, g0_test : initial metrics as rows.  theta = A, the dual coefficients sum_n s_n G_n
+    (rows (k*k, N)).
     """
 
     K: object
     K_test: object
-    g0: object
-    g0_test: object = None
+    g0: object  # rows (k*k, N)
+    g0_test: object = None  # rows (k*k, M)
+    k: int = 3
 
     def init(self):
         return backend.namespace(self.g0).zeros_like(self.g0)
 
+    @property
+    def _g0(self):
+        xp = backend.namespace(self.g0)
+        return self.g0 if self.K_test is None else xp.concat([self.g0, self.g0_test], axis=1)
+
+    def _apply(self, rows):
+        """Theta . rows at the train and the test points, (k*k, N + M)."""
+        U = rows_matvec(self.K, rows, self.k)
+        if self.K_test is None:
+            return U
+        return backend.namespace(U).concat([U, rows_matvec(self.K_test, rows, self.k)], axis=1)
+
     def metrics(self, A):
-        g = self.g0 - metric_matvec(self.K, A)
-        gt = None if self.K_test is None else self.g0_test - metric_matvec(self.K_test, A)
-        return g, gt
+        return self._g0 - self._apply(A)
 
     def predict(self, A, K_new, g0_new):
-        """Metrics at new points: g0_new - Theta(new, train) A (exact: the flow is linear in A)."""
-        return g0_new - metric_matvec(K_new, A)
+        """Metrics (rows) at new points: g0_new - Theta(new, train) A (exact: the flow is linear in A)."""
+        return g0_new - rows_matvec(K_new, A, self.k)
 
-    def line(self, A, g, gt, G):
-        U = metric_matvec(self.K, G)
-        Ut = None if self.K_test is None else metric_matvec(self.K_test, G)
-
-        def at(s):
-            return A + s * G, g - s * U, None if Ut is None else gt - s * Ut
-
-        return at
+    def line(self, A, g, G):
+        U = self._apply(G)
+        return (lambda s: g - s * U), (lambda s: A + s * G)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -99,7 +120,8 @@ class NetworkModel:
     """A network metric g_theta(x) = g_ref(x) + R(f_theta(x)) on fixed inputs (2.8, 2.10).
 
     config : mfarray.networks.MLP with c_out = k*k; params0 : initial parameter tree;
-    x, x_test : (N, d_in), (M, d_in) network inputs; g_ref, g_ref_test : reference metrics;
+    x, x_test : (N, d_in), (M, d_in) network inputs; g_ref, g_ref_test : reference metrics
+    as rows (k*k, N);
     linearized : the linear model (2.10) around params0; center : subtract f_theta0 so the flow
     starts at g_ref.  R = :func:`mfarray.linalg.real_to_hermitian` (an isometry), so the
     parameter gradient of sum_x l(x) is vjp(theta, x, hermitian_to_real(G)).
@@ -127,34 +149,36 @@ class NetworkModel:
         return self._f0[key][1]
 
     def metric_at(self, theta, x, g_ref):
-        """The model's metric at inputs x (n, d_in) with reference g_ref (n, k, k)."""
-        R, k = linalg.real_to_hermitian, int(g_ref.shape[-1])
+        """The model's metric rows (k*k, n) at inputs x (n, d_in) with reference rows g_ref."""
+        xp = backend.namespace(g_ref)
+
+        def R(f):  # network outputs (n, k*k) are the real coordinates: rows are their transpose
+            return xp.permute_dims(f, (1, 0))
+
         f0 = self._initial_output(x)
         if self.linearized:
             d = nw.jvp(self.config, self.params0, x, nw.unflatten(self.config, theta - self.init()))
-            base = g_ref if self.center else g_ref + R(f0, k)
-            return base + R(d, k)
+            base = g_ref if self.center else g_ref + R(f0)
+            return base + R(d)
         f = nw.apply(self.config, nw.unflatten(self.config, theta), x)
-        return g_ref + R(f - f0 if self.center else f, k)
+        return g_ref + R(f - f0 if self.center else f)
 
     def metrics(self, theta):
-        gt = None if self.x_test is None else self.metric_at(theta, self.x_test, self.g_ref_test)
-        return self.metric_at(theta, self.x, self.g_ref), gt
+        g = self.metric_at(theta, self.x, self.g_ref)
+        if self.x_test is None:
+            return g
+        gt = self.metric_at(theta, self.x_test, self.g_ref_test)
+        return backend.namespace(g).concat([g, gt], axis=1)
 
     def pullback(self, theta, G):
-        """J(theta)^T r(G) (J at theta0 for the linearised model), flat (P,)."""
+        """J(theta)^T r(G) (J at theta0 for the linearised model), flat (P,); G as rows."""
         params = self.params0 if self.linearized else nw.unflatten(self.config, theta)
-        return nw.flatten(nw.vjp(self.config, params, self.x, linalg.hermitian_to_real(G)))
+        xp = backend.namespace(G)
+        return nw.flatten(nw.vjp(self.config, params, self.x, xp.permute_dims(G, (1, 0))))
 
-    def line(self, theta, g, gt, G):
+    def line(self, theta, g, G):
         D = self.pullback(theta, G)
-
-        def at(s):
-            th = theta - s * D
-            g_s, gt_s = self.metrics(th)
-            return th, g_s, gt_s
-
-        return at
+        return (lambda s: self.metrics(theta - s * D)), (lambda s: theta - s * D)
 
 
 def as_float_params(params):

@@ -61,7 +61,13 @@ def eta(det_g, omega2, kappa_value):
 
 
 def sigma(det_g, omega2, weight):
-    """sigma = E_w[|1 - eta|] with kappa from the same points (B.11)."""
+    """sigma = E_w[|1 - eta|] with kappa from the same points (B.11).
+
+    Written with q = w det g / |Omega|^2 (w >= 0): kappa = sum q / sum w and
+    w |1 - eta| = |w - q / kappa|, so sigma = sum |w - q / kappa| / sum w -- the same
+    quantity in half the array operations (flows record it every step)."""
     xp = _namespace(det_g, omega2, weight)
-    k = kappa(det_g, omega2, weight)[..., None]
-    return weighted_mean(xp.abs(1.0 - eta(det_g, omega2, k)), weight)
+    q = weight * det_g / omega2
+    wsum = xp.sum(weight, axis=-1)
+    k = (xp.sum(q, axis=-1) / wsum)[..., None]
+    return xp.sum(xp.abs(weight - q / k), axis=-1) / wsum
