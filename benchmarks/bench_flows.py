@@ -59,7 +59,8 @@ import numpy as np
 
 import mfarray
 from mfarray import losses
-from mfarray.flows.frozen import kernel_flow, metric_matvec, resolve_loss
+from mfarray.flows.frozen import kernel_flow, resolve_loss
+from mfarray.flows.models import metric_matvec
 from mfarray.flows.guard import positive_definite
 from mfarray.kernels.fs import gaussian_fs
 from mfarray.kernels.operators import BlockwiseOperator, as_operator
