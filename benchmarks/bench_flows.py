@@ -61,13 +61,13 @@ import mfarray
 from mfarray import losses
 from mfarray.flows.frozen import kernel_flow, resolve_loss
 from mfarray.flows.models import metric_matvec
-from mfarray.flows.guard import positive_definite
+from mfarray.linalg import positive_definite
 from mfarray.kernels.fs import gaussian_fs
 from mfarray.kernels.operators import BlockwiseOperator, as_operator
 from mfarray.pointset import sigma_measure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+from machine import best_auto, best_of, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 KERNEL = functools.partial(gaussian_fs, sigma=0.1, squared=True)
 LOSS = "sigma_squared"
@@ -90,27 +90,6 @@ def points(n: int):
             train["weight"] = train["weight"] / train["weight"].mean()
             return train
         m = int(m * 1.3)
-
-
-def best_time(fn, repeat):
-    best = float("inf")
-    out = None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
-def best_time_auto(fn, budget=1.0, lo=3, hi=30):
-    """Best of at least ``lo`` runs, more (up to ``hi``) while within ``budget`` seconds."""
-    best, t_start, k = float("inf"), time.perf_counter(), 0
-    while k < lo or (k < hi and time.perf_counter() - t_start < budget):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-        k += 1
-    return best
 
 
 def vm_hwm_mb() -> float:
@@ -155,8 +134,8 @@ def machine_info():
 
 def flow_rate(train, kernel_or_op, steps, method, repeat=1):
     """(setup s, s/step, result): setup from a 0-step run, steps from an S-step run (best of repeat)."""
-    t0, _ = best_time(lambda: kernel_flow(train, kernel_or_op, steps=0, lr=LR, loss=LOSS, method=method), repeat)
-    tS, res = best_time(lambda: kernel_flow(train, kernel_or_op, steps=steps, lr=LR, loss=LOSS, method=method), repeat)
+    t0, _ = best_of(lambda: kernel_flow(train, kernel_or_op, steps=0, lr=LR, loss=LOSS, method=method), repeat)
+    tS, res = best_of(lambda: kernel_flow(train, kernel_or_op, steps=steps, lr=LR, loss=LOSS, method=method), repeat)
     rej = int(res["rejected"].sum())
     if rej:
         print(f"  WARNING: {rej} step(s) rejected (lr halved); rate not comparable")
@@ -175,11 +154,11 @@ def step_pieces(train, K, repeat=5):
     upd = metric_matvec(K, grad)
     trial = g - LR * upd
     out = {}
-    out["loss gradient"] = best_time(lambda: loss_fn.gradient(g, data), repeat)[0]
-    out["positivity (LDL pivots)"] = best_time(lambda: bool(np.all(positive_definite(trial))), repeat)[0]
-    out["loss total (record)"] = best_time(lambda: losses.total(loss_fn, trial, data), repeat)[0]
-    out["sigma_measure (record)"] = best_time(lambda: sigma_measure(train, trial), repeat)[0]
-    out["update g, dual"] = best_time(lambda: (g - LR * upd, g + LR * grad), repeat)[0]
+    out["loss gradient"] = best_of(lambda: loss_fn.gradient(g, data), repeat)[0]
+    out["positivity (LDL pivots)"] = best_of(lambda: bool(np.all(positive_definite(trial))), repeat)[0]
+    out["loss total (record)"] = best_of(lambda: losses.total(loss_fn, trial, data), repeat)[0]
+    out["sigma_measure (record)"] = best_of(lambda: sigma_measure(train, trial), repeat)[0]
+    out["update g, dual"] = best_of(lambda: (g - LR * upd, g + LR * grad), repeat)[0]
     return out
 
 
@@ -222,9 +201,9 @@ def kernel_tile(z, b):
 
     z1, z2 = z[:b], (z[b:2 * b] if z.shape[0] >= 2 * b else z[:b])
     u, v = unit_vectors(z1), unit_vectors(z2)
-    t_ent = best_time(lambda: KERNEL(z1, z2, method="entrywise"), 2)[0]
-    t_gemm = best_time(lambda: KERNEL(z1, z2), 3)[0]
-    t_zgemm = best_time(lambda: np.conj(u) @ v.T, 3)[0]
+    t_ent = best_of(lambda: KERNEL(z1, z2, method="entrywise"), 2)[0]
+    t_gemm = best_of(lambda: KERNEL(z1, z2), 3)[0]
+    t_zgemm = best_of(lambda: np.conj(u) @ v.T, 3)[0]
     per = 1e9 / b**2
     print(f"\n(f) one {b} x {b} gaussian_fs tile, one thread of NumPy: entrywise distances "
           f"{per * t_ent:.1f} ns/entry, GEMM path {per * t_gemm:.1f} ns/entry "
@@ -295,7 +274,7 @@ def main():
     A = rng.standard_normal((gemm_n, gemm_n))
     B = rng.standard_normal((gemm_n, gemm_n))
     A @ B
-    t_gemm = best_time_auto(lambda: A @ B, budget=3.0)
+    t_gemm = best_auto(lambda: A @ B, budget=3.0)[0]
     gemm = 2 * gemm_n**3 / t_gemm / 1e9
     del A, B
     print(f"float64 GEMM {gemm_n}^3: {t_gemm:.3f} s -> {gemm:.1f} GFLOP/s\n")
@@ -319,15 +298,15 @@ def main():
         v = rng.standard_normal((n, 3, 3)) + 1j * rng.standard_normal((n, 3, 3))
         v = v + np.conj(np.swapaxes(v, 1, 2))  # Hermitian, like dl/dg
         K.matvec(v)
-        t_mv = best_time_auto(lambda: K.matvec(v))
-        t_phase = best_time_auto(lambda: metric_matvec(K, v))
+        t_mv = best_auto(lambda: K.matvec(v))[0]
+        t_phase = best_auto(lambda: metric_matvec(K, v))[0]
         M = K.matrix
         w = rng.standard_normal((n, 18))
         wt = np.ascontiguousarray(w.T)
         M @ w
-        t_sk = best_time_auto(lambda: M @ w)
-        t_skt = best_time_auto(lambda: wt @ M)
-        t_read = best_time_auto(lambda: M.sum())  # one streaming read of K: the memory roofline
+        t_sk = best_auto(lambda: M @ w)[0]
+        t_skt = best_auto(lambda: wt @ M)[0]
+        t_read = best_auto(lambda: M.sum())[0]  # one streaming read of K: the memory roofline
         read_gbs[n] = 8.0 * n * n / t_read / 1e9
         f18, f9 = 2.0 * n * n * 18, 2.0 * n * n * 9
         mv_rows.append((n, "dense K.matvec(N,3,3)", t_mv, f18 / t_mv / 1e9))
@@ -345,7 +324,7 @@ def main():
         setup_b, step_b, _ = flow_rate(train, KERNEL, lazy_steps[n], "blockwise")
         rows.append((n, "blockwise", 0.0, setup_b, lazy_steps[n], step_b))
         Kb = as_operator(KERNEL, z, z, method="blockwise")
-        t_mvb, _ = best_time(lambda: metric_matvec(Kb, v), 1 if n > 2500 else 2)
+        t_mvb, _ = best_of(lambda: metric_matvec(Kb, v), 1 if n > 2500 else 2)
         pieces[n]["flow mat-vec phase blockwise"] = t_mvb
         # (b') lazy with a tile cache: the first mat-vec fills it (reported as "build")
         Kc = BlockwiseOperator(KERNEL, z, z, cache_bytes=CACHE)

@@ -55,6 +55,9 @@ import numpy as np
 import mfarray as mf
 from mfarray.kernels import as_operator, gaussian_fs
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import best_auto, cpu_model  # noqa: E402
+
 N_TRAIN, N_TEST = 1500, 500
 N_SAMPLES = 45_000
 CHART = (0, 1)
@@ -74,17 +77,6 @@ COUNT_NAMES = ("ldl_pivots", "positive_definite", "hermitian_det", "cholesky", "
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:
@@ -174,26 +166,6 @@ def wait_quiet(max_wait, threshold=0.15, need=3):
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
-def best_auto(fn, budget=1.0, lo=20, hi=2000):
-    """Best of at least ``lo`` runs, more (up to ``hi``) while within ``budget`` seconds."""
-    best, t0, k = float("inf"), time.perf_counter(), 0
-    while k < lo or (k < hi and time.perf_counter() - t0 < budget):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-        k += 1
-    return best, k
 
 
 def points():
@@ -317,7 +289,7 @@ def main():
         # measured between the flow runs below, so both see the same machine conditions
         for key, fn in (("train", lambda: K.matvec(v)), ("test", lambda: K_test.matvec(v)),
                         ("both", lambda: (K.matvec(v), K_test.matvec(v)))):
-            t, n = best_auto(fn, budget=budget)
+            t, n = best_auto(fn, budget=budget, lo=20, hi=2000)
             mv[key] = [min(mv[key][0], t), mv[key][1] + n]
 
     # (a) per-step time, interleaved with (b)

@@ -1,6 +1,8 @@
-"""What machine a benchmark ran on (imported by the benchmark scripts, run as `python benchmarks/x.py`)."""
+"""What machine a benchmark ran on, and best-of timing (imported by the benchmark scripts, run as
+`python benchmarks/x.py`)."""
 
 import platform
+import time
 
 
 def cpu_model() -> str:
@@ -13,3 +15,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def best_of(fn, repeat):
+    """(best wall time of ``repeat`` calls, the last result)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def best_auto(fn, budget=1.0, lo=3, hi=30):
+    """(best time, runs): at least ``lo`` runs, more (up to ``hi``) while within ``budget`` seconds."""
+    best, t0, k = float("inf"), time.perf_counter(), 0
+    while k < lo or (k < hi and time.perf_counter() - t0 < budget):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        k += 1
+    return best, k
