@@ -28,8 +28,8 @@ __all__ = ["evaluate", "predict", "sigma_of"]
 def sigma_of(g, omega2, weight, name="g"):
     """sigma (B.11) of metrics g (N, k, k) at points with |Omega|^2 and weights; refuses
     metrics that are not valid (:mod:`mfarray.linalg`)."""
-    m = linalg.require_valid(np.asarray(g), name)
-    return float(backend.to_numpy(measures.sigma(m.det, np.asarray(omega2), np.asarray(weight))))
+    m = linalg.require_valid(backend.to_numpy(g), name)
+    return float(measures.sigma(m.det, backend.to_numpy(omega2), backend.to_numpy(weight)))
 
 
 def _check_same(result, ds, dim, name):

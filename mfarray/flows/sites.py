@@ -132,7 +132,7 @@ def _sites(ds, arrays, name, g0, chart):
         g_init = g0.data if isinstance(g0, xr.DataArray) else g0
         if backend.is_dask(g_init):
             g_init = g_init.compute()
-        g_init = xp.asarray(g_init) if backend.is_cupy(g_fs) else np.asarray(g_init)
+        g_init = xp.asarray(g_init) if backend.is_cupy(g_fs) else backend.to_numpy(g_init)
         label = "g0" if name == "train" else "g0_test"
         if tuple(g_init.shape) != tuple(g_fs.shape):
             raise ValueError(f"{label} must have shape {tuple(g_fs.shape)} (one {k}x{k} metric per {name} point); "
