@@ -53,6 +53,7 @@ replaced by their exact Hermitian part (g + g^dagger)/2, so every gradient is ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -184,6 +185,11 @@ class LossData:
     def n(self) -> int:
         return int(self.weight.shape[0])
 
+    @functools.cached_property
+    def eta_scale(self):
+        """kappa |Omega|^2 (N,): eta = det g / eta_scale (B.11), computed once."""
+        return self.kappa * self.omega2
+
 
 @runtime_checkable
 class Loss(Protocol):
@@ -274,10 +280,9 @@ def current_kappa(g, data: LossData):
 
 
 # --------------------------------------------------------------------------- sigma losses (B.11)
-def _eta(m, data, kappa=None):
-    xp = backend.namespace(m.det)
-    _finite_out(m.det, xp, "det g")
-    return m.det / ((data.kappa if kappa is None else kappa) * data.omega2), xp
+def _eta(m, data):
+    """eta = det g / (kappa |Omega|^2) with the fixed kappa (m is a valid metric: det finite)."""
+    return m.det / data.eta_scale, backend.namespace(m.det)
 
 
 def _eta_loss(name, F, dF, doc_what) -> PointwiseLoss:

@@ -134,11 +134,12 @@ class Trajectory:
     steps_done: int
 
 
-def _sigma(m, sites):
-    """sigma (B.11) of factorised metrics at a Sites (kappa of the metric itself), or None."""
-    if sites.omega2 is None:
-        return None
-    return float(backend.to_numpy(measures.sigma(m.det, sites.omega2, sites.weight)))
+def _sigma_recorder(sites):
+    """det -> sigma (B.11) at a Sites (kappa of the metric itself), or None without |Omega|^2."""
+    if sites is None or sites.omega2 is None:
+        return lambda m: None
+    sigma_at = measures.sigma_of(sites.omega2, sites.weight)
+    return lambda m: float(sigma_at(m.det))
 
 
 def _frobenius_rows(rows):
@@ -192,10 +193,11 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
     values = losses.total(loss, m, data)
     history = {k: [] for k in ("step", "loss", "sigma_train", "sigma_test", "lr", "rejected", "rejected_test")}
     report = _Progress(steps, progress)
+    sigma_train, sigma_test = _sigma_recorder(train_sites), _sigma_recorder(test_sites)
 
     def record(step, loss_value, rate, rejected, rejected_test):
-        rec = {"step": step, "loss": loss_value, "sigma_train": _sigma(m, train_sites),
-               "sigma_test": None if mt is None else _sigma(mt, test_sites), "lr": rate,
+        rec = {"step": step, "loss": loss_value, "sigma_train": sigma_train(m),
+               "sigma_test": None if mt is None else sigma_test(mt), "lr": rate,
                "rejected": rejected, "rejected_test": rejected_test}
         for key, v in rec.items():
             history[key].append(v)

@@ -61,13 +61,22 @@ def eta(det_g, omega2, kappa_value):
 
 
 def sigma(det_g, omega2, weight):
-    """sigma = E_w[|1 - eta|] with kappa from the same points (B.11).
+    """sigma = E_w[|1 - eta|] with kappa from the same points (B.11)."""
+    _namespace(det_g, omega2, weight)
+    return sigma_of(omega2, weight)(det_g)
 
-    Written with q = w det g / |Omega|^2 (w >= 0): kappa = sum q / sum w and
-    w |1 - eta| = |w - q / kappa|, so sigma = sum |w - q / kappa| / sum w -- the same
-    quantity in half the array operations (flows record it every step)."""
-    xp = _namespace(det_g, omega2, weight)
-    q = weight * det_g / omega2
+
+def sigma_of(omega2, weight):
+    """The function det g -> sigma (B.11) at fixed points, for repeated use (a flow records it
+    every step).  Written with q = w det g / |Omega|^2 (w >= 0): kappa = sum q / sum w and
+    w |1 - eta| = |w - q / kappa|, so sigma = sum |w - q / kappa| / sum w."""
+    xp = _namespace(omega2, weight)
+    w_over_o = weight / omega2
     wsum = xp.sum(weight, axis=-1)
-    k = (xp.sum(q, axis=-1) / wsum)[..., None]
-    return xp.sum(xp.abs(weight - q / k), axis=-1) / wsum
+
+    def sigma_at(det_g):
+        q = w_over_o * det_g
+        k = (xp.sum(q, axis=-1) / wsum)[..., None]
+        return xp.sum(xp.abs(weight - q / k), axis=-1) / wsum
+
+    return sigma_at
