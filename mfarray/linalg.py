@@ -173,12 +173,11 @@ class Metrics:
 
     @property
     def all_valid(self) -> bool:
-        xp = backend.namespace(self.valid)
-        return bool(xp.all(self.valid))
+        return bool(self.valid.all())  # NumPy and CuPy arrays; the method skips two wrapper layers
 
     def take(self, columns: slice) -> Metrics:
         """The metrics of a range of points (views, no copies)."""
-        parts = None if self.parts is None else tuple(p[columns] for p in self.parts)
+        parts = None if self.parts is None else tuple(p[..., columns] for p in self.parts)
         return Metrics(self.rows[:, columns], self.k, self.det[columns], self.rcond[columns],
                        self.valid[columns], parts)
 
@@ -211,13 +210,12 @@ def to_rows(g):
     r = hermitian_to_real(g)
     xp = backend.namespace(r)
     n, kk = r.shape
-    return xp.reshape(xp.reshape(xp.permute_dims(r, (1, 0)), (kk * n,)), (kk, n))
+    return xp.reshape(xp.reshape(r.T, (kk * n,)), (kk, n))
 
 
 def from_rows(rows, k: int):
     """(k*k, N) real coordinate rows -> (N, k, k) exactly Hermitian complex metrics."""
-    xp = backend.namespace(rows)
-    return real_to_hermitian(xp.permute_dims(rows, (1, 0)), k)
+    return real_to_hermitian(rows.T, k)
 
 
 def metrics(g, *, margin: float = MARGIN, hermitian_rtol: float = HERMITIAN_RTOL) -> Metrics:
@@ -258,43 +256,47 @@ _S2 = math.sqrt(2.0)
 def _metrics_rows3(r, margin, xp):
     """The validity rule for k = 3 on the rows r = (a, b, c, sqrt2 Re x, sqrt2 Im x, sqrt2 Re y,
     sqrt2 Im y, sqrt2 Re w, sqrt2 Im w) of g = [[a, x, y], [., b, w], [., ., c]]: the LDL^H
-    pivots a, d2, d3, det, the principal 2-minors and rcond in about 40 real operations on
-    (N,) rows.  NaN or inf entries give NaN pivots, hence invalid metrics."""
+    pivots a, d2, d3, det, the principal 2-minors and rcond in about 40 real operations, most of
+    them on row blocks (views), so the cost is per-call overhead rather than arithmetic.  NaN or
+    inf entries give NaN pivots, hence invalid metrics."""
     a, b, c = r[0], r[1], r[2]
-    xx = 0.5 * (r[3] * r[3] + r[4] * r[4])  # |x|^2, |y|^2, |w|^2
-    yy = 0.5 * (r[5] * r[5] + r[6] * r[6])
-    ww = 0.5 * (r[7] * r[7] + r[8] * r[8])
-    d2 = b - xx / a
-    # w' = w - conj(x) y / a  (Schur complement entry), in sqrt2-scaled real parts;
-    # 2 conj(x) y = (r3 r5 + r4 r6) + i (r3 r6 - r4 r5)
-    xy_re, xy_im = r[3] * r[5] + r[4] * r[6], r[3] * r[6] - r[4] * r[5]
-    inv_a = 1.0 / (_S2 * a)
-    wpr, wpi = r[7] - xy_re * inv_a, r[8] - xy_im * inv_a
-    d3 = (c - yy / a) - 0.5 * (wpr * wpr + wpi * wpi) / d2
-    positive = (a > 0) & (d2 > 0) & (d3 > 0)
+    sq = r[3:9] * r[3:9]
+    xx2, yy2, ww2 = sq[0::2] + sq[1::2]  # 2|x|^2, 2|y|^2, 2|w|^2
+    half_ia = 0.5 / a
+    d2 = b - xx2 * half_ia
+    # 2 conj(x) y = (r3 r5 + r4 r6) + i (r3 r6 - r4 r5); w' = w - conj(x) y / a (Schur complement)
+    p, q = r[3:5] * r[5:7], r[3:5] * r[6:4:-1]
+    xy = xp.stack([p[0] + p[1], q[0] - q[1]])
+    wp = r[7:9] - xy * (_S2 * half_ia)
+    wp2 = wp * wp
+    d3 = (c - yy2 * half_ia) - 0.5 * (wp2[0] + wp2[1]) / d2
     det = a * d2 * d3
-    c00, c11, c22 = b * c - ww, a * c - yy, a * b - xx  # principal 2-minors = adjugate diagonal
+    c00, c11, c22 = b * c - 0.5 * ww2, a * c - 0.5 * yy2, a * b - 0.5 * xx2  # adjugate diagonal
     rcond = det / ((a + b + c) * (c00 + c11 + c22))
+    positive = xp.minimum(a, xp.minimum(d2, d3)) > 0  # NaN compares False
     ok = positive & (rcond >= margin)
     rcond = xp.where(positive, rcond, 0.0)
-    return Metrics(rows=r, k=3, det=det, rcond=rcond, valid=ok, parts=(c00, c11, c22, det, xy_re, xy_im))
+    return Metrics(rows=r, k=3, det=det, rcond=rcond, valid=ok, parts=(c00, c11, c22, det, xy))
 
 
 def _inverse_rows3(r, parts, xp):
     """Rows of g^{-1} = adj(g) / det g for k = 3, from the rows of g (real arithmetic)."""
-    c00, c11, c22, det, xy_re, xy_im = parts
+    c00, c11, c22, det, xy = parts
     a, b, c = r[0], r[1], r[2]
+    out = xp.empty(r.shape, dtype=r.dtype)
+    out[0], out[1], out[2] = c00, c11, c22
+    # sqrt2 (Re, Im) of adj_01 = y conj(w) - x c, adj_02 = x w - y b, adj_12 = conj(x) y - a w
+    yw, ywx = r[5:7] * r[7:9], r[5:7] * r[8:6:-1]
+    xw, xwx = r[3:5] * r[7:9], r[3:5] * r[8:6:-1]
     s = 1.0 / _S2
-    adj = [
-        c00, c11, c22,
-        (r[5] * r[7] + r[6] * r[8]) * s - r[3] * c,  # sqrt2 Re adj_01 = sqrt2 Re(y conj w - x c)
-        (r[6] * r[7] - r[5] * r[8]) * s - r[4] * c,
-        (r[3] * r[7] - r[4] * r[8]) * s - r[5] * b,  # adj_02 = x w - y b
-        (r[3] * r[8] + r[4] * r[7]) * s - r[6] * b,
-        xy_re * s - a * r[7],  # adj_12 = conj(x) y - a w
-        xy_im * s - a * r[8],
-    ]
-    return xp.stack(adj, axis=0) * (1.0 / det)
+    out[3], out[4] = (yw[0] + yw[1]) * s, (ywx[1] - ywx[0]) * s
+    out[5], out[6] = (xw[0] - xw[1]) * s, (xwx[0] + xwx[1]) * s
+    out[7:9] = xy * s
+    out[3:5] -= r[3:5] * c
+    out[5:7] -= r[5:7] * b
+    out[7:9] -= r[7:9] * a
+    out *= 1.0 / det
+    return out
 
 
 def _metrics_generic(rows, k, margin):

@@ -136,7 +136,7 @@ def _as_metrics(g, name="g", n=None, k=None, positive=True) -> Metrics:
 
 
 def _finite_out(x, xp, what):
-    if not bool(xp.all(xp.isfinite(x))):
+    if not bool(xp.isfinite(x).all()):
         raise ValueError(f"{what} is not finite (overflow: g or |Omega|^2 out of range)")
     return x
 

@@ -65,11 +65,10 @@ def rows_matvec(K, rows, k):
     to the k^2 real coordinates (an isometry) rather than to 2 k^2 real and imaginary parts:
     half the mat-vec columns, and an exactly Hermitian result; with rows, ``K @ rows.T`` is
     one GEMM without copies.  Other (component-mixing) operators get the (N, k, k) matrices."""
-    xp = backend.namespace(rows)
     if acts_componentwise(K):
-        r = K.matvec(xp.permute_dims(rows, (1, 0)))
-        if not xp.isdtype(r.dtype, "complex floating"):
-            return xp.permute_dims(r, (1, 0))
+        r = K.matvec(rows.T)
+        if r.dtype.kind != "c":
+            return r.T
     return linalg.to_rows(K.matvec(linalg.from_rows(rows, k)))
 
 
@@ -150,10 +149,9 @@ class NetworkModel:
 
     def metric_at(self, theta, x, g_ref):
         """The model's metric rows (k*k, n) at inputs x (n, d_in) with reference rows g_ref."""
-        xp = backend.namespace(g_ref)
 
         def R(f):  # network outputs (n, k*k) are the real coordinates: rows are their transpose
-            return xp.permute_dims(f, (1, 0))
+            return f.T
 
         f0 = self._initial_output(x)
         if self.linearized:
@@ -173,8 +171,7 @@ class NetworkModel:
     def pullback(self, theta, G):
         """J(theta)^T r(G) (J at theta0 for the linearised model), flat (P,); G as rows."""
         params = self.params0 if self.linearized else nw.unflatten(self.config, theta)
-        xp = backend.namespace(G)
-        return nw.flatten(nw.vjp(self.config, params, self.x, xp.permute_dims(G, (1, 0))))
+        return nw.flatten(nw.vjp(self.config, params, self.x, G.T))
 
     def line(self, theta, g, G):
         D = self.pullback(theta, G)

@@ -76,7 +76,7 @@ def sigma_of(omega2, weight):
 
     def sigma_at(det_g):
         q = w_over_o * det_g
-        k = (xp.sum(q, axis=-1) / wsum)[..., None]
-        return xp.sum(xp.abs(weight - q / k), axis=-1) / wsum
+        k = (q.sum(axis=-1) / wsum)[..., None]
+        return xp.abs(weight - q / k).sum(axis=-1) / wsum
 
     return sigma_at
