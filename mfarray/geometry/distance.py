@@ -235,7 +235,6 @@ def nearest(z_query, z_ref, *, block_elements: int = 1 << 21):
         z_ref = z_ref.compute()
     v = _unit_checked(z_ref, "z_ref")
     if backend.is_dask(z_query):
-
         zq = z_query.rechunk({1: -1})
         rows_of = lambda n: _block_rows(n, block_elements)  # noqa: E731
 
