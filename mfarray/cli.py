@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -47,14 +48,23 @@ def sample(
     out: Path = typer.Option(Path("points.zarr"), help="output Zarr store"),
     surface: str = typer.Option("quintic", help="quintic | cubic | k3 | fermat:N | dwork:PSI"),
     chunk_size: int = typer.Option(50_000, min=1, help="points per Dask chunk (memory per task)"),
-    overwrite: bool = typer.Option(False, help="replace an existing store"),
+    overwrite: bool = typer.Option(False, help="replace an existing point-set store written by mfarray "
+                                                "(anything else at --out is refused)"),
 ) -> None:
-    """Sample Shiffman-Zelditch points with weights and g_FS, write them to a Zarr store."""
+    """Sample Shiffman-Zelditch points with weights and g_FS, write them to a Zarr store.
+
+    ``--overwrite`` replaces only a point-set store that mfarray wrote; a file, a directory
+    that is not such a store (e.g. ``--out .``) or another kind of store is refused."""
     from . import io, pointset
 
     X = parse_surface(surface)
-    if out.exists() and not overwrite:
+    if os.path.lexists(out) and not overwrite:
         raise typer.BadParameter(f"{out} exists; pass --overwrite or choose another --out", param_hint="--out")
+    if overwrite:  # --overwrite replaces only a point-set store mfarray wrote (checked before sampling)
+        try:
+            io.check_replaceable(out, "pointset")
+        except FileExistsError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--out") from None
     typer.echo(f"sampling {n} points on {X.label} (seed {seed}, chunks of {chunk_size}) -> {out}")
     start = time.perf_counter()
     ds = pointset.sample_points(X, n, seed=seed, chunk_size=chunk_size)

@@ -11,11 +11,13 @@ mixing two matrices.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import array_api_compat
@@ -40,12 +42,35 @@ from .record import ATTR_DONE, ATTR_META, check_rerun, fingerprint, kernel_recor
 
 
 def _open_existing(path):
+    """The kernel store at ``path`` (opened ``r+``), or None when nothing is there (a missing
+    path or an empty directory).  Anything else -- a file, a foreign directory, a Zarr group
+    (e.g. a point set), an array without the kernel record -- raises ValueError naming the
+    path, so that neither a resume nor ``overwrite=True`` touches what :meth:`ZarrOperator.build`
+    did not write."""
     import zarr
 
+    local = isinstance(path, (str, os.PathLike))
+    if local:
+        p = Path(path)
+        if not os.path.lexists(p) or (p.is_dir() and not any(p.iterdir())):
+            return None
+        if not p.is_dir():
+            raise ValueError(f"path {path!s} is a file, not a kernel store; choose another path")
     try:
-        return zarr.open_array(store=path, mode="r+")
+        arr = zarr.open_array(store=path, mode="r+")
     except FileNotFoundError:
-        return None
+        if not local:
+            return None
+        raise ValueError(f"path {path!s} is a directory that is not a Zarr store; refusing to use it for a "
+                         f"kernel matrix: choose another path") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a group (a point set), bad metadata
+        raise ValueError(f"path {path!s} is not an mfarray kernel store ({type(exc).__name__}: {exc}); "
+                         f"refusing to open or overwrite it: choose another path") from None
+    meta = dict(arr.attrs).get(ATTR_META)
+    if not isinstance(meta, dict) or meta.get("kind") != "kernel_matrix":
+        raise ValueError(f"path {path!s} holds a Zarr array that is not an mfarray kernel store (no "
+                         f"{ATTR_META} record); refusing to open or overwrite it: choose another path")
+    return arr
 
 
 def _run_tasks(tasks, compute, record, workers):
@@ -114,7 +139,9 @@ class ZarrOperator:
         writes atomically), so an interrupted build never marks a half-written block and
         a rerun with the same inputs writes only the missing blocks.  A rerun whose
         inputs (shapes, block, dtype, kernel, point fingerprints) differ raises
-        ValueError unless ``overwrite=True``.
+        ValueError unless ``overwrite=True``.  ``path`` must be missing, an empty directory or
+        a kernel store written here: anything else (a file, a point set, a foreign store)
+        raises ValueError naming the path, with or without ``overwrite``.
 
         ``symmetric=True`` (x_in is x_out and k(x, y) = k(y, x)) computes only the blocks
         with ``i <= j`` and writes their transposes.  ``workers > 1`` computes blocks in a
@@ -163,10 +190,10 @@ class ZarrOperator:
             "symmetric": bool(symmetric),
         }
 
-        arr = None if overwrite else _open_existing(path)
-        if arr is not None:
+        arr = _open_existing(path)  # refuses anything but a kernel store, even with overwrite
+        if arr is not None and not overwrite:
             check_rerun(arr, meta, path)
-        else:
+        if arr is None or overwrite:
             arr = zarr.create_array(
                 store=path,
                 shape=(n_out, n_in),

@@ -1,0 +1,151 @@
+"""Writes that cannot destroy what they did not create, and stores that are complete or say
+they are not (issue 9): ``to_zarr``/``mfarray sample --overwrite`` replace only an mfarray
+store of the same kind, ``ZarrOperator.build`` only a kernel store, and ``open_zarr``
+refuses a store whose write was interrupted."""
+
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from typer.testing import CliRunner
+
+import mfarray as mf
+from mfarray.cli import app
+from mfarray.flows import kernel_flow
+from mfarray.kernels import gaussian_fs
+from mfarray.kernels.operators import ZarrOperator
+
+runner = CliRunner()
+
+
+def _notes_dir(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("my notes")
+    return path
+
+
+def _pointset(n=40, chunk=10, fail_at=None):
+    """A small point-set-like Dataset (``z`` and ``g_fs``), lazy; ``fail_at``: the chunk whose
+    computation raises (a write interrupted mid-way)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(n, 5)) + 1j * rng.normal(size=(n, 5))
+    g = np.ones((n, 3, 3), dtype=complex) + 1.0
+
+    def maybe_fail(block, block_info=None):
+        if fail_at is not None and block_info[0]["chunk-location"][0] == fail_at:
+            raise OSError("disk full (simulated)")
+        return block
+
+    g_lazy = da.from_array(g, chunks=(chunk, 3, 3)).map_blocks(maybe_fail, dtype=g.dtype)
+    return xr.Dataset({"z": (("point", "coord"), da.from_array(z, chunks=(chunk, 5))),
+                       "g_fs": (("point", "row", "col"), g_lazy)}, attrs={"seed": 1})
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_store(tmp_path):
+    notes = _notes_dir(tmp_path / "mine")
+    with pytest.raises(FileExistsError, match="mine.*not a Zarr"):
+        mf.to_zarr(_pointset(), notes, overwrite=True)
+    assert (notes / "notes.txt").read_text() == "my notes"
+
+
+def test_overwrite_refuses_a_file(tmp_path):
+    f = tmp_path / "data.csv"
+    f.write_text("1,2,3")
+    with pytest.raises(FileExistsError, match="data.csv.*file"):
+        mf.to_zarr(_pointset(), f, overwrite=True)
+    assert f.read_text() == "1,2,3"
+
+
+def test_overwrite_replaces_only_an_mfarray_store_of_the_same_kind(tmp_path):
+    ps = _pointset()
+    path = tmp_path / "p.zarr"
+    mf.to_zarr(ps, path)
+    other = xr.Dataset({"x": ("i", np.arange(3.0))})
+    with pytest.raises(FileExistsError, match=r"p\.zarr.*'pointset'.*'dataset'"):
+        mf.to_zarr(other, path, overwrite=True)
+    assert dict(zarr.open_group(path, mode="r").attrs)["mfarray_store"] == "pointset"
+    assert mf.open_zarr(path).sizes["point"] == 40
+    mf.to_zarr(ps.isel(point=slice(0, 7)), path, overwrite=True)  # same kind: replaced
+    assert mf.open_zarr(path).sizes["point"] == 7
+    # a Zarr store not written by mfarray is not replaced either
+    foreign = tmp_path / "foreign.zarr"
+    other.to_zarr(foreign, zarr_format=3, consolidated=False)
+    with pytest.raises(FileExistsError, match="foreign.zarr.*not written by mfarray"):
+        mf.to_zarr(other, foreign, overwrite=True)
+    assert xr.open_zarr(foreign, consolidated=False).sizes["i"] == 3
+    # an empty directory is nothing to lose
+    (tmp_path / "empty").mkdir()
+    mf.to_zarr(other, tmp_path / "empty", overwrite=True)
+    assert mf.open_zarr(tmp_path / "empty").x.values.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_cli_overwrite_refuses_a_foreign_directory_and_the_working_directory(tmp_path, monkeypatch):
+    notes = _notes_dir(tmp_path / "mine")
+    res = runner.invoke(app, ["sample", "--n", "200", "--out", str(notes), "--overwrite"])
+    assert res.exit_code != 0 and "not a Zarr" in res.output and "mine" in res.output
+    assert (notes / "notes.txt").read_text() == "my notes"
+    monkeypatch.chdir(notes)
+    res = runner.invoke(app, ["sample", "--n", "200", "--out", ".", "--overwrite"])
+    assert res.exit_code != 0 and "not a Zarr" in res.output
+    assert sorted(os.listdir(notes)) == ["notes.txt"]
+    # a store of another kind is refused, a point set replaced
+    mf.to_zarr(xr.Dataset({"x": ("i", np.arange(3.0))}), tmp_path / "d.zarr")
+    res = runner.invoke(app, ["sample", "--n", "200", "--out", str(tmp_path / "d.zarr"), "--overwrite"])
+    assert res.exit_code != 0 and "'dataset'" in res.output
+    assert mf.open_zarr(tmp_path / "d.zarr").sizes["i"] == 3
+
+
+def test_kernel_store_never_replaces_a_point_set(tmp_path):
+    ds = mf.select_chart(mf.sample_points(mf.cubic_curve(), 3000, seed=3).compute())
+    train = ds.isel(point=slice(0, 60))
+    path = tmp_path / "train.zarr"
+    mf.to_zarr(train, path)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"train\.zarr.*not an mfarray kernel store"):
+            kernel_flow(train, gaussian_fs, steps=1, method="zarr",
+                        operator_options={"path": str(path), "overwrite": overwrite, "block": 32})
+    assert mf.open_zarr(path).sizes["point"] == 60
+    # nor a user's directory, a file, or a Zarr array without the kernel record
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    notes = _notes_dir(tmp_path / "mine")
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"\0")
+    bare = tmp_path / "bare.zarr"
+    zarr.create_array(store=bare, shape=(2, 2), dtype="float64")
+    for target, why in ((notes, "not a Zarr store"), (f, "is a file"), (bare, "no mfarray_kernel_operator")):
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=why):
+                ZarrOperator.build(lambda a, b: a @ b.T, x, x, target, block=8, overwrite=overwrite)
+    assert (notes / "notes.txt").read_text() == "my notes" and f.read_bytes() == b"\0"
+    assert zarr.open_array(bare, mode="r").shape == (2, 2)
+    # a kernel store is still replaced with overwrite=True
+    k = tmp_path / "k.zarr"
+    ZarrOperator.build(lambda a, b: a @ b.T, x, x, k, block=8)
+    op = ZarrOperator.build(lambda a, b: 2 * a @ b.T, x, x, k, block=8, overwrite=True, name="twice")
+    assert np.allclose(np.asarray(op.array[:]), 2 * x @ x.T)
+
+
+def test_interrupted_write_is_refused_then_replaced(tmp_path):
+    path = tmp_path / "p.zarr"
+    with pytest.raises(OSError, match="disk full"):
+        mf.to_zarr(_pointset(n=400, chunk=10, fail_at=25), path)
+    with pytest.raises(ValueError, match=r"p\.zarr.*incomplete.*overwrite=True"):
+        mf.open_zarr(path)  # before: opened, the chunks never written read as zeros
+    assert dict(zarr.open_group(path, mode="r").attrs)["mfarray_complete"] is False
+    mf.to_zarr(_pointset(n=400, chunk=10), path, overwrite=True)  # an incomplete store of the kind
+    back = mf.open_zarr(path)
+    assert np.all(back.g_fs.values == 2.0)
+    assert "mfarray_complete" not in back.attrs and "mfarray_store" not in back.attrs
+    assert back.attrs["seed"] == 1
+
+
+def test_store_without_marks_is_refused(tmp_path):
+    path = tmp_path / "old.zarr"
+    _pointset().compute().to_zarr(path, zarr_format=3, consolidated=False)  # as an older mfarray wrote it
+    with pytest.raises(ValueError, match=r"old\.zarr.*no completion mark"):
+        mf.open_zarr(path)
+    with pytest.raises(ValueError, match="not a Zarr v3 group"):
+        mf.open_zarr(_notes_dir(tmp_path / "mine"))
