@@ -40,6 +40,8 @@ from .geometry.hypersurface import Hypersurface, fermat_quintic
 from .geometry.local import chart_geometry
 
 DEFAULT_CHUNK = 50_000  # measured fastest of 10k/20k/50k for 10^5 quintic points on 2 cores
+MAX_POINTS = 2**53  # sample_points: largest n (point indices stay exact in int64 and float64)
+MAX_CHUNKS = 1_000_000  # sample_points: largest n / chunk_size (a bigger Dask graph takes minutes)
 
 
 def _version() -> str:
@@ -63,7 +65,7 @@ def _geometry_outputs(surface, z, tol, singular_tol):
     if tol is not None and bool(xp.any(res > tol)):
         bad = xp.nonzero(res > tol)[0]
         raise ValueError(
-            f"{bad.shape[0]} point(s) of z are not on X: |p(z)|/(|z|^d max|c|) = "
+            f"{bad.shape[0]} point(s) of z are not on X: relative residual |p(z)|/sum_k|c_k z^m_k| = "
             f"{float(xp.max(res)):.3g} > tol = {tol:g} (e.g. points {_few(bad)}); "
             "project them onto X or pass a larger tol"
         )
@@ -74,10 +76,32 @@ def _geometry_outputs(surface, z, tol, singular_tol):
         bad = xp.nonzero(grad < singular_tol)[0]
         raise ValueError(
             f"{bad.shape[0]} point(s) are (numerically) singular points of X, where dp = 0 and "
-            f"Omega is infinite: |dp|/(|z|^(d-1) max|c|) < {singular_tol:g} at points {_few(bad)}. "
-            "Remove them, e.g. z[surface.relative_gradient(z) > tol]"
+            f"Omega is infinite: relative gradient < singular_tol = {singular_tol:g} at points "
+            f"{_few(bad)}. Remove them, e.g. z[surface.relative_gradient(z) > singular_tol]"
         )
     return geo.z, geo.patch, geo.elim, geo.omega2, geo.g_fs, geo.det_g_fs
+
+
+def _check_tol(name, value, allow_none=False):
+    """A tolerance: a finite non-negative real number (or None where allowed), as a float."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"{name} must be a real number >= 0{' or None' if allow_none else ''}; got {value!r}"
+        )
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite (a real number >= 0); got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative (a real number >= 0); got {value!r}")
+    return float(value)
+
+
+def _check_count(name, value, what):
+    """A non-bool integer argument (TypeError otherwise), as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be {what}, not a bool or float; got {value!r}")
+    return int(value)
 
 
 def _few(idx, k=5):
@@ -90,14 +114,20 @@ def points_from_z(surface: Hypersurface, z, *, tol: float | None = 1e-8, singula
     """The point-set Dataset of given homogeneous points z (N, n+1) on X.
 
     ``z`` may be NumPy, CuPy or Dask (then the result is lazy and errors surface at compute
-    time).  Points must satisfy |p(z)| / (|z|^d max|c_k|) <= ``tol`` (None skips the check, for
-    points known to be on X); points where the gradient
-    of p vanishes (relative gradient < ``singular_tol``: singular X, e.g. the Dwork conifold)
-    are reported with an error instead of becoming infinite weights.  The Dataset's ``point``
-    coordinate numbers the rows of z, 0..N-1.
+    time).  Points must satisfy ``surface.relative_residual(z) <= tol``, i.e.
+    |p(z)| <= tol * sum_k |c_k z^m_k| (p vanishes up to a relative change ``tol`` of its
+    coefficients); None skips the check, for points known to be on X.  Points where the
+    gradient of p vanishes (``surface.relative_gradient(z) < singular_tol``: singular X, e.g.
+    the Dwork conifold) are reported with an error instead of becoming infinite weights.  Both
+    measures are scale invariant and about 1e-16 for exact points at any degree; random points
+    of P^n have both of order 1, so the defaults tol = 1e-8 and singular_tol = 1e-10 separate
+    the two at every degree.  Tolerances must be finite real numbers >= 0.  The Dataset's
+    ``point`` coordinate numbers the rows of z, 0..N-1.
     """
     if not isinstance(surface, Hypersurface):
         raise TypeError(f"surface must be an mfarray.Hypersurface; got {type(surface).__name__}")
+    tol = _check_tol("tol", tol, allow_none=True)
+    singular_tol = _check_tol("singular_tol", singular_tol)
     surface.require_dimension("points_from_z")
     if backend.is_dask(z):
         z = z.astype(np.complex128).rechunk({1: -1})
@@ -155,17 +185,36 @@ def sample_points(surface: Hypersurface | None = None, n: int = 10_000, *, seed:
     The points depend only on (surface, seed) and their index: any ``chunk_size`` or
     scheduler gives the same values (see :mod:`mfarray.sampling`), and the ``point``
     coordinate is that index, 0..n-1.  Default surface: the Fermat quintic.
+
+    ``n``, ``seed`` and ``chunk_size`` are integers (not bools); n <= :data:`MAX_POINTS`
+    (2**53) and n / chunk_size <= :data:`MAX_CHUNKS` (10**6 chunks).  The z and geometry
+    variables stay lazy, but the ``point`` coordinate is held in memory (8 bytes per point),
+    so in practice n is also limited by memory.
     """
     import dask.array as da
 
     surface = fermat_quintic() if surface is None else surface
     if not isinstance(surface, Hypersurface):
         raise TypeError(f"surface must be an mfarray.Hypersurface; got {type(surface).__name__}")
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    n = _check_count("n", n, "a positive integer number of points")
+    chunk_size = _check_count("chunk_size", chunk_size, "a positive integer")
+    seed = _check_count("seed", seed, "a non-negative integer")
+    if n < 1:
         raise ValueError(f"n must be a positive integer number of points; got {n!r}")
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if n > MAX_POINTS:
+        raise ValueError(
+            f"n = {n} exceeds the maximum number of points, mfarray.pointset.MAX_POINTS = 2**53; "
+            "sample fewer points (or several sets with different seeds)"
+        )
+    if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
+    if -(-n // chunk_size) > MAX_CHUNKS:
+        raise ValueError(
+            f"n = {n} points in chunks of chunk_size = {chunk_size} make {-(-n // chunk_size)} chunks, "
+            f"more than mfarray.pointset.MAX_CHUNKS = {MAX_CHUNKS}; pass a larger chunk_size "
+            f"(at least {-(-n // MAX_CHUNKS)})"
+        )
+    if seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     surface.require_dimension("sample_points")
     index = da.arange(n, chunks=chunk_size, dtype=np.int64)
@@ -176,7 +225,7 @@ def sample_points(surface: Hypersurface | None = None, n: int = 10_000, *, seed:
         dtype=np.complex128,
         meta=np.empty((0, 0), dtype=np.complex128),
     )
-    # the sampler guarantees |p(z)|/(|z|^d max|c|) <= sampling.RESIDUAL_TOL: no second check
+    # the sampler guarantees surface.relative_residual(z) <= sampling.RESIDUAL_TOL: no second check
     return points_from_z(
         surface, z, tol=None, attrs={"seed": int(seed), "sampler": "Shiffman-Zelditch random lines"}
     )

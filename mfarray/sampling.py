@@ -21,7 +21,7 @@ from . import roots as _roots
 LINES_PER_BLOCK = 4096
 POLISH_STEPS = 2
 MAX_POLISH_STEPS = 8
-RESIDUAL_TOL = 1e-10  # every sampled point satisfies |p(z)| / (|z|^d max|c|) <= this
+RESIDUAL_TOL = 1e-10  # every sampled point satisfies surface.relative_residual(z) <= this
 
 
 def random_lines(n_ambient: int, seed: int, block: int):

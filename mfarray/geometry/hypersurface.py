@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 
 import numpy as np
 
@@ -35,8 +36,8 @@ class Hypersurface:
     name: str = ""
 
     def __init__(self, monomials, coefficients, name: str = ""):
-        m = np.asarray(monomials)
-        c = np.asarray(coefficients, dtype=complex)
+        m = _exponent_array(monomials)
+        c = _coefficient_array(coefficients)
         if m.ndim != 2:
             raise ValueError(
                 f"monomials must be a 2-D array (n_monomials, n+1) of exponents; got shape {m.shape}"
@@ -50,7 +51,7 @@ class Hypersurface:
             raise ValueError("monomials is empty: give at least one monomial")
         if not np.issubdtype(m.dtype, np.integer):
             if not np.all(np.isfinite(m)) or not np.all(m == np.round(m)):
-                raise ValueError("monomials must be integer exponents")
+                raise ValueError(f"monomials must be integer exponents; got {m.tolist()!r}")
             m = m.astype(int)
         if np.any(m < 0):
             raise ValueError("monomials must be non-negative exponents (a polynomial, not a Laurent polynomial)")
@@ -59,7 +60,10 @@ class Hypersurface:
                 f"coefficients must have shape ({m.shape[0]},), one per monomial; got {c.shape}"
             )
         if not np.all(np.isfinite(c)):
-            raise ValueError("coefficients must be finite (no NaN or inf)")
+            bad = np.flatnonzero(~np.isfinite(c)).tolist()
+            raise ValueError(
+                f"coefficients must be finite (no NaN or inf); got {c[bad].tolist()} at positions {bad}"
+            )
         degrees = m.sum(axis=1)
         if np.any(degrees != degrees[0]):
             bad = sorted(set(degrees.tolist()))
@@ -128,8 +132,10 @@ class Hypersurface:
         for row, c in zip(self.monomials, self.coefficients):
             terms.append((c, tuple((i, e) for i, e in enumerate(row) if e > 0)))
         max_exp = [max(row[i] for row in self.monomials) for i in range(self.n_ambient)]
-        scale = max(abs(c) for c in self.coefficients)
-        return tuple(terms), tuple(max_exp), scale
+        # the same monomials with coefficients |c_k|: evaluated at |z| they give the sizes
+        # of the terms of p and of dp (the scales of relative_residual / relative_gradient)
+        abs_terms = tuple((abs(c), factors) for c, factors in terms)
+        return tuple(terms), tuple(max_exp), abs_terms
 
     # --------------------------------------------------------------- evaluation
     def _check_shape(self, z):
@@ -174,8 +180,11 @@ class Hypersurface:
         xp = backend.namespace(z)
         self._check_shape(z)
         terms, _, _ = self._program
+        return self._evaluate(xp, z, terms, xp.result_type(z.dtype, xp.complex128))
+
+    def _evaluate(self, xp, z, terms, dtype):
+        """sum_k c_k z^m_k and its gradient for the given (c_k, factors) terms."""
         pw = self._powers(z)
-        dtype = xp.result_type(z.dtype, xp.complex128)
         p = xp.zeros(z.shape[:-1], dtype=dtype)
         grad = [xp.zeros(z.shape[:-1], dtype=dtype) for _ in range(self.n_ambient)]
         for c, factors in terms:
@@ -193,21 +202,67 @@ class Hypersurface:
         """dp/dz_j, shape (..., n+1)."""
         return self.value_and_gradient(z)[1]
 
-    def relative_residual(self, z):
-        """|p(z)| / (|z|^degree max_k |c_k|): scale-invariant distance from X (0 on X)."""
+    def _normalised(self, z):
+        """(z / max_i |z_i|, max_i |z_i|): p is homogeneous, so the relative measures are too."""
         xp = backend.namespace(z)
-        norm = xp.sqrt(xp.sum(xp.abs(z) ** 2, axis=-1))
-        return xp.abs(self(z)) / (norm**self.degree * self._program[2])
+        self._check_shape(z)
+        top = xp.max(xp.abs(z), axis=-1)
+        safe = xp.where(top > 0, top, 1.0)
+        return z / safe[..., None], top
+
+    def term_scales(self, z):
+        """(S(z), dS(z)): the natural sizes of p(z) and of dp/dz_j(z), shapes (...) and (..., n+1).
+
+        S(z) = sum_k |c_k| |z^m_k| is the sum of the sizes of the terms of p, which cancel
+        exactly where z is on X; dS_j(z) = sum_k |c_k| m_kj |z^(m_k - e_j)| is the same for
+        dp/dz_j.  Rounding in evaluating p (or dp/dz_j) is a few ulps of these, at any degree.
+        """
+        xp = backend.namespace(z)
+        _, _, abs_terms = self._program
+        a = xp.abs(z)
+        return self._evaluate(xp, a, abs_terms, a.dtype)
+
+    @staticmethod
+    def _ratio(xp, num, den):
+        """num / den with 0 where den = 0 (then num = 0 exactly: every term vanishes)."""
+        pos = den > 0
+        return xp.where(pos, num / xp.where(pos, den, 1.0), 0.0)
+
+    def relative_residual(self, z):
+        """|p(z)| / sum_k |c_k z^m_k|: scale-invariant backward error of z as a point of X.
+
+        0 on X; a value r means p(z) = 0 after changing each coefficient c_k by at most a
+        relative r, so rounding gives r of a few 1e-16 for points computed on X at any degree
+        and n, while points off X have r of order 1 (it is <= 1 for any z).  Points whose
+        every monomial vanishes are exactly on X (0).  NaN for the zero vector.
+        """
+        xp = backend.namespace(z)
+        w, top = self._normalised(z)
+        s, _ = self.term_scales(w)
+        out = self._ratio(xp, xp.abs(self(w)), s)
+        return xp.where(top > 0, out, xp.nan)
 
     def relative_gradient(self, z, dp=None):
-        """|dp(z)| / (|z|^(degree-1) max_k |c_k|): vanishes at singular points of X."""
+        """|dp(z)| / |dS(z)| (see :meth:`term_scales`): vanishes at singular points of X.
+
+        Scale invariant, in [0, 1] up to rounding for every z, 1 everywhere on the Fermat
+        surfaces (which are smooth) and about 1e-16 at a singular point, where the terms of
+        each dp/dz_j cancel.  ``dp``: the gradient of p at this z, if already computed.
+        0 where every term of dp vanishes (then dp = 0); NaN for the zero vector.
+        """
         xp = backend.namespace(z)
+        w, top = self._normalised(z)
         if dp is None:
-            dp = self.gradient(z)
-        norm = xp.sqrt(xp.sum(xp.abs(z) ** 2, axis=-1))
-        return xp.sqrt(xp.sum(xp.abs(dp) ** 2, axis=-1)) / (
-            norm ** (self.degree - 1) * self._program[2]
-        )
+            dp = self.gradient(w)
+        else:  # dp is homogeneous of degree d-1: bring it to w = z / top step by step (no overflow)
+            inv = xp.where(top > 0, 1.0 / xp.where(top > 0, top, 1.0), 1.0)[..., None]
+            for _ in range(self.degree - 1):
+                dp = dp * inv
+        _, ds = self.term_scales(w)
+        num = xp.sqrt(xp.sum(xp.abs(dp) ** 2, axis=-1))
+        den = xp.sqrt(xp.sum(ds**2, axis=-1))
+        out = self._ratio(xp, num, den)
+        return xp.where(top > 0, out, xp.nan)
 
     # ------------------------------------------------------------ serialisation
     def to_attrs(self) -> dict:
@@ -236,10 +291,51 @@ class Hypersurface:
         return f"Hypersurface({self.label!r}, n={self.n}, degree={self.degree}, monomials={len(self.monomials)})"
 
 
+def _exponent_array(monomials):
+    """monomials as a NumPy array of numbers (TypeError for strings, booleans, objects)."""
+    m = np.asarray(monomials)
+    if m.dtype.kind not in "iuf":
+        raise TypeError(
+            "monomials must be integer exponents (a 2-D array of ints, one row per monomial); "
+            f"got an array of dtype {m.dtype} ({'booleans' if m.dtype.kind == 'b' else 'not numbers'})"
+        )
+    return m
+
+
+def _coefficient_array(coefficients):
+    """coefficients as complex128 (TypeError naming the argument for strings, booleans, None...)."""
+    c = np.asarray(coefficients)
+    if c.dtype.kind == "O":  # Python objects: accept numbers (Fraction, Decimal, ...), nothing else
+        flat = c.ravel().tolist()
+        bad = [v for v in flat if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Number)]
+        if not bad:
+            try:
+                return np.array([complex(v) for v in flat], dtype=complex).reshape(c.shape)
+            except (TypeError, ValueError, OverflowError):
+                bad = flat
+    elif c.dtype.kind in "iufc":
+        # a Python sequence mixing True/False with numbers becomes an int array: look inside
+        mixed = [] if isinstance(coefficients, np.ndarray) else [
+            v for v in np.asarray(coefficients, dtype=object).ravel().tolist()
+            if isinstance(v, (bool, np.bool_))
+        ]
+        if not mixed:
+            return c.astype(complex)
+        bad = mixed
+    else:
+        bad = c.ravel().tolist()
+    raise TypeError(
+        "coefficients must be real or complex numbers, one per monomial (not strings, booleans "
+        f"or None); got {bad[:3]!r} (dtype {c.dtype}). Convert them first, e.g. complex('1+2j')"
+    )
+
+
 # ---------------------------------------------------------------- constructors
 def fermat(n: int) -> Hypersurface:
     """The Fermat Calabi-Yau sum_i z_i^(n+1) = 0 in P^n (n=2 cubic curve, 3 quartic K3, 4 quintic)."""
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an integer >= 1 (the dimension of P^n), not a bool or float; got {n!r}")
+    if n < 1:
         raise ValueError(f"n must be an integer >= 1 (the dimension of P^n); got {n!r}")
     names = {2: "Fermat cubic curve", 3: "Fermat quartic K3", 4: "Fermat quintic"}
     return Hypersurface((n + 1) * np.eye(n + 1, dtype=int), np.ones(n + 1), name=names.get(n, f"Fermat CY in P^{n}"))
