@@ -22,10 +22,10 @@ callable has no spec: :func:`as_kernel` gives it the neutral one (features, pair
 A user closure is wrapped once, ``Kernel(closure, inputs="points")``, and is then bound and
 rescaled like any spec.  :meth:`Kernel.describe` knows a function by its qualified name and its
 *bound* hyper-parameters only: two closures that differ only in a value they capture (or two
-opaque callables of one qualified name) describe alike and cannot be told apart by a record or
-a kernel store.  Give them different names, or make the value a keyword hyper-parameter
-(``def k(a, b, *, sigma): ...`` then ``.bind(sigma=...)``).  (Fingerprints of captured values
-are future work, issue 9.)
+opaque callables of one qualified name) describe alike in a record.  Give them different
+names, or make the value a keyword hyper-parameter (``def k(a, b, *, sigma): ...`` then
+``.bind(sigma=...)``).  Zarr kernel stores also fingerprint the kernel's values on a probe
+block and its code, so they do tell such kernels apart (``operators/record.py``).
 
 Decorated kernels (:func:`kernel`) pickle by reference, like the functions they replace: the
 bare function stays importable as ``<module>.<name>.fn``.

@@ -7,18 +7,31 @@ fingerprints of the points and the kernel's identity -- ``as_kernel(kernel).desc
 (name, function, inputs, hyper-parameters, rescalings 2.16) plus ``"params"`` -- and
 (:data:`ATTR_DONE`) the blocks written so far.  All JSON; equal inputs give equal records
 across runs, so a rerun resumes and any other rerun is refused.
+
+A description cannot tell apart two lambdas or closures of one name that differ in a value they
+capture, so the record also holds (issue 9) a fingerprint of the kernel's *values* on a fixed
+probe (:func:`probe_record`, the top-left ``<= 8 x 8`` entries of ``K``, i.e. the first points of
+``x_out`` and ``x_in``), compared on every resume (:func:`check_probe`), and a call-free hash of
+the kernel's code and captured values (:func:`code_token`): when that hash is unchanged the probe
+is not recomputed, otherwise the kernel is evaluated on the probe and its values decide.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
+import types
 
 import numpy as np
 
 from ... import backend
 from .protocol import kernel_spec
+
+PROBE = 8  # the value probe: the top-left PROBE x PROBE entries of K (within block (0, 0))
+PROBE_RTOL = 1e-7  # relative to the probe's largest magnitude: rounding noise, not another kernel
 
 ATTR_META = "mfarray_kernel_operator"
 ATTR_DONE = "mfarray_done_blocks"
@@ -85,3 +98,140 @@ def check_rerun(arr, meta, path):
             f"path {path!s} was built with kernel {old['kernel']}, not {meta['kernel']}; "
             f"pass overwrite=True or choose another path"
         )
+
+
+# ------------------------------------------------------------------ the kernel's values
+
+
+def probe_shape(n_out: int, n_in: int, block: int) -> tuple[int, int]:
+    """Rows and columns of the value probe: the first ``<= PROBE`` points of each side, all
+    inside block (0, 0) so that a build computes the probe with that block, at no extra cost."""
+    return min(PROBE, n_out, block), min(PROBE, n_in, block)
+
+
+def _rounded(P) -> list:
+    """The probe rounded to 12 significant digits (so that rounding noise between runs does not
+    change its hash), as JSON (non-finite values by name)."""
+    P = np.asarray(P, dtype=np.float64)
+    return [[float(f"{v:.12g}") if math.isfinite(v) else repr(float(v)) for v in row] for row in P.tolist()]
+
+
+def probe_record(P) -> dict:
+    """The record of the kernel's values on the probe ``P = K[:rows, :cols]`` (float64):
+    shape, the rounded values and their SHA-256."""
+    vals = _rounded(P)
+    sha = hashlib.sha256(json.dumps(vals).encode()).hexdigest()
+    return {"rows": int(P.shape[0]), "cols": int(P.shape[1]), "sha256": sha, "values": vals}
+
+
+def check_probe(old: dict, P, path):
+    """``P`` (the kernel on the probe now) must equal the stored probe to rounding; otherwise
+    the store holds another kernel (e.g. a closure of the same name with another captured
+    hyper-parameter), and ValueError says so."""
+    new = probe_record(P)
+    if new["sha256"] == old.get("sha256"):
+        return
+    a = np.array([[float(v) for v in r] for r in old.get("values", [])], dtype=np.float64)
+    b = np.array([[float(v) for v in r] for r in new["values"]], dtype=np.float64)
+    if a.shape == b.shape and a.size:
+        scale = float(np.nanmax(np.abs(np.where(np.isfinite(a), a, 0.0)))) or 1.0
+        if np.allclose(b, a, rtol=PROBE_RTOL, atol=PROBE_RTOL * scale, equal_nan=True):
+            return
+        dev = float(np.nanmax(np.abs(a - b)))
+    else:
+        dev = float("nan")
+    raise ValueError(
+        f"path {path!s} holds another kernel: its kernel description matches, but the stored values "
+        f"differ from this kernel's on the probe K[:{new['rows']}, :{new['cols']}] (max deviation "
+        f"{dev:.3g}; e.g. a closure or lambda with another captured hyper-parameter); pass "
+        f"overwrite=True to replace it, or choose another path"
+    )
+
+
+# ------------------------------------------------------------------ the kernel's code
+
+_SIMPLE = (type(None), bool, int, float, complex, str, np.number, np.bool_)
+
+
+def _state(obj, depth: int, seen: set):
+    """A JSON stand-in for what determines a callable's values, without calling it: code
+    (bytecode, constants, names), defaults, captured cells, referenced module-level constants and
+    functions, partial arguments, spec fields.  No memory addresses: equal across runs for the
+    same code.  State of callable *instances* (their attributes) is not included."""
+    if isinstance(obj, _SIMPLE):
+        return _json_safe(obj)
+    if depth > 6:
+        return type(obj).__qualname__
+    if isinstance(obj, (list, tuple)) and len(obj) <= 64:
+        return [_state(v, depth + 1, seen) for v in obj]
+    if isinstance(obj, dict) and len(obj) <= 64:
+        return {str(k): _state(v, depth + 1, seen) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
+        try:
+            return _json_safe(obj)
+        except Exception:  # noqa: BLE001 - e.g. a lazy array: identify by type only
+            return type(obj).__qualname__
+    if isinstance(obj, types.CodeType):
+        return {
+            "code": obj.co_code.hex(),
+            "consts": [_state(c, depth + 1, seen) for c in obj.co_consts],
+            "names": list(obj.co_names),
+        }
+    if isinstance(obj, types.ModuleType):
+        return {"module": obj.__name__}
+    if isinstance(obj, functools.partial):
+        return {"partial": _state(obj.func, depth + 1, seen), "args": _state(obj.args, depth + 1, seen),
+                "keywords": _state(obj.keywords, depth + 1, seen)}
+    if isinstance(obj, types.MethodType):
+        return {"method": _state(obj.__func__, depth + 1, seen), "self": type(obj.__self__).__qualname__}
+    if isinstance(obj, types.FunctionType):
+        name = f"{obj.__module__}.{obj.__qualname__}"
+        if id(obj) in seen:
+            return name
+        seen = seen | {id(obj)}
+        g = obj.__globals__
+        refs = {}
+        for n in _all_names(obj.__code__):
+            if n in g:
+                v = g[n]
+                if isinstance(v, (_SIMPLE, types.FunctionType, functools.partial, tuple)) or (
+                    hasattr(v, "shape") and hasattr(v, "dtype") and not callable(v)
+                ) or dataclasses.is_dataclass(v):
+                    refs[n] = _state(v, depth + 1, seen)
+        cells = []
+        for c in obj.__closure__ or ():
+            try:
+                cells.append(_state(c.cell_contents, depth + 1, seen))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        return {"function": name, "code": _state(obj.__code__, depth + 1, seen),
+                "defaults": _state(obj.__defaults__, depth + 1, seen),
+                "kwdefaults": _state(obj.__kwdefaults__, depth + 1, seen), "closure": cells, "globals": refs}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # Kernel, Rescaling
+        return {"dataclass": type(obj).__qualname__,
+                "fields": {f.name: _state(getattr(obj, f.name), depth + 1, seen) for f in dataclasses.fields(obj)}}
+    if callable(obj) and not isinstance(obj, type):
+        call = type(obj).__call__  # callable(obj): its type defines __call__
+        return {"instance": f"{type(obj).__module__}.{type(obj).__qualname__}",
+                "call": _state(call, depth + 1, seen) if isinstance(call, types.FunctionType) else None}
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _all_names(code) -> list:
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names += _all_names(c)
+    return names
+
+
+def code_token(kernel) -> str:
+    """SHA-256 of the kernel's code and captured values (:func:`_state`), computed without
+    calling it.  Only a shortcut: equal tokens skip the value probe on resume; unequal (or
+    unstable) tokens cost one small probe evaluation, whose values decide."""
+    try:
+        state = _state(kernel, 0, set())
+        text = json.dumps(state, sort_keys=True, default=lambda o: type(o).__qualname__)
+    except Exception as exc:  # noqa: BLE001 - never fail a build over the shortcut
+        text = f"unhashable:{type(exc).__name__}:{id(kernel)}"
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -6,7 +6,10 @@ resumable: each chunk is recorded as done only after it is written) and then app
 ``v (n_in, *trailing)`` (the flow's mat-vec, eq. 2.12) one chunk at a time.  The array's
 attributes record what was built: shapes, block, dtype, fingerprints of the points and the
 kernel's identity (:mod:`.record`), so that a rerun with other inputs is refused instead of
-mixing two matrices.
+mixing two matrices.  The identity includes the kernel's values on a fixed probe (issue 9), so
+that two closures of one name with other captured hyper-parameters are told apart, and a build
+holds an exclusive lock file ``<path>.lock`` (pid, host, kernel fingerprint), so that two writers
+can never interleave their blocks in one store.
 """
 
 from __future__ import annotations
@@ -38,8 +41,19 @@ from .protocol import (
     kernel_block,
     unflatten,
 )
-from .record import ATTR_DONE, ATTR_META, check_rerun, fingerprint, kernel_record
+from .record import (
+    ATTR_DONE,
+    ATTR_META,
+    check_probe,
+    check_rerun,
+    code_token,
+    fingerprint,
+    kernel_record,
+    probe_record,
+    probe_shape,
+)
 
+from .lock import KernelStoreLockedError, exclusive as _exclusive  # noqa: F401  (re-exported)
 
 def _open_existing(path):
     """The kernel store at ``path`` (opened ``r+``), or None when nothing is there (a missing
@@ -99,6 +113,104 @@ def _run_tasks(tasks, compute, record, workers):
                 raise error
 
 
+def _build_locked(kernel, xo, xi, path, meta, symmetric, overwrite, compressors, workers, callback, progress):
+    """The body of :meth:`ZarrOperator.build`, run while holding the store's lock: open or
+    create the array, check that a resumed store holds this kernel (description, then values on
+    the probe), write the missing blocks.  Returns the zarr array."""
+    import zarr
+
+    n_out, n_in, block, dtype = meta["n_out"], meta["n_in"], meta["block"], np.dtype(meta["dtype"])
+    rb, cb = bounds(n_out, block), bounds(n_in, block)
+    ncol = len(cb)
+    n_total = len(rb) * ncol
+    pr, pc = probe_shape(n_out, n_in, block)
+
+    def compute(i, j):
+        (i0, i1), (j0, j1) = rb[i], cb[j]
+        K = kernel_block(kernel, xo[i0:i1], xi[j0:j1])
+        if is_complex_dtype(K.dtype):
+            raise ValueError("kernel returned complex values; ZarrOperator stores real kernels")
+        return np.asarray(backend.to_numpy(K))
+
+    arr = _open_existing(path)  # refuses anything but a kernel store, even with overwrite
+    if arr is not None and not overwrite:
+        check_rerun(arr, meta, path)
+    K00 = None  # block (0, 0), which holds the value probe, when computed here
+    if arr is None or overwrite:
+        K00 = compute(0, 0)  # the first block of any build: the probe costs no extra call
+        meta["kernel_values"] = probe_record(np.asarray(K00[:pr, :pc], dtype=np.float64))
+        arr = zarr.create_array(
+            store=path,
+            shape=(n_out, n_in),
+            chunks=(block, block),
+            dtype=dtype.name,
+            compressors=compressors,
+            fill_value=float("nan"),
+            attributes={ATTR_META: meta, ATTR_DONE: []},
+            overwrite=True,
+        )
+        done = set()
+    else:
+        old = dict(arr.attrs)[ATTR_META]
+        done = {int(k) for k in dict(arr.attrs).get(ATTR_DONE, [])}
+        probe = old.get("kernel_values")
+        if isinstance(probe, dict):  # (stores of version <= 2 have none: not checked)
+            if (probe.get("rows"), probe.get("cols")) != (pr, pc):
+                raise ValueError(f"path {path!s} holds a kernel store with a malformed value probe; "
+                                 f"pass overwrite=True to replace it, or choose another path")
+            if 0 not in done:  # block (0, 0) is computed now anyway: check it before any write
+                K00 = compute(0, 0)
+                check_probe(probe, np.asarray(K00[:pr, :pc], dtype=np.float64), path)
+            elif old.get("kernel_code_sha256") != meta["kernel_code_sha256"]:
+                # other code (or unstable): one probe evaluation decides
+                P = kernel_block(kernel, xo[:pr], xi[:pc])
+                if is_complex_dtype(P.dtype):
+                    raise ValueError("kernel returned complex values; ZarrOperator stores real kernels")
+                check_probe(probe, np.asarray(backend.to_numpy(P), dtype=np.float64), path)
+            if old.get("kernel_code_sha256") != meta["kernel_code_sha256"]:
+                arr.update_attributes({ATTR_META: {**old, "kernel_code_sha256": meta["kernel_code_sha256"]}})
+
+    tasks = [
+        (i, j)
+        for i in range(len(rb))
+        for j in range(ncol)
+        if (not symmetric or i <= j) and (i * ncol + j not in done or (symmetric and j * ncol + i not in done))
+    ]
+
+    def write(i, j, K):
+        (i0, i1), (j0, j1) = rb[i], cb[j]
+        K = np.asarray(K, dtype=dtype)
+        arr[i0:i1, j0:j1] = K
+        written = [i * ncol + j]
+        if symmetric and i != j:
+            arr[j0:j1, i0:i1] = K.T
+            written.append(j * ncol + i)
+        return written
+
+    def compute_write(i, j):
+        return write(i, j, compute(i, j))
+
+    t0 = time.perf_counter()
+
+    def record(written):
+        done.update(written)
+        arr.update_attributes({ATTR_DONE: sorted(done)})
+        if callback is not None:
+            for k in written:
+                callback(k // ncol, k % ncol, len(done), n_total)
+        if progress:
+            el = time.perf_counter() - t0
+            print(f"\r[ZarrOperator.build] {len(done)}/{n_total} blocks, {el:.1f} s", end="", file=sys.stderr)
+
+    if K00 is not None and tasks and tasks[0] == (0, 0):
+        record(write(0, 0, K00))
+        tasks = tasks[1:]
+    _run_tasks(tasks, compute_write, record, workers)
+    if progress:
+        print(file=sys.stderr)
+    return arr
+
+
 @dataclass(frozen=True, eq=False)
 class ZarrOperator:
     """A kernel matrix stored on disk as a Zarr v3 array with ``block x block`` chunks,
@@ -150,8 +262,16 @@ class ZarrOperator:
         ``as_kernel(kernel).describe()`` plus ``"params"``; ``name``/``params`` override its
         name and parameters (default: the spec's name and bound hyper-parameters, e.g. the
         keywords of a ``functools.partial``).
+
+        Besides the description, the store records the kernel's values on a fixed probe (the
+        top-left ``<= 8 x 8`` entries, taken from block (0, 0) as it is built) and a call-free hash
+        of its code; a resume whose code hash differs re-evaluates the probe, and values that
+        differ (e.g. a closure of the same name with another captured hyper-parameter) raise
+        ValueError (the store holds another kernel; ``overwrite=True`` replaces it).  A local
+        ``path`` is built under an exclusive lock file ``<path>.lock`` (pid, host, kernel hash): a
+        second writer raises :class:`KernelStoreLockedError` naming the path and the lock; a stale
+        lock (its pid gone) is taken over with a warning.
         """
-        import zarr
 
         if path is None:
             raise ValueError("path is required: where to write the Zarr store")
@@ -179,7 +299,7 @@ class ZarrOperator:
         n_out, n_in = int(xo.shape[0]), int(xi.shape[0])
         meta = {
             "kind": "kernel_matrix",
-            "version": 2,  # 2: the kernel recorded as its spec's describe() + params
+            "version": 3,  # 2: the kernel recorded as its spec's describe() + params; 3: + its values
             "n_out": n_out,
             "n_in": n_in,
             "block": block,
@@ -190,60 +310,11 @@ class ZarrOperator:
             "symmetric": bool(symmetric),
         }
 
-        arr = _open_existing(path)  # refuses anything but a kernel store, even with overwrite
-        if arr is not None and not overwrite:
-            check_rerun(arr, meta, path)
-        if arr is None or overwrite:
-            arr = zarr.create_array(
-                store=path,
-                shape=(n_out, n_in),
-                chunks=(block, block),
-                dtype=dtype.name,
-                compressors=compressors,
-                fill_value=float("nan"),
-                attributes={ATTR_META: meta, ATTR_DONE: []},
-                overwrite=True,
-            )
-
-        rb, cb = bounds(n_out, block), bounds(n_in, block)
-        ncol = len(cb)
-        n_total = len(rb) * ncol
-        done = set(int(k) for k in dict(arr.attrs).get(ATTR_DONE, []))
-        tasks = [
-            (i, j)
-            for i in range(len(rb))
-            for j in range(ncol)
-            if (not symmetric or i <= j) and (i * ncol + j not in done or (symmetric and j * ncol + i not in done))
-        ]
-
-        def compute_write(i, j):
-            (i0, i1), (j0, j1) = rb[i], cb[j]
-            K = kernel_block(kernel, xo[i0:i1], xi[j0:j1])
-            if is_complex_dtype(K.dtype):
-                raise ValueError("kernel returned complex values; ZarrOperator stores real kernels")
-            K = np.asarray(backend.to_numpy(K), dtype=dtype)
-            arr[i0:i1, j0:j1] = K
-            written = [i * ncol + j]
-            if symmetric and i != j:
-                arr[j0:j1, i0:i1] = K.T
-                written.append(j * ncol + i)
-            return written
-
-        t0 = time.perf_counter()
-
-        def record(written):
-            done.update(written)
-            arr.update_attributes({ATTR_DONE: sorted(done)})
-            if callback is not None:
-                for k in written:
-                    callback(k // ncol, k % ncol, len(done), n_total)
-            if progress:
-                el = time.perf_counter() - t0
-                print(f"\r[ZarrOperator.build] {len(done)}/{n_total} blocks, {el:.1f} s", end="", file=sys.stderr)
-
-        _run_tasks(tasks, compute_write, record, workers)
-        if progress:
-            print(file=sys.stderr)
+        token = code_token(kernel)
+        meta["kernel_code_sha256"] = token
+        with _exclusive(path, token):
+            arr = _build_locked(kernel, xo, xi, path, meta, symmetric, overwrite, compressors, workers,
+                                callback, progress)
         return cls(arr)
 
     @classmethod
