@@ -177,7 +177,7 @@ class Metrics:
 
     def take(self, columns: slice) -> Metrics:
         """The metrics of a range of points (views, no copies)."""
-        parts = None if self.parts is None else tuple(p[..., columns] for p in self.parts)
+        parts = None if self.parts is None else tuple([p[..., columns] for p in self.parts])
         return Metrics(self.rows[:, columns], self.k, self.det[columns], self.rcond[columns],
                        self.valid[columns], parts)
 

@@ -403,10 +403,12 @@ def total(loss: Loss, g, data: LossData) -> float:
         values = loss.values_at(g, data) if hasattr(loss, "values_at") else loss.value(g.g, data)
     else:
         values = loss.value(g, data)
-    values = backend.to_numpy(values)
-    if values.shape != (data.n,):
-        raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned shape {values.shape}; expected ({data.n},)")
-    return float(values.mean())
+    n = data.n
+    if not hasattr(values, "shape"):  # a user loss returning a list
+        values = np.asarray(values)
+    if tuple(values.shape) != (n,):
+        raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned shape {tuple(values.shape)}; expected ({n},)")
+    return float(values.sum()) / n  # NumPy or CuPy: one scalar leaves the device
 
 
 def gradient(loss: Loss, m: Metrics, data: LossData):

@@ -195,15 +195,19 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
     report = _Progress(steps, progress)
     sigma_train, sigma_test = _sigma_recorder(train_sites), _sigma_recorder(test_sites)
 
+    columns = [history[key] for key in ("step", "loss", "sigma_train", "sigma_test", "lr", "rejected",
+                                        "rejected_test")]
+
     def record(step, loss_value, rate, rejected, rejected_test):
-        rec = {"step": step, "loss": loss_value, "sigma_train": sigma_train(m),
-               "sigma_test": None if mt is None else sigma_test(mt), "lr": rate,
-               "rejected": rejected, "rejected_test": rejected_test}
-        for key, v in rec.items():
-            history[key].append(v)
-        if callback is not None:
-            callback(step, dict(rec))
-        report(step, rec, final=step == steps)
+        row = (step, loss_value, sigma_train(m), None if mt is None else sigma_test(mt), rate, rejected,
+               rejected_test)
+        for column, v in zip(columns, row):
+            column.append(v)
+        if callback is not None or progress:
+            rec = dict(zip(history, row))
+            if callback is not None:
+                callback(step, rec)
+            report(step, rec, final=step == steps)
 
     record(0, values, 0.0, 0, 0)
     current = values

@@ -58,14 +58,15 @@ def metric_matvec(K, G):
     return linalg.from_rows(rows_matvec(K, linalg.to_rows(G), k), k)
 
 
-def rows_matvec(K, rows, k):
+def rows_matvec(K, rows, k, componentwise=None):
     """``Theta . G`` on real coordinate rows (k*k, N_in) -> (k*k, N_out).
 
     A scalar (Kronecker, eq. 2.23) real kernel acts on each component alike, so it is applied
     to the k^2 real coordinates (an isometry) rather than to 2 k^2 real and imaginary parts:
     half the mat-vec columns, and an exactly Hermitian result; with rows, ``K @ rows.T`` is
-    one GEMM without copies.  Other (component-mixing) operators get the (N, k, k) matrices."""
-    if acts_componentwise(K):
+    one GEMM without copies.  Other (component-mixing) operators get the (N, k, k) matrices.
+    ``componentwise`` caches :func:`acts_componentwise` (K) for callers in a loop."""
+    if acts_componentwise(K) if componentwise is None else componentwise:
         r = K.matvec(rows.T)
         if r.dtype.kind != "c":
             return r.T
@@ -90,6 +91,10 @@ class KernelModel:
     def init(self):
         return backend.namespace(self.g0).zeros_like(self.g0)
 
+    def __post_init__(self):
+        object.__setattr__(self, "_componentwise", tuple(
+            None if K is None else acts_componentwise(K) for K in (self.K, self.K_test)))
+
     @property
     def _g0(self):
         xp = backend.namespace(self.g0)
@@ -97,10 +102,11 @@ class KernelModel:
 
     def _apply(self, rows):
         """Theta . rows at the train and the test points, (k*k, N + M)."""
-        U = rows_matvec(self.K, rows, self.k)
+        cw, cw_test = self._componentwise
+        U = rows_matvec(self.K, rows, self.k, cw)
         if self.K_test is None:
             return U
-        return backend.namespace(U).concat([U, rows_matvec(self.K_test, rows, self.k)], axis=1)
+        return backend.namespace(U).concat([U, rows_matvec(self.K_test, rows, self.k, cw_test)], axis=1)
 
     def metrics(self, A):
         return self._g0 - self._apply(A)
