@@ -39,7 +39,7 @@ from . import backend
 
 __all__ = [
     "MARGIN", "HERMITIAN_RTOL", "Metrics", "metrics", "valid", "require_valid", "hermitian_det",
-    "ldl_pivots", "positive_definite", "hermitian_inverse", "hermitian_part", "frobenius",
+    "ldl_pivots", "positive_definite", "hermitian_part", "to_rows", "from_rows", "metrics_rows",
     "hermitian_to_real", "real_to_hermitian", "real_basis",
 ]
 
@@ -109,41 +109,15 @@ def hermitian_part(g):
 
 
 def _adjugate(g, xp):
-    """Adjugate of Hermitian g (N, k, k) for k <= 3 (exactly Hermitian), or None."""
+    """Adjugate of Hermitian g (N, k, k) for k <= 2 (exactly Hermitian), or None (k = 3 has its
+    own row arithmetic, :func:`_inverse_rows3`; larger k use an LU inverse)."""
     k = g.shape[-1]
     if k == 1:
         return xp.ones_like(g)
     if k == 2:
         a, b, x = g[:, 0, 0], g[:, 1, 1], g[:, 0, 1]
         return xp.stack([xp.stack([b, -x], axis=-1), xp.stack([-xp.conj(x), a], axis=-1)], axis=-2)
-    if k == 3:
-        a, b, c = xp.real(g[:, 0, 0]), xp.real(g[:, 1, 1]), xp.real(g[:, 2, 2])
-        x, y, w = g[:, 0, 1], g[:, 0, 2], g[:, 1, 2]
-        c00 = b * c - xp.abs(w) ** 2
-        c11 = a * c - xp.abs(y) ** 2
-        c22 = a * b - xp.abs(x) ** 2
-        c01 = y * xp.conj(w) - x * c          # adj[0, 1]
-        c02 = x * w - y * b                   # adj[0, 2]
-        c12 = xp.conj(x) * y - a * w          # adj[1, 2]
-        zero = xp.zeros_like(x)
-        rows = [
-            xp.stack([c00 + zero, c01, c02], axis=-1),
-            xp.stack([xp.conj(c01), c11 + zero, c12], axis=-1),
-            xp.stack([xp.conj(c02), xp.conj(c12), c22 + zero], axis=-1),
-        ]
-        return xp.stack(rows, axis=-2)
     return None
-
-
-def hermitian_inverse(g):
-    """g^{-1} (N, k, k) of Hermitian positive-definite g, exactly Hermitian."""
-    return metrics(g).inverse
-
-
-def frobenius(a):
-    """Per-point Frobenius norms (N,) of (N, k, k) arrays."""
-    xp = backend.namespace(a)
-    return xp.sqrt(xp.sum(xp.real(a) ** 2 + xp.imag(a) ** 2, axis=(-2, -1)))
 
 
 # --------------------------------------------------------------------------- the validity rule

@@ -53,6 +53,7 @@ record are the one integrator's (:mod:`mfarray.flows.integrate`), exactly as for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -273,6 +274,4 @@ def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float = 1
 
 def _with_initial(sites, g0):
     """Sites whose initial metric is the network's at theta0 (recorded as g_*_initial)."""
-    import dataclasses
-
     return dataclasses.replace(sites, g0=g0)

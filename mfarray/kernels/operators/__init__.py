@@ -54,7 +54,7 @@ def acts_componentwise(op) -> bool:
     2.23), so it may be fed any real coordinates of the metrics (e.g. the 9 real coordinates
     of a Hermitian 3x3 instead of its 18 real and imaginary parts).  Component-mixing and
     unknown operators answer False.  (A blockwise kernel is assumed real; see
-    ``flows.frozen.metric_matvec`` for the check.)"""
+    ``flows.models.rows_matvec`` for the check.)"""
     if isinstance(op, DenseOperator):
         return op.components is None and not is_complex_dtype(op.matrix.dtype)
     if isinstance(op, FactoredOperator):
