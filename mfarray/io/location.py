@@ -1,0 +1,116 @@
+"""Where a store lives: a local path or an fsspec URL (``memory://``, ``s3://``, ``file://`` ...).
+
+A :class:`Location` answers the few questions the store rules ask -- does anything exist
+there, is it a file, which files lie under it -- and gives the Zarr store object to read or
+write it.  Local paths use :mod:`os` (symlinks are not followed out of the path); URLs use
+the fsspec file system of their protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Location:
+    """``text``: the path or URL as given (for messages); ``fs``: the fsspec file system of a
+    URL, None for a local path; ``root``: the path within ``fs`` (absolute on disk)."""
+
+    text: str
+    fs: Any
+    root: str
+
+
+def is_url(path) -> bool:
+    """A string with a protocol (``proto://...``) is an fsspec URL; anything else a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def locate(path) -> Location:
+    """The :class:`Location` of a local path (str or os.PathLike) or an fsspec URL."""
+    if is_url(path):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        return Location(path, fs, root.rstrip("/") or "/")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str, an os.PathLike or an fsspec URL; got {type(path).__name__}")
+    text = os.fspath(path)
+    return Location(text, None, os.path.abspath(text))  # a lazy read must not depend on the cwd
+
+
+def exists(loc: Location) -> bool:
+    """Anything at ``loc`` (a dangling symlink counts)."""
+    return os.path.lexists(loc.root) if loc.fs is None else loc.fs.exists(loc.root)
+
+
+def is_file(loc: Location) -> bool:
+    """Something at ``loc`` that is not a directory."""
+    if loc.fs is None:
+        return os.path.lexists(loc.root) and not (os.path.isdir(loc.root) and not os.path.islink(loc.root))
+    return loc.fs.isfile(loc.root)
+
+
+def is_empty(loc: Location) -> bool:
+    """A directory without entries (for a URL: nothing stored under it)."""
+    if loc.fs is None:
+        with os.scandir(loc.root) as entries:
+            return next(entries, None) is None
+    return not loc.fs.find(loc.root)
+
+
+def files(loc: Location, under: str = "") -> list[str]:
+    """The files under the directory ``loc`` (or its subdirectory ``under``), as
+    ``/``-separated paths relative to that directory."""
+    root = loc.root if not under else (os.path.join(loc.root, *under.split("/")) if loc.fs is None
+                                       else f"{loc.root}/{under}")
+    if loc.fs is None:
+        out = []
+        for top, dirs, names in os.walk(root):
+            rel = os.path.relpath(top, root)
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            out += [prefix + n for n in names]
+            out += [prefix + d for d in dirs if os.path.islink(os.path.join(top, d))]  # not followed
+        return sorted(out)
+    return sorted(f[len(root) + 1:] for f in loc.fs.find(root)) if loc.fs.exists(root) else []
+
+
+def has_file(loc: Location, rel: str) -> bool:
+    """A file ``rel`` (``/``-separated) under ``loc``."""
+    if loc.fs is None:
+        return os.path.isfile(os.path.join(loc.root, *rel.split("/")))
+    return loc.fs.isfile(f"{loc.root}/{rel}")
+
+
+def remove(loc: Location, rels) -> None:
+    """Remove the files or directory trees ``rels`` (relative, ``/``-separated) under ``loc``;
+    missing ones are skipped."""
+    for rel in rels:
+        if loc.fs is None:
+            p = os.path.join(loc.root, *rel.split("/"))
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                os.unlink(p)
+        elif loc.fs.exists(f"{loc.root}/{rel}"):
+            loc.fs.rm(f"{loc.root}/{rel}", recursive=True)
+
+
+def clear(loc: Location) -> None:
+    """Remove everything under the directory ``loc``, keeping a local directory itself."""
+    if loc.fs is None:
+        remove(loc, os.listdir(loc.root))
+    elif loc.fs.exists(loc.root):
+        loc.fs.rm(loc.root, recursive=True)
+
+
+def zarr_store(loc: Location, read_only: bool = False):
+    """The Zarr store at ``loc``: a LocalStore, or an FsspecStore for a URL."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if loc.fs is None:
+        return LocalStore(loc.root, read_only=read_only)
+    return FsspecStore.from_url(loc.text, read_only=read_only)

@@ -1,0 +1,140 @@
+"""Writing a Dataset to a store that is complete, says it is not, or resumes where it stopped.
+
+A write creates the root group with its marks first (``mfarray_complete = False`` and the
+Dataset's fingerprint), then lets xarray write every variable through
+:class:`~.records.DoneRecords`, a store wrapper that records each chunk as done *after* the
+chunk is stored: a chunk file without its record (half-written when the process died) is
+never trusted.  A rewrite of an interrupted store with a Dataset of the same fingerprint
+skips the recorded chunks and writes the rest, so it ends with the bytes of an uninterrupted
+write.  At the end the metadata is consolidated, the completion mark set, and the records and
+Zarr's temporary files removed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import xarray as xr
+
+from .location import (
+    Location,
+    clear,
+    exists,
+    files,
+    is_file,
+    locate,
+    remove,
+    zarr_store,
+)
+from .marks import (
+    ATTR_COMPLETE,
+    ATTR_FINGERPRINT,
+    ATTR_KIND,
+    DONE,
+    MARKS,
+    TEMPORARY,
+    check_replaceable,
+    fingerprint,
+    root_attrs,
+    store_kind,
+)
+
+# zarr's notes on consolidated v3 metadata and on files beside the hierarchy (the done-records,
+# a user's file in a store being resumed)
+_QUIET = ("Consolidated metadata is currently not part", "Object at .* is not recognized")
+
+
+def _done_chunks(loc: Location) -> frozenset:
+    """The chunk keys recorded as done in the store at ``loc``."""
+    return frozenset(files(loc, under=DONE))
+
+
+def _resume_from(loc: Location, fp: str) -> frozenset:
+    """The done chunks of the interrupted store at ``loc`` when its fingerprint is ``fp``;
+    FileExistsError naming the path and the way out otherwise."""
+    attrs = root_attrs(loc) if not is_file(loc) else None
+    if attrs is None or ATTR_KIND not in attrs or attrs.get(ATTR_COMPLETE) is not False:
+        raise FileExistsError(f"{loc.text} exists: choose another path or pass overwrite=True")
+    if attrs.get(ATTR_FINGERPRINT) != fp:
+        raise FileExistsError(
+            f"{loc.text} holds an interrupted mfarray write of another Dataset (other data, chunks or "
+            f"attributes, or written by an older mfarray): resume it by writing the Dataset it was started "
+            f"with (the same call and chunks), or pass overwrite=True to replace it, or choose another path"
+        )
+    return _done_chunks(loc)
+
+
+def _discard(loc: Location, existed: bool) -> None:
+    """Remove a store this write created (and its directory, if there was none before)."""
+    clear(loc)
+    if loc.fs is None and not existed:
+        os.rmdir(loc.root)
+
+
+def _finish(loc: Location, store) -> None:
+    """Consolidate the metadata, set the completion mark (kept in the consolidated root
+    document), then remove the done-records and Zarr's temporaries."""
+    import zarr
+
+    with warnings.catch_warnings():
+        for text in _QUIET:
+            warnings.filterwarnings("ignore", message=text)
+        zarr.consolidate_metadata(store, zarr_format=3)
+    zarr.open_group(store, mode="r+", zarr_format=3).attrs.update({ATTR_COMPLETE: True})
+    remove(loc, [DONE])
+    if loc.fs is None:
+        remove(loc, [f for f in files(loc) if TEMPORARY.fullmatch(f)])
+
+
+def to_zarr(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = False) -> None:
+    """Write a Dataset to a Zarr v3 store at ``path`` (a local path or an fsspec URL),
+    computing lazy variables chunk by chunk; the store ends with consolidated metadata.
+
+    An existing ``path`` is refused (FileExistsError naming it), except: an interrupted
+    mfarray store of the same Dataset (same fingerprint: data, chunks, attributes) is resumed,
+    writing only the chunks not recorded as done; with ``overwrite=True``, a store that
+    :func:`check_replaceable` allows is replaced from scratch.  The root attributes record
+    ``mfarray_store`` (the kind), ``mfarray_fingerprint`` and ``mfarray_complete``, False while
+    chunks are written and True last, so an interrupted write leaves a store that
+    :func:`~mfarray.io.open_zarr` refuses and this function resumes.
+    """
+    import zarr
+
+    from .records import DoneRecords
+
+    loc = locate(path)
+    kind = store_kind(ds)
+    ds = ds.copy()
+    for name in ds.variables:  # xarray refuses to write chunk-encoding left over from a read
+        ds[name].encoding = {}
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k not in MARKS}
+    fp = fingerprint(ds, kind)
+    done = None
+    if overwrite:
+        check_replaceable(path, kind)
+    elif exists(loc):
+        done = _resume_from(loc, fp)
+    attrs = {**ds.attrs, ATTR_KIND: kind, ATTR_COMPLETE: False, ATTR_FINGERPRINT: fp}
+    store, existed = zarr_store(loc), exists(loc)
+    try:  # the metadata (and in-memory variables): the marks go first, in the root group
+        if done is None:
+            if existed:
+                clear(loc)
+            zarr.create_group(store=store, zarr_format=3, attributes=attrs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_QUIET[1])
+            writes = ds.assign_attrs(attrs).to_zarr(DoneRecords(store, done or frozenset()), mode="a",
+                                                    zarr_format=3, consolidated=False, compute=False)
+    except Exception:
+        if done is None:  # refused before any chunk was computed (e.g. by xarray): leave no store
+            _discard(loc, existed)
+        raise
+    if progress:  # the chunks
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            writes.compute()
+    else:
+        writes.compute()
+    _finish(loc, store)
