@@ -167,8 +167,8 @@ PROFILE_KEYS = [
     ("_squared_gradient", "losses.py", "loss gradient"),
     ("positive_definite", "guard.py", "positive_definite"),
     ("total", "losses.py", "loss total (record)"),
-    ("sigma_measure", "pointset.py", "sigma_measure (record)"),
-    ("det_metric", "pointset.py", "  of which det_metric"),
+    ("sigma_measure", "pointset/measures.py", "sigma_measure (record)"),
+    ("det_metric", "pointset/measures.py", "  of which det_metric"),
 ]
 
 

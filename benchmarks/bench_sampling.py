@@ -186,7 +186,7 @@ PROFILE_PARTS = [  # (label, module file suffix, function name); cumulative time
     ("  line_coefficients (p at d+1 points per line)", "mfarray/sampling.py", "line_coefficients"),
     ("  polyroots (batched Aberth)", "mfarray/roots.py", "polyroots"),
     ("  _polish (Newton, value_and_gradient)", "mfarray/sampling.py", "_polish"),
-    ("_geometry_outputs (checks + chart geometry)", "mfarray/pointset.py", "_geometry_outputs"),
+    ("_geometry_outputs (checks + chart geometry)", "mfarray/pointset/construct.py", "_geometry_outputs"),
     ("  chart_geometry", "mfarray/geometry/local.py", "chart_geometry"),
     ("Hypersurface.value_and_gradient (all callers)", "mfarray/geometry/hypersurface.py",
      "value_and_gradient"),

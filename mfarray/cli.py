@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from .geometry import Hypersurface
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Metric flows with neural networks on Calabi-Yau hypersurfaces.")
 
 
-def parse_surface(spec: str):
+def parse_surface(spec: str) -> Hypersurface:
     """'quintic' | 'cubic' | 'k3' | 'fermat:N' | 'dwork:PSI' -> Hypersurface."""
     from . import geometry
 
@@ -36,6 +41,16 @@ def parse_surface(spec: str):
     )
 
 
+def sample_command(*, n: int, seed: int, out: str | os.PathLike, surface: str, chunk_size: int) -> str:
+    """The ``mfarray sample`` command line with every option that shapes the store spelt out
+    (defaults included), as recorded in its ``command`` attribute: running it again writes the
+    same store.  ``--overwrite`` is left out (it changes what may be replaced, not the data), so
+    a run resuming an interrupted store with ``--overwrite`` writes the same attributes."""
+    argv = ["mfarray", "sample", "--n", str(n), "--seed", str(seed), "--out", os.fspath(out),
+            "--surface", surface, "--chunk-size", str(chunk_size)]
+    return shlex.join(argv)
+
+
 @app.callback()
 def main() -> None:
     """mfarray commands."""
@@ -54,7 +69,9 @@ def sample(
     """Sample Shiffman-Zelditch points with weights and g_FS, write them to a Zarr store.
 
     ``--overwrite`` replaces only a point-set store that mfarray wrote; a file, a directory
-    that is not such a store (e.g. ``--out .``) or another kind of store is refused."""
+    that is not such a store (e.g. ``--out .``) or another kind of store is refused.  The store
+    records this command (attribute ``command``, every option spelt out) besides the Python
+    call (``call``) and the other attributes of ``mfarray.sample_points``."""
     from . import io, pointset
 
     X = parse_surface(surface)
@@ -68,6 +85,7 @@ def sample(
     typer.echo(f"sampling {n} points on {X.label} (seed {seed}, chunks of {chunk_size}) -> {out}")
     start = time.perf_counter()
     ds = pointset.sample_points(X, n, seed=seed, chunk_size=chunk_size)
+    ds.attrs["command"] = sample_command(n=n, seed=seed, out=out, surface=surface, chunk_size=chunk_size)
     io.to_zarr(ds, out, overwrite=overwrite, progress=True)
     elapsed = time.perf_counter() - start
     stored = io.open_zarr(out)

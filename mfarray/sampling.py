@@ -14,9 +14,14 @@ scheduler.  :func:`sample_z` is the bare chunk function; :func:`sample_points` i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import roots as _roots
+
+if TYPE_CHECKING:
+    from .geometry.hypersurface import Hypersurface
 
 LINES_PER_BLOCK = 4096
 POLISH_STEPS = 2
@@ -24,7 +29,7 @@ MAX_POLISH_STEPS = 8
 RESIDUAL_TOL = 1e-10  # every sampled point satisfies surface.relative_residual(z) <= this
 
 
-def random_lines(n_ambient: int, seed: int, block: int):
+def random_lines(n_ambient: int, seed: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """The a, b (LINES_PER_BLOCK, n+1) complex Gaussian vectors of line block ``block``."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
     x = rng.standard_normal((2, LINES_PER_BLOCK, n_ambient, 2))
@@ -32,7 +37,7 @@ def random_lines(n_ambient: int, seed: int, block: int):
     return ab[0], ab[1]
 
 
-def line_coefficients(surface, a, b):
+def line_coefficients(surface: Hypersurface, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ascending coefficients (L, d+1) of q(t) = p(a + t b), by evaluation at roots of unity."""
     d = surface.degree
     omega = np.exp(2j * np.pi * np.arange(d + 1) / (d + 1))
@@ -41,7 +46,7 @@ def line_coefficients(surface, a, b):
     return np.fft.fft(values, axis=1) / (d + 1)
 
 
-def _polish(surface, z, direction, steps):
+def _polish(surface: Hypersurface, z: np.ndarray, direction: np.ndarray, steps: int) -> np.ndarray:
     """Newton steps for p along the line direction: z <- z - p(z) / (dp(z) . w) w."""
     for _ in range(steps):
         p, dp = surface.value_and_gradient(z)
@@ -51,7 +56,7 @@ def _polish(surface, z, direction, steps):
     return z
 
 
-def intersect_lines(surface, a, b):
+def intersect_lines(surface: Hypersurface, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """All ``degree`` intersections of the lines a + t b with X: (L * d, n+1), line-major."""
     # parametrise each line from its better-conditioned end: the leading coefficient is p(b),
     # so put the vector with the larger |p|/|.|^d in b (a, b are exchangeable in distribution)
@@ -78,14 +83,15 @@ def intersect_lines(surface, a, b):
         z[bad] = _polish(surface, z[bad], direction[bad], MAX_POLISH_STEPS)
         worst = float(np.max(surface.relative_residual(z[bad])))
         if not worst <= RESIDUAL_TOL:  # also catches NaN
-            raise RuntimeError(
+            raise ValueError(
                 f"{surface.label}: Newton polishing left a point at relative residual {worst:.3g} "
-                f"> {RESIDUAL_TOL:g}; the line met X where dp vanishes (is X singular?)"
+                f"> {RESIDUAL_TOL:g}; the line met X where dp vanishes: X is (numerically) singular there. "
+                "Sample a smooth hypersurface (e.g. dwork_quintic(psi) with psi**5 != 1)"
             )
     return z
 
 
-def sample_z(surface, seed: int, start: int, stop: int):
+def sample_z(surface: Hypersurface, seed: int, start: int, stop: int) -> np.ndarray:
     """Homogeneous coordinates (stop - start, n+1) of sample points start..stop-1."""
     if stop <= start:
         return np.zeros((0, surface.n_ambient), dtype=np.complex128)

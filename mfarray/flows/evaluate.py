@@ -13,6 +13,7 @@ its final parameters.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -20,19 +21,50 @@ import xarray as xr
 from .. import backend, linalg
 from .. import networks as nw
 from ..geometry import measures
+from ..pointset.provenance import G_CONVENTION, describe, format_call, json_attrs, provenance
 from .sites import materialize, point_index
 
-__all__ = ["evaluate", "predict", "sigma_of"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from numpy.typing import ArrayLike
+
+__all__ = ["evaluate", "predict", "sigma_of", "EVALUATION_DOCS"]
+
+# result attributes an evaluation keeps: what was flowed, on which surface and points
+KEPT_ATTRS = ("flow", "model", "loss", "chart", "surface_name", "surface_monomials", "surface_coefficients_real",
+              "surface_coefficients_imag", "n", "degree", "seed", "test_seed", "steps", "steps_done")
 
 
-def sigma_of(g, omega2, weight, name="g"):
+def _evaluation_docs() -> dict[str, dict[str, str]]:
+    docs = {}
+    for part in ("train", "test"):
+        where = f"the {part} points of the result"
+        sigma = f"E_w[|1 - eta|] with the MC weights weight_{part}, kappa (B.10) of the same metrics and points"
+        docs[f"sigma_{part}_initial"] = {"description": f"sigma measure (B.11) of the initial metrics g_{part}_initial "
+                                                        f"at {where}", "convention": sigma}
+        docs[f"sigma_{part}_final"] = {"description": f"sigma measure (B.11) of the final metrics g_{part} at {where}",
+                                       "convention": sigma}
+        docs[f"gain_{part}"] = {"description": f"sigma_{part}_initial / sigma_{part}_final: how many times the flow "
+                                               f"reduced sigma on {where}",
+                                "convention": "> 1 is an improvement; inf where the final sigma is 0"}
+        docs[f"positive_fraction_{part}"] = {"description": f"fraction of the final metrics at {where} that are valid "
+                                                            "(finite, Hermitian, positive definite; mfarray.linalg)",
+                                             "convention": "in [0, 1]; 1 for every flow result"}
+    return docs
+
+
+EVALUATION_DOCS: dict[str, dict[str, str]] = _evaluation_docs()
+
+
+def sigma_of(g: ArrayLike, omega2: ArrayLike, weight: ArrayLike, name: str = "g") -> float:
     """sigma (B.11) of metrics g (N, k, k) at points with |Omega|^2 and weights; refuses
     metrics that are not valid (:mod:`mfarray.linalg`)."""
     m = linalg.require_valid(backend.to_numpy(g), name)
     return float(measures.sigma(m.det, backend.to_numpy(omega2), backend.to_numpy(weight)))
 
 
-def _check_same(result, ds, dim, name):
+def _check_same(result: xr.Dataset, ds: Any, dim: str, name: str) -> None:
     if ds is None:
         return
     if not isinstance(ds, xr.Dataset):
@@ -57,7 +89,9 @@ def evaluate(result: xr.Dataset, train: xr.Dataset | None = None, test: xr.Datas
     / ``positive_fraction_test`` (fraction of valid metrics: 1 for every flow result, since no
     flow returns an invalid metric).  ``train``/``test`` are optional and only checked to be the
     sets the flow used.  The recorded ``sigma_test`` of the result's last step equals
-    ``sigma_test_final``.
+    ``sigma_test_final``.  Every variable is described (:data:`EVALUATION_DOCS`); attributes:
+    the result's flow, model, loss, chart, surface, n, seeds and steps, ``result_call`` (the
+    flow call) and the provenance shared with point sets and results (``call``, versions).
     """
     if not isinstance(result, xr.Dataset) or "g_train" not in result:
         raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow)")
@@ -76,10 +110,15 @@ def evaluate(result: xr.Dataset, train: xr.Dataset | None = None, test: xr.Datas
         out[f"sigma_{name}_final"] = s1
         out[f"gain_{name}"] = s0 / s1 if s1 > 0 else np.inf
         out[f"positive_fraction_{name}"] = float(np.mean(linalg.valid(result[f"g_{name}"].values)))
-    return xr.Dataset({k: ((), v) for k, v in out.items()}, attrs={"flow": result.attrs.get("flow", "")})
+    attrs = {key: result.attrs[key] for key in KEPT_ATTRS if key in result.attrs}
+    attrs = json_attrs({"title": f"mfarray evaluation of a flow result: {result.attrs.get('flow', 'metric flow')}",
+                        **attrs, "result_call": result.attrs.get("call", "unknown"),
+                        **provenance(format_call("mfarray.evaluate", result,
+                                                 *(() if train is None and test is None else (train, test))))})
+    return describe(xr.Dataset({k: ((), v) for k, v in out.items()}, attrs=attrs), EVALUATION_DOCS)
 
 
-def _kernel_of(result, kernel):
+def _kernel_of(result: xr.Dataset, kernel: Any) -> Any:
     from .. import kernels
     from .frozen import kernel_spec
 
@@ -98,7 +137,8 @@ def _kernel_of(result, kernel):
     return spec
 
 
-def predict(result: xr.Dataset, points: xr.Dataset, *, kernel=None, features=None) -> xr.DataArray:
+def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
+            features: Callable | None = None) -> xr.DataArray:
     """Metrics (point, row, col) of a finished flow at the points of ``points``.
 
     ``points`` must be in the flow's chart (``mfarray.select_chart(points, like=train)``).  Kernel
@@ -146,5 +186,11 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel=None, features=Non
     else:
         raise ValueError(f"unknown flow model {result.attrs['model']!r}")
     linalg.require_valid(g, "the predicted metrics")
-    return xr.DataArray(backend.to_numpy(g), dims=("point", "row", "col"), coords={"point": sites.point},
-                        name="g", attrs={"description": "metrics predicted by the flow, in its chart"})
+    out = xr.DataArray(backend.to_numpy(g), dims=("point", "row", "col"), coords={"point": sites.point}, name="g",
+                       attrs={"description": "metrics predicted by the flow at the given points, in its chart "
+                                             "(attribute chart = [patch, elim])",
+                              "convention": G_CONVENTION, "chart": list(chart),
+                              "result_call": result.attrs.get("call", "unknown"),
+                              **provenance(format_call("mfarray.predict", result, points))})
+    return describe(out, {"point": {"description": "index of the point in the sample it was drawn from (the "
+                                                   "given points' point coordinate)", "convention": "0-based"}})

@@ -11,52 +11,44 @@ Variables (along ``step``): ``loss`` (mean per-point loss), ``sigma_train``, ``s
 ``dual`` (point, row, col) for kernel flows, ``theta`` / ``theta_initial`` (param) for
 networks.
 
+Every variable and coordinate has ``attrs["description"]`` and, where there is one,
+``attrs["convention"]`` (:data:`RESULT_DOCS`).  Metrics are Hermitian complex matrices
+``g[..., b, c] = g_{b cbar}`` in the flow's chart (the real rows of the engine are converted
+back at this boundary).
+
 Attributes (JSON, so a result round-trips through Zarr): ``flow`` (which equation), ``model``
 ("kernel" | "network"), ``loss``, ``step_control`` and ``kernel`` / ``network`` (JSON strings),
-``steps`` (asked), ``steps_done``, ``chart``, the train set's surface and seed attributes,
-``test_seed``, and the versions of mfarray and its dependencies.
+``steps`` (asked), ``steps_done``, ``chart``, the train set's surface, ``n``, ``degree`` and
+``seed`` attributes, ``test_seed``, the calls that made the point sets (``train_call``,
+``test_call``; ``train_command`` where ``mfarray sample`` made it; ``train_split`` and
+``test_split`` where :func:`mfarray.split` made them), and the provenance of
+:func:`mfarray.pointset.provenance.provenance` shared with point sets: ``call`` (the flow call)
+and the versions of mfarray and its dependencies.
 """
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .. import backend
+from ..pointset.provenance import G_CONVENTION, POINTSET_DOCS, describe, json_attrs, provenance, versions
 
-__all__ = ["flow_result", "versions"]
+__all__ = ["flow_result", "versions", "RESULT_DOCS"]
 
-
-def versions() -> dict:
-    """Versions of mfarray and the libraries a result depends on."""
-    import dask
-    import scipy
-    import zarr
-
-    from .. import __version__
-
-    return {"mfarray_version": __version__, "numpy_version": np.__version__, "scipy_version": scipy.__version__,
-            "dask_version": dask.__version__, "xarray_version": xr.__version__, "zarr_version": zarr.__version__}
+# attributes of a point set that describe how the set was made: kept as train_<key> / test_<key>
+SET_PROVENANCE = ("call", "command", "chunk_size", "sampler", "split")
+# the point set's own attributes that a result does not keep (its own replace them)
+SET_DROPPED = ("title",)
 
 
-def _host(a):
+def _host(a: Any) -> np.ndarray:
     return backend.to_numpy(a)
 
 
-def _json_attrs(attrs: dict) -> dict:
-    out = {}
-    for key, value in attrs.items():
-        try:
-            json.dumps(value)
-        except TypeError:
-            continue
-        out[key] = value
-    return out
-
-
-def _per_point(prefix, dim, sites, g, g_initial):
+def _per_point(prefix: str, dim: str, sites: Any, g: Any, g_initial: Any) -> dict:
     data = {
         f"g_{prefix}": ((dim, "row", "col"), _host(g)),
         f"g_{prefix}_initial": ((dim, "row", "col"), _host(g_initial)),
@@ -68,8 +60,29 @@ def _per_point(prefix, dim, sites, g, g_initial):
     return data
 
 
-def flow_result(trajectory, train, test, *, model_vars: dict, attrs: dict, steps: int) -> xr.Dataset:
-    """The result Dataset of a flow (module docstring) from an integrator Trajectory."""
+def _flow_call(attrs: dict, steps: int, test: Any) -> str:
+    """The flow call as recorded when the caller gave none: its function and main arguments
+    (the rest are the attributes kernel / network, step_control, method, operator_options)."""
+    function = {"kernel": "kernel_flow", "network": "network_flow"}.get(attrs.get("model"), "flow")
+    args = ["train", "kernel" if function == "kernel_flow" else "config"]
+    args += [f"steps={int(steps)}", f"loss={attrs.get('loss')!r}"] + (["test=test"] if test is not None else [])
+    if "method" in attrs:
+        args.append(f"method={attrs['method']!r}")
+    return f"mfarray.{function}({', '.join(args)})"
+
+
+def _set_provenance(sites: Any, part: str) -> dict:
+    return {f"{part}_{key}": sites.attrs[key] for key in SET_PROVENANCE if key in sites.attrs}
+
+
+def flow_result(trajectory: Any, train: Any, test: Any, *, model_vars: dict, attrs: dict,
+                steps: int) -> xr.Dataset:
+    """The result Dataset of a flow (module docstring) from an integrator Trajectory.
+
+    ``train``/``test``: the flow's Sites (``mfarray.flows.sites``); ``model_vars``: the model's
+    variables (``dual``, or ``theta`` and ``theta_initial``); ``attrs``: the flow's JSON
+    attributes, with ``call`` the flow call where the caller records it.
+    """
     h = trajectory.history
     data = {
         "loss": ("step", np.asarray(h["loss"], dtype=np.float64)),
@@ -87,25 +100,69 @@ def flow_result(trajectory, train, test, *, model_vars: dict, attrs: dict, steps
         data.update(_per_point("test", "test_point", test, trajectory.test.g, test.g0))
         coords["test_point"] = test.point
     data.update(model_vars)
-    info = _json_attrs(train.attrs)
-    info.pop("split", None)
-    info.update(versions())
+    attrs = dict(attrs)
+    call = attrs.pop("call", None) or _flow_call(attrs, steps, test)
+    info = {key: value for key, value in json_attrs(train.attrs).items()
+            if key not in SET_PROVENANCE + SET_DROPPED and not key.endswith("_version")}
+    info["title"] = f"mfarray flow result: {attrs.get('flow', 'metric flow')}"
+    info.update(json_attrs(_set_provenance(train, "train")))
+    info.update(provenance(call))
     info.update(attrs)
     info.update({"steps": int(steps), "steps_done": int(trajectory.steps_done), "chart": list(train.chart)})
-    if test is not None and "seed" in test.attrs:
-        info["test_seed"] = test.attrs["seed"]
+    if test is not None:
+        if "seed" in test.attrs:
+            info["test_seed"] = test.attrs["seed"]
+        info.update(json_attrs(_set_provenance(test, "test")))
     ds = xr.Dataset(data, coords=coords, attrs=info)
-    docs = {
-        "loss": "mean per-point loss over the train points",
-        "sigma_train": "sigma measure (B.11) of the train metrics, kappa of the metric itself",
-        "sigma_test": "sigma measure (B.11) of the predicted test metrics",
-        "lr": "step size taken (0 at step 0)",
-        "rejected": "step halvings since the previous record (validity guard and backtracking)",
-        "rejected_test": "halvings forced by test-metric validity",
-        "g_train": "final train metrics g_{b cbar} in the flow's chart",
-        "g_test": "final predicted test metrics in the flow's chart",
+    return describe(ds, RESULT_DOCS)
+
+
+def _per_point_docs(part: str, dim: str) -> dict[str, dict[str, str]]:
+    """Descriptions of the per-point variables of the train or test points."""
+    role = "the flow's train points" if part == "train" else "the test points (predicted, never trained on)"
+    return {
+        dim: {"description": f"index of each of {role} in the sample it was drawn from (the {part} set's "
+                             "point coordinate)", "convention": "0-based"},
+        f"g_{part}": {"description": f"metrics at {role} at the last recorded step, in the flow's chart "
+                                     "(attribute chart = [patch, elim])", "convention": G_CONVENTION},
+        f"g_{part}_initial": {"description": f"initial metrics at {role} (g_fs, the given g0, or the network's "
+                                             "initial metric), in the flow's chart", "convention": G_CONVENTION},
+        f"weight_{part}": {"description": f"MC weights of {role} as the flow used them: "
+                                          f"{POINTSET_DOCS['weight']['description']}",
+                           "convention": POINTSET_DOCS["weight"]["convention"]},
+        f"omega2_{part}": {"description": f"|Omega|^2 at {role} in the flow's chart: "
+                                          f"{POINTSET_DOCS['omega2']['description']}",
+                           "convention": POINTSET_DOCS["omega2"]["convention"]},
+        f"z_{part}": {"description": f"homogeneous coordinates of {role}, patch coordinate 1",
+                      "convention": POINTSET_DOCS["z"]["convention"].replace("point", dim, 1)},
     }
-    for name, doc in docs.items():
-        if name in ds:
-            ds[name].attrs["description"] = doc
-    return ds
+
+
+RESULT_DOCS: dict[str, dict[str, str]] = {
+    "step": {"description": "flow step of each record (0: the initial metrics)", "convention": "0-based"},
+    "loss": {"description": "mean over the train points of the per-point loss (attribute loss) of the metrics "
+                            "at this step", "convention": "L = sum_x l(x) / N (eq. 2.3 divided by N), what the flow "
+                                                          "minimises; l(x) holds the MC weight where the loss has one"},
+    "sigma_train": {"description": "sigma measure (B.11) of the train metrics at this step, kappa (B.10) of the "
+                                   "same metrics and points",
+                    "convention": "E_w[|1 - eta|] with the MC weights weight_train; 0 for the Calabi-Yau metric"},
+    "sigma_test": {"description": "sigma measure (B.11) of the predicted test metrics at this step",
+                   "convention": "E_w[|1 - eta|] with the MC weights weight_test, kappa of the test metrics"},
+    "lr": {"description": "step size taken to reach this record's metrics, after halvings (0 at step 0)",
+           "convention": "as the step control defines it (attribute step_control)"},
+    "rejected": {"description": "step halvings since the previous record (validity guard and backtracking)",
+                 "convention": "count"},
+    "rejected_test": {"description": "of those halvings, the ones forced by test metrics that were not valid",
+                      "convention": "count"},
+    **_per_point_docs("train", "point"),
+    **_per_point_docs("test", "test_point"),
+    "dual": {"description": "dual coefficients A of the frozen-kernel flow (2.12, dual form): the metric at any "
+                            "point x is g(x) = g_initial(x) - sum_y Theta(x, y) A(y) over the train points y, "
+                            "with Theta the kernel (attribute kernel) acting on each component (2.23)",
+             "convention": "Hermitian complex matrices (point, row, col) in the flow's chart, indexed as g_train"},
+    "theta": {"description": "network parameters at the last recorded step (attribute network: widths, "
+                             "activation, sigma_w, sigma_b), flattened",
+              "convention": "NTK parameterisation, mfarray.networks.flatten order"},
+    "theta_initial": {"description": "network parameters at initialisation, flattened",
+                      "convention": "NTK parameterisation, mfarray.networks.flatten order"},
+}
