@@ -20,10 +20,12 @@ integrator's (:mod:`mfarray.flows.integrate`).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import xarray as xr
 
 from .. import backend, linalg, losses
+from ..kernels.checks import NonFiniteKernelError
 from ..kernels.features import patch_features
 from ..kernels.operators import as_operator
 from ..kernels.spec import as_kernel
@@ -78,6 +80,12 @@ def _operators(kernel, train, test, features, method, options):
             raise ValueError(f"kernel operator has shape {tuple(K.shape)}; the train set needs {(train.n,) * 2}")
         return K, None, {"name": type(kernel).__name__, "operator": True}
     spec = kernel_spec(kernel)
+    if method == "factored":
+        raise ValueError(
+            f"method='factored' needs a low-rank feature map phi(x) -> (n, rank), but kernel_flow takes a kernel "
+            f"k(x1, x2) (here {spec.name}), and no kernel spec comes with a factorisation: use method='dense' (the "
+            "default), 'blockwise' or 'zarr'; for a feature map, pass "
+            "mfarray.kernels.FactoredOperator(phi(x_train)) as the kernel (train points only)")
     x_train = kernel_inputs(spec, train.z, features)
     K = as_operator(spec, x_train, x_train, method=method, **options)
     K_test = None
@@ -124,6 +132,12 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float = 1.0, loss=
     whose ``result`` holds the steps done.
     """
     steps = check_steps(steps)
+    if operator_options is not None and not isinstance(operator_options, Mapping):
+        raise TypeError(f"operator_options must be a dict of options of the operator (e.g. {{'block': 512}}) or None; "
+                        f"got {type(operator_options).__name__}")
+    if features is not None and not callable(features):
+        raise TypeError(f"features must be a function z -> (N, d) real features (default patch_features) or None; "
+                        f"got {type(features).__name__}")
     control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip, grow=grow,
                           max_halvings=max_halvings)
     loss_fn = resolve_loss(loss)
@@ -131,7 +145,10 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float = 1.0, loss=
     data = losses.loss_data(tr.omega2, tr.weight, tr.g0, target=target)
     if loss_fn.name == "mse" and data.target is None:
         raise ValueError("loss='mse' needs target metrics: pass target=(N, k, k)")
-    K, K_test, kernel_record = _operators(kernel, tr, te, features, method, operator_options)
+    try:
+        K, K_test, kernel_record = _operators(kernel, tr, te, features, method, operator_options)
+    except NonFiniteKernelError as exc:
+        raise _where(exc, tr, te) from None
     model = KernelModel(K, K_test, tr.m0.rows, None if te is None else te.m0.rows, k=tr.k)
     attrs = {"flow": "frozen-kernel flow (2.12)", "model": "kernel", "loss": loss_fn.name,
              "kernel": json.dumps(kernel_record), "step_control": json.dumps(control.describe()),
@@ -147,7 +164,17 @@ def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float = 1.0, loss=
     except FlowError as err:
         err.result = result(err.trajectory)
         raise
+    except NonFiniteKernelError as exc:  # a lazily evaluated (blockwise) kernel
+        raise _where(exc, tr, te) from None
     return result(trajectory)
+
+
+def _where(exc, tr, te):
+    """The kernel's non-finite-values error, saying which operator is which in this flow."""
+    ops = f"the ({tr.n}, {tr.n}) operator is train x train"
+    if te is not None:
+        ops += f", the ({te.n}, {tr.n}) one test x train"
+    return NonFiniteKernelError(f"{exc}; in this kernel_flow {ops}")
 
 
 def _json_safe(options):

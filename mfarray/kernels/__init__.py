@@ -4,9 +4,12 @@ Scalar kernels give the Kronecker-structured metric-NTK Theta_{ijkl} = delta_ik 
 (paper eq. 2.21-2.23).  Every public scalar kernel is a :class:`Kernel` spec carrying its inputs
 (homogeneous points or real features), pairwise-ness, symmetry and hyper-parameters;
 hyper-parameters are keywords, bound with ``Kernel.bind`` or ``functools.partial`` (read back
-with :func:`as_kernel`).
+with :func:`as_kernel`), each checked against the domain its spec declares (:mod:`.checks`).
+A kernel never passes on NaN or inf: such values raise :class:`NonFiniteKernelError` (a
+ValueError) naming the kernel.
 """
 
+from .checks import NonFiniteKernelError
 from .cosine import cosine_ntk, cosine_ntk_empirical, cosine_net_apply, cosine_net_init
 from .empirical import empirical_ntk, empirical_ntk_operator, empirical_ntk_trace, ntk_matvec
 from .features import patch_features
@@ -20,7 +23,7 @@ from .rescale import det_metric_rescaling, rescaled
 from .spec import Kernel, Rescaling, as_kernel, kernel
 
 __all__ = [
-    "Kernel", "Rescaling", "as_kernel", "kernel",
+    "Kernel", "Rescaling", "as_kernel", "kernel", "NonFiniteKernelError",
     "cosine_ntk", "cosine_ntk_empirical", "cosine_net_apply", "cosine_net_init",
     "gaussnet_nngp", "gaussnet_ntk", "gaussnet_ntk_empirical",
     "KernelOperator", "DenseOperator", "BlockwiseOperator", "ZarrOperator", "FactoredOperator", "as_operator",

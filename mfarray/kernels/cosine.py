@@ -60,6 +60,7 @@ import math
 import array_api_compat
 import numpy as np
 
+from .checks import SQUARED_MAX, Choice, Flag, Integer, Real, check_hyper, require_real
 from .spec import kernel
 
 __all__ = [
@@ -79,10 +80,22 @@ VARIANTS = ("rff", "coordinatewise", "additive")
 # Above this input dimension sq_distances(method="auto") switches to the GEMM formula.
 _DIRECT_MAX_DIM = 32
 
+#: the allowed values of the cosine kernels' keywords (:mod:`mfarray.kernels.checks`)
+DOMAINS = {
+    "sigma_w": Real(0, SQUARED_MAX, doc="the weight scale, w ~ N(0, sigma_w^2 / d)"),
+    "amplitude": Real(-SQUARED_MAX, SQUARED_MAX, doc="the amplitude A"),
+    "normalized": Flag(),
+    "variant": Choice(VARIANTS),
+    "width": Integer(1, doc="the number of neurons N"),
+}
+
 
 # ----------------------------------------------------------------------------- helpers
-def _as_float_pair(x1, x2):
-    """Namespace of (x1, x2) and both as 2-D floating arrays of one dtype (float64 default)."""
+def _as_float_pair(x1, x2, kernel_name="kernel"):
+    """Namespace of (x1, x2) and both as 2-D floating arrays of one dtype (float64 default);
+    complex inputs are refused (TypeError), not cast."""
+    require_real(x1, "x1", kernel_name)
+    require_real(x2, "x2", kernel_name)
     if not array_api_compat.is_array_api_obj(x1):
         x1 = np.asarray(x1, dtype=np.float64)
     if not array_api_compat.is_array_api_obj(x2):
@@ -104,6 +117,14 @@ def _as_float_pair(x1, x2):
 def _as_float(x):
     xp, x, _ = _as_float_pair(x, x)
     return xp, x
+
+
+def _features_dim(x1, name) -> int:
+    """The feature dimension d of x1 (n, d), refused (ValueError) when 0."""
+    d = int(x1.shape[1])
+    if d < 1:
+        raise ValueError(f"{name} needs at least one feature per point: x1 has shape {tuple(x1.shape)}")
+    return d
 
 
 def _check_variant(variant):
@@ -173,7 +194,11 @@ def cosine_normalized_amplitude(d, sigma_w):
     d = int(d)
     if d < 1 or not sigma_w > 0:
         raise ValueError("need d >= 1 and sigma_w > 0")
-    return math.sqrt(2.0) * (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 2.0)
+    try:
+        return math.sqrt(2.0) * (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 2.0)
+    except OverflowError:
+        raise ValueError(f"normalized=True: the amplitude sqrt(2) (sigma_w / sqrt(2 pi d))^(d/2) overflows float64 "
+                         f"for sigma_w={sigma_w!r}, d={d}; use a smaller sigma_w") from None
 
 
 def cosine_ntk_width(d, sigma_w):
@@ -195,7 +220,7 @@ def _amplitude(amplitude, normalized, d, sigma_w, variant):
 
 
 # ------------------------------------------------------------------- analytic NTK (2.35)
-@kernel("features")
+@kernel("features", domains={k: DOMAINS[k] for k in ("sigma_w", "amplitude", "normalized", "variant")})
 def cosine_ntk(x1, x2, *, sigma_w, amplitude=1.0, normalized=False, variant="rff"):
     """Infinite-width last-layer NTK of the cosine network, eqs. (2.34)-(2.35).
 
@@ -220,8 +245,8 @@ def cosine_ntk(x1, x2, *, sigma_w, amplitude=1.0, normalized=False, variant="rff
     (n1, n2) array.  Independent of sigma_a (only ``a`` is trained).
     """
     _check_variant(variant)
-    xp, x1, x2 = _as_float_pair(x1, x2)
-    d = x1.shape[1]
+    xp, x1, x2 = _as_float_pair(x1, x2, "cosine_ntk")
+    d = _features_dim(x1, "cosine_ntk")
     amp = _amplitude(amplitude, normalized, d, sigma_w, variant)
     pref = 0.5 * amp * amp
     s = sigma_w * sigma_w / (2.0 * d)
@@ -312,9 +337,10 @@ def cosine_ntk_empirical(
 
     Returns (n1, n2) array.
     """
-    _check_variant(variant)
-    xp, x1, x2 = _as_float_pair(x1, x2)
-    d = x1.shape[1]
+    check_hyper(DOMAINS, {"sigma_w": sigma_w, "width": width, "amplitude": amplitude,
+                          "normalized": normalized, "variant": variant}, "cosine_ntk_empirical")
+    xp, x1, x2 = _as_float_pair(x1, x2, "cosine_ntk_empirical")
+    d = _features_dim(x1, "cosine_ntk_empirical")
     amp = _amplitude(amplitude, normalized, d, sigma_w, variant)
     params = cosine_net_init(d, width, sigma_w=sigma_w, seed=seed, variant=variant)
     f1 = cosine_features(params, x1, variant=variant)

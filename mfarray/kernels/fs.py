@@ -11,26 +11,25 @@ kernel is not pairwise (its k(x, x') depends on the whole second point set) nor 
 from __future__ import annotations
 
 import math
-import numbers
+
+import numpy as np
 
 from .. import backend
 from ..geometry.distance import fs_distance, nearest
+from .checks import Choice, Flag, Real
 from .spec import kernel
 
+#: the allowed values of gaussian_fs's keywords (:mod:`mfarray.kernels.checks`)
+DOMAINS = {
+    "sigma": Real(0, low_open=True, doc="the kernel width"),
+    "squared": Flag(doc="exp(-d^2 / (2 sigma^2)) if True, exp(-d / (2 sigma)) if False"),
+    "method": Choice(("gemm", "entrywise"), doc="how the FS distances are computed"),
+}
 
-def _check_sigma(sigma) -> float:
-    """The kernel width as a float: any real number (NumPy scalars too) that is positive and
-    finite; bools, strings and other types raise TypeError, NaN, inf and sigma <= 0 ValueError."""
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(f"sigma must be a positive finite real number (the kernel width); got {sigma!r} "
-                        f"of type {type(sigma).__name__}")
-    value = float(sigma)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"sigma must be a positive finite number (the kernel width); got {sigma!r}")
-    return value
+_SQRT2 = math.sqrt(2.0)
 
 
-@kernel("points")
+@kernel("points", domains=DOMAINS)
 def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False, method: str = "gemm"):
     """Gaussian kernel of FS distance d = d_FS(z1, z2), shape (n1, n2).
 
@@ -44,19 +43,26 @@ def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False, method: str = "g
     distances with a complex GEMM (:func:`~mfarray.geometry.distance.fs_distance_block_gemm`);
     its entries agree with ``method="entrywise"`` to a few ulps of d, and identical points still
     give exactly 1.  ``"entrywise"`` gives distances bit-identical across blocks and chunks.
+
+    Every positive finite ``sigma`` is exact, down to the smallest subnormal: the exponent is
+    formed as (d / (sqrt(2) sigma))^2 or d / (2 sigma), never with 1/sigma^2, so a tiny width gives
+    the delta-like kernel (1 at d = 0, 0 elsewhere) and a huge one the constant 1.
     """
-    sigma = _check_sigma(sigma)
     d = fs_distance(z1, z2, method=method)
-    scale = -1.0 / (2 * sigma**2) if squared else -1.0 / (2 * sigma)
+    width = _SQRT2 * sigma if squared else 2.0 * sigma  # no underflow: sigma > 0 is only doubled
     if backend.is_dask(d):
         import dask.array as da
 
-        return da.exp((d * d if squared else d) * scale)
+        t = d / width
+        return da.exp(-(t * t) if squared else -t)
     # in place on the freshly computed d (exp is the NumPy/CuPy ufunc): no (n1, n2) temporaries
-    if squared:
-        d *= d
-    d *= scale
-    return backend.namespace(d).exp(d, out=d)
+    xp = backend.namespace(d)
+    with np.errstate(over="ignore"):  # d / width may overflow to inf for a tiny width: exp(-inf) = 0
+        d /= width
+        if squared:
+            d *= d
+    xp.negative(d, out=d)
+    return xp.exp(d, out=d)
 
 
 def nearest_index(z_test, z_train):

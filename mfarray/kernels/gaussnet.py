@@ -57,7 +57,8 @@ import math
 
 import numpy as np
 
-from .cosine import _as_float, _as_float_pair, _param, sq_distances
+from .checks import SQUARED_MAX, Flag, Integer, Real, check_hyper
+from .cosine import _as_float, _as_float_pair, _features_dim, _param, sq_distances
 from .spec import kernel
 
 __all__ = [
@@ -71,12 +72,32 @@ __all__ = [
 ]
 
 
+#: the allowed values of the Gauss-net kernels' keywords (:mod:`mfarray.kernels.checks`)
+DOMAINS = {
+    "sigma_w": Real(0, SQUARED_MAX, doc="the hidden weights' scale, W0 ~ N(0, sigma_w^2 / d)"),
+    "sigma_b": Real(0, SQUARED_MAX, doc="the output bias' standard deviation"),
+    "sigma_b0": Real(0, SQUARED_MAX, doc="the hidden biases' standard deviation"),
+    "sigma_a": Real(0, SQUARED_MAX, doc="the last-layer weights' standard deviation"),
+    "amplitude": Real(-SQUARED_MAX, SQUARED_MAX, doc="the amplitude A"),
+    "normalized": Flag(),
+    "width": Integer(1, doc="the number of neurons N"),
+}
+
+
+def _domains(*names):
+    return {k: DOMAINS[k] for k in names}
+
+
 def gaussnet_normalized_amplitude(d, sigma_w):
     """A = (sigma_w / sqrt(2 pi d))^(d/2): the Gauss-net NTK (sigma_b = 0) integrates to 1."""
     d = int(d)
     if d < 1 or not sigma_w > 0:
         raise ValueError("need d >= 1 and sigma_w > 0")
-    return (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 2.0)
+    try:
+        return (sigma_w / math.sqrt(2.0 * math.pi * d)) ** (d / 2.0)
+    except OverflowError:
+        raise ValueError(f"normalized=True: the amplitude (sigma_w / sqrt(2 pi d))^(d/2) overflows float64 for "
+                         f"sigma_w={sigma_w!r}, d={d}; use a smaller sigma_w") from None
 
 
 def _amplitude(amplitude, normalized, d, sigma_w, sigma_b):
@@ -89,7 +110,7 @@ def _amplitude(amplitude, normalized, d, sigma_w, sigma_b):
     return gaussnet_normalized_amplitude(d, sigma_w)
 
 
-@kernel("features")
+@kernel("features", domains=_domains("sigma_w", "sigma_b", "sigma_a", "amplitude"))
 def gaussnet_nngp(x1, x2, *, sigma_w, sigma_b=0.0, sigma_a=1.0, amplitude=1.0):
     """NNGP kernel E[f(x) f(x')] of Gauss-net (module docstring).
 
@@ -108,13 +129,14 @@ def gaussnet_nngp(x1, x2, *, sigma_w, sigma_b=0.0, sigma_a=1.0, amplitude=1.0):
     -------
     (n1, n2) array.
     """
-    xp, x1, x2 = _as_float_pair(x1, x2)
-    d = x1.shape[1]
+    xp, x1, x2 = _as_float_pair(x1, x2, "gaussnet_nngp")
+    d = _features_dim(x1, "gaussnet_nngp")
     g = xp.exp(-(sigma_w * sigma_w / (2.0 * d)) * sq_distances(x1, x2))
-    return (amplitude * sigma_a) ** 2 * g + sigma_b * sigma_b
+    scale = amplitude * sigma_a  # squared by multiplying: inf on overflow (refused), not OverflowError
+    return (scale * scale) * g + sigma_b * sigma_b
 
 
-@kernel("features")
+@kernel("features", domains=_domains("sigma_w", "sigma_b", "amplitude", "normalized"))
 def gaussnet_ntk(x1, x2, *, sigma_w, sigma_b=0.0, amplitude=1.0, normalized=False):
     """Infinite-width last-layer NTK of Gauss-net (a and the output bias beta trained).
 
@@ -124,10 +146,10 @@ def gaussnet_ntk(x1, x2, *, sigma_w, sigma_b=0.0, amplitude=1.0, normalized=Fals
 
     Returns (n1, n2) array.
     """
-    xp, x1, x2 = _as_float_pair(x1, x2)
-    d = x1.shape[1]
+    xp, x1, x2 = _as_float_pair(x1, x2, "gaussnet_ntk")
+    d = _features_dim(x1, "gaussnet_ntk")
     amp = _amplitude(amplitude, normalized, d, sigma_w, sigma_b)
-    return gaussnet_nngp(x1, x2, sigma_w=sigma_w, sigma_b=sigma_b, sigma_a=1.0, amplitude=amp)
+    return gaussnet_nngp.fn(x1, x2, sigma_w=sigma_w, sigma_b=sigma_b, sigma_a=1.0, amplitude=amp)
 
 
 def gaussnet_init(d, width, *, sigma_w, sigma_b0=0.0, sigma_a=1.0, sigma_b=0.0, seed=0):
@@ -200,8 +222,10 @@ def gaussnet_ntk_empirical(
     (Gradients w.r.t. a_i and the output bias beta; parameters from :func:`gaussnet_init`
     with the same ``seed``.)  Returns (n1, n2) array.
     """
-    xp, x1, x2 = _as_float_pair(x1, x2)
-    d = x1.shape[1]
+    check_hyper(DOMAINS, {"sigma_w": sigma_w, "width": width, "sigma_b0": sigma_b0, "sigma_b": sigma_b,
+                          "amplitude": amplitude, "normalized": normalized}, "gaussnet_ntk_empirical")
+    xp, x1, x2 = _as_float_pair(x1, x2, "gaussnet_ntk_empirical")
+    d = _features_dim(x1, "gaussnet_ntk_empirical")
     amp = _amplitude(amplitude, normalized, d, sigma_w, sigma_b)
     params = gaussnet_init(d, width, sigma_w=sigma_w, sigma_b0=sigma_b0, sigma_b=sigma_b, seed=seed)
     h1 = gaussnet_hidden(params, x1)

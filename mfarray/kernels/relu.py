@@ -103,8 +103,11 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import array_api_compat
+import numpy as np
 
 from .. import backend
+from .checks import (SQUARED_MAX, FloatDType, Integer, Optional, Real, check_finite_values, check_hyper,
+                     require_real)
 from .spec import kernel
 
 __all__ = ["relu_kernels", "relu_ntk", "relu_nngp", "relu_ntk_diag", "relu_nngp_diag",
@@ -118,10 +121,27 @@ _INV_PI = 1.0 / math.pi
 #: recomputed from x' - x (cancellation-free).
 DEFAULT_REFINE_TOL = 1e-4
 
+#: the deepest network accepted (the recursion costs one pass per layer)
+MAX_DEPTH = 1000
 
-def _prepare(x1, x2, dtype):
+#: the allowed values of every keyword of the ReLU kernels (checked by the specs and by
+#: :func:`relu_kernels` and the diagonals alike)
+DOMAINS = {
+    "depth": Integer(0, MAX_DEPTH, doc="the number of hidden ReLU layers"),
+    "sigma_w": Real(0, SQUARED_MAX, doc="the weights' standard deviation W_std"),
+    "sigma_b": Real(0, SQUARED_MAX, doc="the biases' standard deviation b_std"),
+    "dtype": FloatDType(doc="the computation dtype"),
+    "refine_tol": Real(0, 1, doc="a threshold on sin^2(theta)"),
+    "block_rows": Optional(Integer(1, doc="rows of x1 per block")),
+    "n_threads": Optional(Integer(1, doc="threads over blocks")),
+}
+
+
+def _prepare(x1, x2, dtype, name="relu kernel"):
     if x2 is None:
         x2 = x1
+    require_real(x1, "x1", name)
+    require_real(x2, "x2", name)
     xp = array_api_compat.array_namespace(x1, x2)
     if dtype is None:
         dtype = xp.float64
@@ -134,12 +154,9 @@ def _prepare(x1, x2, dtype):
     return xp, x1, x2
 
 
-def _check_hyper(depth, sigma_w, sigma_b):
-    if int(depth) != depth or depth < 0:
-        raise ValueError(f"depth must be a non-negative integer, got {depth!r}")
-    if not (sigma_w >= 0 and sigma_b >= 0):
-        raise ValueError("sigma_w and sigma_b must be non-negative")
-    return int(depth), float(sigma_w) ** 2, float(sigma_b) ** 2
+def _check_hyper(name, **values):
+    """The keywords checked against :data:`DOMAINS` (TypeError/ValueError naming them)."""
+    return check_hyper(DOMAINS, values, name)
 
 
 def _diag_recursion(sq, d, depth, a, b, want_nngp, want_ntk):
@@ -170,7 +187,7 @@ def _refine_layer0(xp, x1b, x2, mask, g, R, D, a, b, d):
     lag = mm * xp.sum(up * up, axis=-1)          # |x|^2|x'|^2 - (x.x')^2 >= 0
     gg = xp.sum(xi * xj, axis=-1)
     R0 = (a / d) * uu
-    D0 = (a / d) ** 2 * lag + b * R0
+    D0 = (a / d) * (a / d) * lag + b * R0  # (a/d)**2 would raise OverflowError, not give inf
     g[i, j] = (a / d) * gg + b
     R[i, j] = R0
     D[i, j] = D0
@@ -322,9 +339,12 @@ def _default_block_rows(n2):
 
 
 def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_threads,
-             want_nngp, want_ntk):
-    xp, x1, x2 = _prepare(x1, x2, dtype)
-    depth, a, b = _check_hyper(depth, sigma_w, sigma_b)
+             want_nngp, want_ntk, name):
+    h = _check_hyper(name, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=dtype,
+                     refine_tol=refine_tol, block_rows=block_rows, n_threads=n_threads)
+    depth, a, b = h["depth"], h["sigma_w"] ** 2, h["sigma_b"] ** 2
+    dtype, refine_tol, block_rows, n_threads = h["dtype"], h["refine_tol"], h["block_rows"], h["n_threads"]
+    xp, x1, x2 = _prepare(x1, x2, dtype, name)
     n1, d = x1.shape
     n2 = x2.shape[0]
     if d == 0:
@@ -346,6 +366,10 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
     n_threads = max(1, min(int(n_threads), len(starts))) if is_np else 1
 
     def work(chunk):
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, by name
+            _work(chunk)
+
+    def _work(chunk):
         ws_full = ops.buffers((block_rows, n2), x1.dtype, 9)
         for i0 in chunk:
             i1 = min(n1, i0 + block_rows)
@@ -363,6 +387,10 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
             list(ex.map(work, chunks))
     else:
         work(starts)
+    label = f"{name}(depth={depth}, sigma_w={h['sigma_w']!r}, sigma_b={h['sigma_b']!r})"
+    for K in (nngp, ntk):
+        if K is not None:
+            check_finite_values(K, label, (x1, x2))
     return nngp, ntk
 
 
@@ -397,10 +425,10 @@ def relu_kernels(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
         :math:`K^L(x_1, x_2)` and :math:`\\Theta^L(x_1, x_2)`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, True, True)
+                    n_threads, True, True, "relu_kernels")
 
 
-@kernel("features")
+@kernel("features", domains=DOMAINS)
 def relu_ntk(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
              refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
     """Infinite-width NTK :math:`\\Theta^L(x_1, x_2)` of a ReLU MLP, shape (n1, n2).
@@ -409,10 +437,10 @@ def relu_ntk(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
     numerics and keywords: see the module docstring and :func:`relu_kernels`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, False, True)[1]
+                    n_threads, False, True, "relu_ntk")[1]
 
 
-@kernel("features")
+@kernel("features", domains=DOMAINS)
 def relu_nngp(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
               refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
     """Infinite-width NNGP kernel :math:`K^L(x_1, x_2) = E[f(x_1) f(x_2)]`, shape (n1, n2).
@@ -421,7 +449,7 @@ def relu_nngp(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
     docstring and :func:`relu_kernels`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, True, False)[0]
+                    n_threads, True, False, "relu_nngp")[0]
 
 
 def relu_kernels_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):
@@ -430,10 +458,15 @@ def relu_kernels_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):
     On the diagonal theta = 0, so each layer is the affine map
     ``K <- a K/2 + b``, ``Theta <- K + a Theta / 2``.
     """
-    xp, x, _ = _prepare(x, x, dtype)
-    depth, a, b = _check_hyper(depth, sigma_w, sigma_b)
+    h = _check_hyper("relu_kernels_diag", depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=dtype)
+    xp, x, _ = _prepare(x, x, h["dtype"], "relu_kernels_diag")
+    if x.shape[1] == 0:
+        raise ValueError("feature dimension d must be >= 1")
     sq = xp.sum(x * x, axis=-1)
-    return _diag_recursion(sq, x.shape[1], depth, a, b, True, True)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, by name
+        k, t = _diag_recursion(sq, x.shape[1], h["depth"], h["sigma_w"] ** 2, h["sigma_b"] ** 2, True, True)
+    label = f"relu_kernels_diag(depth={h['depth']}, sigma_w={h['sigma_w']!r}, sigma_b={h['sigma_b']!r})"
+    return check_finite_values(k, label, (x,)), check_finite_values(t, label, (x,))
 
 
 def relu_ntk_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):

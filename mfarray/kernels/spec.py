@@ -27,6 +27,13 @@ names, or make the value a keyword hyper-parameter (``def k(a, b, *, sigma): ...
 ``.bind(sigma=...)``).  Zarr kernel stores also fingerprint the kernel's values on a probe
 block and its code, so they do tell such kernels apart (``operators/record.py``).
 
+Strict values.  A spec declares a domain for each hyper-parameter (:mod:`.checks`, e.g.
+``sigma``: a finite real number > 0); every bound or call-time value is checked against it, so
+``relu_ntk.bind(sigma_w=inf)`` or ``cosine_ntk(x, x, sigma_w=nan)`` raise a ValueError naming the
+kernel and the hyper-parameter.  A kernel of features refuses complex inputs (TypeError: pass real
+features such as ``patch_features(z)``), and every call checks its values: NaN or inf (an overflow,
+non-finite inputs) raise :class:`NonFiniteKernelError` naming the kernel, never passed on.
+
 Decorated kernels (:func:`kernel`) pickle by reference, like the functions they replace: the
 bare function stays importable as ``<module>.<name>.fn``.
 """
@@ -39,7 +46,10 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 
-__all__ = ["Kernel", "Rescaling", "as_kernel", "kernel", "INPUT_KINDS"]
+from .checks import NonFiniteKernelError, check_finite_values, check_hyper, kernel_input, require_real
+
+__all__ = ["Kernel", "Rescaling", "as_kernel", "kernel", "INPUT_KINDS", "NonFiniteKernelError",
+           "check_finite_values", "require_real"]
 
 INPUT_KINDS = ("points", "features")
 
@@ -110,6 +120,8 @@ class Kernel:
     factors : rescalings h (2.16), applied as h(x1)[:, None] * k * h(x2)[None, :].
     name : short name for records (default: fn's qualified name).
     opaque : True for a plain callable wrapped without being told what it reads.
+    domains : the allowed values of each hyper-parameter (:mod:`.checks`), checked when bound
+        and at every call; hyper-parameters without a domain are passed as given.
     """
 
     fn: Callable
@@ -120,6 +132,7 @@ class Kernel:
     factors: tuple = ()
     name: str = ""
     opaque: bool = False
+    domains: Mapping = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -134,19 +147,38 @@ class Kernel:
             if not isinstance(h, Rescaling):
                 raise TypeError("factors must be Rescaling objects (see Kernel.rescale)")
         _check_names(self.fn, self.hyper, self.name)
+        object.__setattr__(self, "domains", dict(self.domains))
+        if self.domains:
+            _check_names(self.fn, self.domains, self.name)
+            object.__setattr__(self, "hyper", check_hyper(self.domains, self.hyper, self.name))
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, *inputs, **hyper):
         """k(x1, x2=None, **hyper) -> (n1, n2); x2 defaults to x1.  The inputs may also be
         passed by fn's own names (``gaussian_fs(z1=..., z2=...)``); keywords given here override
-        the bound ones for this call."""
+        the bound ones for this call (and are checked against the domains).  Inputs of a kernel of
+        features must be real (TypeError); values that are not finite raise
+        :class:`NonFiniteKernelError`."""
         x1, x2 = self._split_inputs(inputs, hyper)
+        if hyper:
+            _check_names(self.fn, hyper, self.name)
+            hyper = check_hyper(self.domains, hyper, self.name)
+        same = x2 is x1
+        x1 = kernel_input(x1, self._input_names[0], self.name, self.inputs)
+        x2 = x1 if same else kernel_input(x2, self._input_names[1], self.name, self.inputs)
         K = self.fn(x1, x2, **{**self.hyper, **hyper})
         for h in self.factors:
             h1 = h(x1)
             h2 = h1 if x2 is x1 else h(x2)
             K = h1[:, None] * K * h2[None, :]
-        return K
+        return check_finite_values(K, lambda: self._label(hyper), (x1, x2))
+
+    def _label(self, hyper=None) -> str:
+        """``kernel NAME(h=..., ...)`` with the hyper-parameters of a call, for messages."""
+        values = {**self.hyper, **(hyper or {})}
+        text = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        extra = f", rescaled x{len(self.factors)}" if self.factors else ""
+        return f"kernel {self.name}({text}){extra}"
 
     @functools.cached_property
     def _input_names(self) -> tuple:
@@ -174,7 +206,8 @@ class Kernel:
 
     # ------------------------------------------------------------------ composition
     def bind(self, **hyper) -> Kernel:
-        """The same kernel with more hyper-parameters bound (names checked against fn)."""
+        """The same kernel with more hyper-parameters bound (names checked against fn, values
+        against the domains)."""
         return dataclasses.replace(self, hyper={**self.hyper, **hyper})
 
     def rescale(self, h) -> Kernel:
@@ -262,11 +295,14 @@ def _check_names(fn, hyper, name):
         raise TypeError(f"kernel {name} has no hyper-parameter {unknown[0]!r}; it takes {allowed}")
 
 
-def kernel(inputs: str = "features", *, pairwise: bool = True, symmetric: bool = True, name: str = ""):
-    """Decorator: ``@kernel("points")`` turns ``fn(x1, x2, **hyper)`` into a :class:`Kernel`."""
+def kernel(inputs: str = "features", *, pairwise: bool = True, symmetric: bool = True, name: str = "",
+           domains: Mapping | None = None):
+    """Decorator: ``@kernel("points")`` turns ``fn(x1, x2, **hyper)`` into a :class:`Kernel`;
+    ``domains`` declares the allowed values of its hyper-parameters (:mod:`.checks`)."""
 
     def wrap(fn):
-        spec = Kernel(fn, inputs=inputs, pairwise=pairwise, symmetric=symmetric, name=name)
+        spec = Kernel(fn, inputs=inputs, pairwise=pairwise, symmetric=symmetric, name=name,
+                      domains=domains or {})
         # gaussian_fs.__doc__ shows the formula; __name__/__module__/__qualname__ for records
         # and error messages; __wrapped__ for inspect.signature
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):

@@ -29,12 +29,13 @@ CuPy is never imported here.  Threads, BLAS threads and the default tile follow
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from ... import backend
 from .dense import DenseOperator
 from .factored import FactoredOperator
-from .protocol import KernelOperator, check_pair, is_complex_dtype, kernel_block, kernel_spec
+from .protocol import KernelOperator, check_pair, check_positive, is_complex_dtype, kernel_block, kernel_spec
 from .stored import ZarrOperator
 from .tiled import BlockwiseOperator
 
@@ -64,6 +65,29 @@ def acts_componentwise(op) -> bool:
 
 _METHODS = ("auto", "dense", "blockwise", "zarr", "factored")
 
+FACTORED_HELP = (
+    "method='factored' takes a feature map phi(x) -> (n, rank), K = phi(x_out) phi(x_in)^T (random "
+    "features, network Jacobians), not a kernel k(x1, x2): no kernel spec (gaussian_fs, delta, relu_ntk, "
+    "cosine_ntk, gaussnet_*, ...) comes with a factorisation.  Use method='dense', 'blockwise' or 'zarr' "
+    "for a kernel, or build FactoredOperator(phi(x_out), phi(x_in)) yourself"
+)
+
+
+def _feature_map(obj):
+    """``obj`` itself when it may be a feature map phi(x); a kernel -- a spec (partials too) or a
+    callable needing two inputs -- is refused (TypeError) with :data:`FACTORED_HELP`."""
+    spec = kernel_spec(obj)
+    if not spec.opaque:
+        raise TypeError(f"{FACTORED_HELP}; got the kernel {spec.name}")
+    try:
+        sig = inspect.signature(obj)
+        sig.bind(None)
+    except ValueError:  # no signature (a builtin): let the call decide
+        return obj
+    except TypeError:
+        raise TypeError(f"{FACTORED_HELP}; got {spec.name}, which does not take one input x") from None
+    return obj
+
 
 def as_operator(
     kernel_or_operator,
@@ -86,15 +110,19 @@ def as_operator(
                       ``symmetric``, ``workers``, ``cache_bytes`` pass through, also to the
                       tiled "dense" build);
       ``"zarr"``      :meth:`ZarrOperator.build` at ``path`` (``block`` default 1024, measured
-                      4x faster to read than 4096 here; ``build_kwargs`` such as ``dtype``,
+                      4x faster to read than 4096 here; ``build_kwargs`` such as ``dtype``
+                      (default float64; float32 moves a flow's sigma by ~1e-9, see there),
                       ``workers`` go there);
       ``"factored"``  ``kernel_or_operator`` is a feature map ``phi(x) -> (n, rank)``:
-                      :class:`FactoredOperator` ``(phi(x_out), phi(x_in))``;
+                      :class:`FactoredOperator` ``(phi(x_out), phi(x_in))``; a kernel
+                      ``k(x1, x2)`` (any spec) is refused with TypeError;
       ``"auto"``      dense when the float64 matrix fits in ``dense_max_bytes`` and no
                       input is Dask, blockwise otherwise.
     """
-    if method not in _METHODS:
+    if not isinstance(method, str) or method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
+    if block is not None:
+        block = check_positive(block, "block")
     obj = kernel_or_operator
     if hasattr(obj, "matvec") and hasattr(obj, "shape"):
         if x_out is not None:
@@ -116,14 +144,24 @@ def as_operator(
         raise ValueError("x_out is required to build an operator from a kernel")
     x_in = x_out if x_in is None else x_in
     if method == "factored":
-        return FactoredOperator(obj(x_out), obj(x_in) if x_in is not x_out else None)
+        phi = _feature_map(obj)
+        phi_out = phi(x_out)
+        phi_in = phi(x_in) if x_in is not x_out else None
+        for name, x, p in (("x_out", x_out, phi_out), ("x_in", x_in, phi_in)):
+            if p is not None and (len(getattr(p, "shape", ())) != 2 or p.shape[0] != x.shape[0]):
+                raise ValueError(f"method='factored': the feature map returned {getattr(p, 'shape', type(p).__name__)} "
+                                 f"for {x.shape[0]} points of {name}; it must return (n, rank)")
+        return FactoredOperator(phi_out, phi_in)
     check_pair(x_out, x_in)
     lazy = backend.is_dask(x_out) or backend.is_dask(x_in)
     if method == "auto":
         method = "dense" if (not lazy and 8 * x_out.shape[0] * x_in.shape[0] <= dense_max_bytes) else "blockwise"
     if method == "dense" and not kernel_spec(obj).pairwise:
-        return DenseOperator(kernel_block(obj, x_out, x_in))
-    block = block or backend.TILE
+        if build_kwargs:
+            raise ValueError(f"kernel {kernel_spec(obj).name} is not pairwise: method='dense' computes its whole "
+                             f"matrix in one call and takes none of the tile options {sorted(build_kwargs)}")
+        return DenseOperator(kernel_block(obj, x_out, x_in, f"on the whole {(x_out.shape[0], x_in.shape[0])} matrix"))
+    block = backend.TILE if block is None else block
     if method == "zarr":
         if path is None:
             raise ValueError("path is required for method='zarr'")

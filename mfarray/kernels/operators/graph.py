@@ -42,7 +42,7 @@ def _meta_like(x, dtype, ndim):
 
 def _partial_kernel_product(xo, xi, v, *, kernel, out_dtype):
     with backend.one_blas_thread():
-        K = kernel_block(kernel, xo, xi)
+        K = kernel_block(kernel, xo, xi, "on a tile of the lazy operator")
         return apply_block(K, v).astype(out_dtype, copy=False)[:, None, :]
 
 
@@ -50,9 +50,9 @@ def _symmetric_tile_products(xa, xb, va, vb, *, kernel, out_dtype, diagonal):
     """For tile K = k(xa, xb) above the diagonal: (K @ vb, K^T @ va); on it (xa = xb):
     (K @ va, None) after checking K = K^T."""
     with backend.one_blas_thread():
-        K = kernel_block(kernel, xa, xb)
+        K = kernel_block(kernel, xa, xb, "on a tile of the lazy symmetric operator")
         if diagonal:
-            check_symmetric_tile(K)
+            check_symmetric_tile(K, kernel=kernel)
             return apply_block(K, vb).astype(out_dtype, copy=False), None
         return (apply_block(K, vb).astype(out_dtype, copy=False),
                 apply_block(K, va, transpose=True).astype(out_dtype, copy=False))
@@ -63,11 +63,11 @@ def _partial_matrix_product(K, v, *, out_dtype):
 
 
 def _kernel_dense_block(xo, xi, *, kernel):
-    return kernel_block(kernel, xo, xi)
+    return kernel_block(kernel, xo, xi, "on a tile of the lazy matrix")
 
 
 def _kernel_diag_block(xo, xi, *, kernel):
-    return diagonal(kernel_block(kernel, xo, xi))
+    return diagonal(kernel_block(kernel, xo, xi, "on a diagonal tile of the lazy matrix"))
 
 
 # ----------------------------------------------------------------------------- graphs

@@ -33,6 +33,7 @@ import array_api_compat
 import numpy as np
 
 from ... import backend
+from ..checks import NonFiniteKernelError, check_finite_values
 from ..spec import Kernel, as_kernel
 
 __all__ = ["KernelOperator"]
@@ -67,27 +68,52 @@ def check_tileable(kernel):
         )
 
 
-def kernel_block(kernel, a, b):
-    """The tile ``kernel(a, b)`` (n_a, n_b), its shape checked."""
-    K = kernel(a, b)
+def tile_text(rows, cols, shape) -> str:
+    """Where a tile lies, for messages: rows and columns of the operator and its shape."""
+    return (f"on the tile of rows {rows[0]}:{rows[1]} (x_out) and columns {cols[0]}:{cols[1]} (x_in) "
+            f"of the {tuple(int(s) for s in shape)} operator")
+
+
+def kernel_block(kernel, a, b, where: str = ""):
+    """The tile ``kernel(a, b)`` (n_a, n_b), its shape checked and its values finite.
+
+    ``where`` (e.g. :func:`tile_text`) says which tile, in the :class:`NonFiniteKernelError`
+    raised for NaN or inf values (a spec checks its own values; any other callable is checked
+    here)."""
+    try:
+        K = kernel(a, b)
+    except NonFiniteKernelError as exc:
+        if not where:
+            raise
+        raise NonFiniteKernelError(f"{exc} ({where})") from None
+    if not hasattr(K, "shape") or not hasattr(K, "dtype"):
+        raise TypeError(f"kernel {kernel_spec(kernel).name} returned {type(K).__name__}; a kernel must "
+                        "return an array (n1, n2)")
     if tuple(K.shape) != (a.shape[0], b.shape[0]):
         raise ValueError(
             f"kernel returned a block of shape {tuple(K.shape)} for inputs of {a.shape[0]} "
             f"and {b.shape[0]} points; a kernel must map (n1, d), (n2, d) -> (n1, n2)"
         )
+    if not isinstance(kernel, Kernel):
+        label = f"kernel {kernel_spec(kernel).name}" + (f" ({where})" if where else "")
+        K = check_finite_values(K, label, (a, b))
     return K
 
 
-def check_symmetric_tile(K, rtol: float = 1e-10):
+def check_symmetric_tile(K, rtol: float = 1e-10, kernel=None):
     """A diagonal tile of a symmetric operator must equal its transpose (up to rounding):
-    catches a kernel that is not symmetric before half of its matrix is mirrored."""
+    catches a kernel that is not symmetric before half of its matrix is mirrored.  (Its values
+    are finite: :func:`kernel_block` refused any others.)"""
     xp = array_api_compat.array_namespace(K)
     gap, top = float(xp.max(xp.abs(K - K.T))), float(xp.max(xp.abs(K)))
     if not gap <= rtol * top:
+        name = kernel_spec(kernel).name if kernel is not None else "the kernel"
         raise ValueError(
-            f"the kernel is not symmetric on these points (max |K - K^T| = {gap:.3g} on a diagonal "
-            f"tile, max |K| = {top:.3g}), but x_out is x_in made the operator symmetric: pass "
-            "symmetric=False (operator_options={'symmetric': False} in kernel_flow)"
+            f"kernel {name} is not symmetric on these points (max |K - K^T| = {gap:.3g} on a diagonal "
+            f"tile, max |K| = {top:.3g}), but its spec says symmetric=True, so the operator on one point "
+            "set computes only half of the matrix.  Declare it once: Kernel(fn, inputs=..., "
+            "symmetric=False); or pass symmetric=False to the operator (operator_options={'symmetric': "
+            "False} in kernel_flow)"
         )
 
 

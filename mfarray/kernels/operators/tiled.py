@@ -41,6 +41,7 @@ from .protocol import (
     kernel_spec,
     result_dtype,
     sum_parts,
+    tile_text,
     unflatten,
 )
 
@@ -137,9 +138,10 @@ class BlockwiseOperator:
         key = (rows[0], cols[0])
         K = self._cache.tiles.get(key)
         if K is None:
-            K = kernel_block(self.kernel, self.x_out[rows[0]:rows[1]], self.x_in[cols[0]:cols[1]])
+            K = kernel_block(self.kernel, self.x_out[rows[0]:rows[1]], self.x_in[cols[0]:cols[1]],
+                             tile_text(rows, cols, self.shape))
             if self.symmetric and rows == cols and not self._cache.symmetry_checked:
-                check_symmetric_tile(K)  # once per operator: it costs three passes over a tile
+                check_symmetric_tile(K, kernel=self.kernel)  # once per operator: three passes over a tile
                 self._cache.symmetry_checked = True
             self._cache.offer(key, K)
         return K
@@ -202,7 +204,7 @@ class BlockwiseOperator:
         if self.lazy:
             return graph.kernel_matrix(self.kernel, self.x_out, self.x_in, self.block, diagonal_only=True)
         pieces = [
-            diagonal(kernel_block(self.kernel, self.x_out[a:b], self.x_in[a:b]))
+            diagonal(kernel_block(self.kernel, self.x_out[a:b], self.x_in[a:b], tile_text((a, b), (a, b), self.shape)))
             for a, b in bounds(self.shape[0], self.block)
         ]
         return concat_rows(pieces, self.x_out)
