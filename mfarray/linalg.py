@@ -139,7 +139,7 @@ class Metrics:
     det: object
     rcond: object
     valid: object
-    parts: tuple | None = None  # k = 3: the row arithmetic's intermediates (private)
+    parts: object = None  # k = 3: the (7, N) facts of the row arithmetic (private)
 
     @property
     def n(self) -> int:
@@ -151,7 +151,7 @@ class Metrics:
 
     def take(self, columns: slice) -> Metrics:
         """The metrics of a range of points (views, no copies)."""
-        parts = None if self.parts is None else tuple([p[..., columns] for p in self.parts])
+        parts = None if self.parts is None else self.parts[:, columns]
         return Metrics(self.rows[:, columns], self.k, self.det[columns], self.rcond[columns],
                        self.valid[columns], parts)
 
@@ -161,10 +161,13 @@ class Metrics:
 
     @functools.cached_property
     def inverse_rows(self):
-        xp = backend.namespace(self.rows)
+        return self.inverse_rows_times(None)
+
+    def inverse_rows_times(self, c):
+        """c (N,) times the rows of g^{-1}, (k*k, N) (c None: g^{-1}); in one pass for k = 3."""
         if self.parts is not None:
-            return _inverse_rows3(self.rows, self.parts, xp)
-        return to_rows(self.inverse)
+            return _inverse_rows3(self.rows, self.parts, c, backend.namespace(self.rows))
+        return to_rows(self.inverse) if c is None else c * self.inverse_rows
 
     @functools.cached_property
     def inverse(self):
@@ -228,48 +231,80 @@ _S2 = math.sqrt(2.0)
 
 
 def _metrics_rows3(r, margin, xp):
-    """The validity rule for k = 3 on the rows r = (a, b, c, sqrt2 Re x, sqrt2 Im x, sqrt2 Re y,
-    sqrt2 Im y, sqrt2 Re w, sqrt2 Im w) of g = [[a, x, y], [., b, w], [., ., c]]: the LDL^H
-    pivots a, d2, d3, det, the principal 2-minors and rcond in about 40 real operations, most of
-    them on row blocks (views), so the cost is per-call overhead rather than arithmetic.  NaN or
-    inf entries give NaN pivots, hence invalid metrics."""
+    """The validity rule for k = 3 on the rows r = (a, b, c, X, Y, W) of g = [[a, x, y], [., b, w],
+    [., ., c]], where X = sqrt2 (Re x, Im x) etc. (:func:`hermitian_to_real`).
+
+    The principal 2-minors c00 = bc - |w|^2, c11 = ac - |y|^2, c22 = ab - |x|^2 and
+    c12 = aw - conj(x) y give det g = (c11 c22 - |c12|^2) / a (Desnanot-Jacobi), and g is
+    positive definite exactly when a, c22 and det are > 0 (Sylvester; they are the LDL^H
+    pivots' partial products a, a d2, a d2 d3).  Written into one (7, N) array of facts
+    (c00, c11, c22, det, rcond, sqrt2 (Re, Im) of conj(x) y - a w) by about 40 operations on
+    single contiguous rows: a flow step's cost here is per-call overhead, and an operation on
+    a strided block or a broadcast one costs 2-4 times a row operation (measured, NumPy 2.4).
+    NaN or inf entries give NaN minors, hence invalid metrics."""
+    n = r.shape[-1]
     a, b, c = r[0], r[1], r[2]
-    sq = r[3:9] * r[3:9]
-    xx2, yy2, ww2 = sq[0::2] + sq[1::2]  # 2|x|^2, 2|y|^2, 2|w|^2
-    half_ia = 0.5 / a
-    d2 = b - xx2 * half_ia
-    # 2 conj(x) y = (r3 r5 + r4 r6) + i (r3 r6 - r4 r5); w' = w - conj(x) y / a (Schur complement)
-    p, q = r[3:5] * r[5:7], r[3:5] * r[6:4:-1]
-    xy = xp.stack([p[0] + p[1], q[0] - q[1]])
-    wp = r[7:9] - xy * (_S2 * half_ia)
-    wp2 = wp * wp
-    d3 = (c - yy2 * half_ia) - 0.5 * (wp2[0] + wp2[1]) / d2
-    det = a * d2 * d3
-    c00, c11, c22 = b * c - 0.5 * ww2, a * c - 0.5 * yy2, a * b - 0.5 * xx2  # adjugate diagonal
-    rcond = det / ((a + b + c) * (c00 + c11 + c22))
-    positive = xp.minimum(a, xp.minimum(d2, d3)) > 0  # NaN compares False
+    Xr, Xi, Yr, Yi, Wr, Wi = r[3], r[4], r[5], r[6], r[7], r[8]
+    h = r[3:9] * r[3:9]
+    h *= 0.5  # |x|^2 = h[0] + h[1], |y|^2 = h[2] + h[3], |w|^2 = h[4] + h[5]
+    f = xp.empty((7, n), dtype=r.dtype)
+    c00, c11, c22, det, rcond, v0, v1 = f
+    xp.multiply(b, c, out=c00)
+    c00 -= h[4]
+    c00 -= h[5]
+    xp.multiply(a, c, out=c11)
+    c11 -= h[2]
+    c11 -= h[3]
+    xp.multiply(a, b, out=c22)
+    c22 -= h[0]
+    c22 -= h[1]
+    xp.multiply(Xr, Yr, out=v0)  # 2 conj(x) y = X . Y + i (Xr Yi - Xi Yr)
+    v0 += Xi * Yi
+    xp.multiply(Xr, Yi, out=v1)
+    v1 -= Xi * Yr
+    f[5:7] *= 1.0 / _S2
+    v0 -= a * Wr
+    v1 -= a * Wi
+    xp.multiply(v0, v0, out=det)  # 2 |c12|^2
+    det += v1 * v1
+    det *= -0.5
+    det += c11 * c22
+    det /= a
+    positive = xp.minimum(a, xp.minimum(c22, det)) > 0  # NaN compares False
+    tr = a + b
+    tr += c
+    xp.add(c00, c11, out=rcond)
+    rcond += c22
+    rcond *= tr  # tr g e_2(g)
+    xp.divide(det, rcond, out=rcond)
     ok = positive & (rcond >= margin)
-    rcond = xp.where(positive, rcond, 0.0)
-    return Metrics(rows=r, k=3, det=det, rcond=rcond, valid=ok, parts=(c00, c11, c22, det, xy))
+    rcond[~positive] = 0.0
+    return Metrics(rows=r, k=3, det=det, rcond=rcond, valid=ok, parts=f)
 
 
-def _inverse_rows3(r, parts, xp):
-    """Rows of g^{-1} = adj(g) / det g for k = 3, from the rows of g (real arithmetic)."""
-    c00, c11, c22, det, xy = parts
-    a, b, c = r[0], r[1], r[2]
+def _inverse_rows3(r, f, c, xp):
+    """Rows of c g^{-1} = (c / det g) adj(g) for k = 3 (c (N,), or None for 1), from the rows r
+    of g and the facts f of :func:`_metrics_rows3` (row arithmetic as there).  The off-diagonal
+    entries of adj(g) are adj_01 = y conj(w) - x c, adj_02 = x w - y b, adj_12 = conj(x) y - a w."""
+    Xr, Xi, Yr, Yi, Wr, Wi = r[3], r[4], r[5], r[6], r[7], r[8]
     out = xp.empty(r.shape, dtype=r.dtype)
-    out[0], out[1], out[2] = c00, c11, c22
-    # sqrt2 (Re, Im) of adj_01 = y conj(w) - x c, adj_02 = x w - y b, adj_12 = conj(x) y - a w
-    yw, ywx = r[5:7] * r[7:9], r[5:7] * r[8:6:-1]
-    xw, xwx = r[3:5] * r[7:9], r[3:5] * r[8:6:-1]
-    s = 1.0 / _S2
-    out[3], out[4] = (yw[0] + yw[1]) * s, (ywx[1] - ywx[0]) * s
-    out[5], out[6] = (xw[0] - xw[1]) * s, (xwx[0] + xwx[1]) * s
-    out[7:9] = xy * s
-    out[3:5] -= r[3:5] * c
-    out[5:7] -= r[5:7] * b
-    out[7:9] -= r[7:9] * a
-    out *= 1.0 / det
+    out[0:3] = f[0:3]
+    o3, o4, o5, o6 = out[3], out[4], out[5], out[6]
+    xp.multiply(Yr, Wr, out=o3)  # 2 Re(y conj(w))
+    o3 += Yi * Wi
+    xp.multiply(Yi, Wr, out=o4)  # 2 Im(y conj(w))
+    o4 -= Yr * Wi
+    xp.multiply(Xr, Wr, out=o5)  # 2 Re(x w)
+    o5 -= Xi * Wi
+    xp.multiply(Xr, Wi, out=o6)  # 2 Im(x w)
+    o6 += Xi * Wr
+    out[3:7] *= 1.0 / _S2
+    o3 -= Xr * r[2]
+    o4 -= Xi * r[2]
+    o5 -= Yr * r[1]
+    o6 -= Yi * r[1]
+    out[7:9] = f[5:7]
+    out *= 1.0 / f[3] if c is None else c / f[3]
     return out
 
 

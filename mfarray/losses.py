@@ -217,10 +217,22 @@ class PointwiseLoss:
     name: str
     value: Callable
     gradient: Callable
-    on_metrics: tuple | None = None  # (value(m, data), gradient(m, data), rows(m, data)), built-ins
+    on_metrics: tuple | None = None  # (value(m, data), gradient(m, data), rows(m, data)), built-ins; values unchecked
 
     def values_at(self, m: Metrics, data: LossData):
-        return self.on_metrics[0](m, data) if self.on_metrics else self.value(m.g, data)
+        if not self.on_metrics:
+            return self.value(m.g, data)
+        return _finite_out(self.on_metrics[0](m, data), backend.namespace(m.det), f"{self.name} loss")
+
+    def total_at(self, m: Metrics, data: LossData) -> float:
+        """The mean of the per-point values (what a flow minimises); finite or a ValueError.
+        A sum of numbers is finite exactly when every term is, so one check of the sum suffices."""
+        if not self.on_metrics:
+            return total(self, m, data)
+        value = float(self.on_metrics[0](m, data).sum()) / data.n  # NumPy or CuPy: one scalar leaves the device
+        if not math.isfinite(value):
+            raise ValueError(f"{self.name} loss is not finite (overflow: g or |Omega|^2 out of range)")
+        return value
 
     def gradient_at(self, m: Metrics, data: LossData):
         return self.on_metrics[1](m, data) if self.on_metrics else self.gradient(m.g, data)
@@ -250,11 +262,14 @@ def _on_metrics(name, value_at, gradient_at=None, positive=True, coeff_at=None) 
             return coeff(m, data)[:, None, None] * m.inverse
 
         def rows_at(m, data):
-            return coeff(m, data) * m.inverse_rows
+            return m.inverse_rows_times(coeff(m, data))
+
+    def checked_value(m, data):
+        return _finite_out(value_at(m, data), backend.namespace(m.det), f"{name} loss")
 
     return PointwiseLoss(
         name,
-        lambda g, data: value_at(_checked(data, g, positive), data),
+        lambda g, data: checked_value(_checked(data, g, positive), data),
         lambda g, data: gradient_at(_checked(data, g, positive), data),
         on_metrics=(value_at, gradient_at, rows_at),
     )
@@ -285,12 +300,12 @@ def _eta(m, data):
     return m.det / data.eta_scale, backend.namespace(m.det)
 
 
-def _eta_loss(name, F, dF, doc_what) -> PointwiseLoss:
+def _eta_loss(name, F, dF) -> PointwiseLoss:
     """l = w F(eta) with kappa fixed (``data.kappa``); dl/dg = w F'(eta) eta g^{-1}."""
 
     def value_at(m, data):
         eta, xp = _eta(m, data)
-        return _finite_out(data.weight * F(eta, xp), xp, f"{doc_what} loss")
+        return data.weight * F(eta, xp)
 
     def coeff_at(m, data):
         eta, xp = _eta(m, data)
@@ -311,7 +326,7 @@ def sigma_loss() -> PointwiseLoss:
 
     Shapes: g (N, k, k) -> value (N,), gradient (N, k, k).
     """
-    return _eta_loss("sigma", lambda e, xp: xp.abs(1.0 - e), lambda e, xp: -xp.sign(1.0 - e), "sigma")
+    return _eta_loss("sigma", lambda e, xp: xp.abs(1.0 - e), lambda e, xp: -xp.sign(1.0 - e))
 
 
 def _dynamic_parts(m, data):
@@ -324,7 +339,7 @@ def _dynamic_parts(m, data):
 
 def _dynamic_value(m, data):
     eta, xp, _ = _dynamic_parts(m, data)
-    return _finite_out(data.weight * xp.abs(1.0 - eta), xp, "sigma loss")
+    return data.weight * xp.abs(1.0 - eta)
 
 
 def _dynamic_gradient(m, data):
@@ -365,8 +380,7 @@ def sigma_squared_loss() -> PointwiseLoss:
     vanishes at the optimum, so fixed or backtracking steps converge instead of chattering around
     eta = 1 as the |1 - eta| loss does with one global step size.  kappa is fixed (``data.kappa``).
     """
-    return _eta_loss("sigma_squared", lambda e, xp: (1.0 - e) ** 2, lambda e, xp: -2.0 * (1.0 - e),
-                     "sigma_squared")
+    return _eta_loss("sigma_squared", lambda e, xp: (1.0 - e) ** 2, lambda e, xp: -2.0 * (1.0 - e))
 
 
 # --------------------------------------------------------------------------- mse
@@ -386,7 +400,7 @@ def mse_loss(target=None) -> PointwiseLoss:
 
     def value_at(m, data):
         d, xp = _target(m, data)
-        return _finite_out(data.weight * xp.sum(xp.real(d) ** 2 + xp.imag(d) ** 2, axis=(-2, -1)), xp, "mse loss")
+        return data.weight * xp.sum(xp.real(d) ** 2 + xp.imag(d) ** 2, axis=(-2, -1))
 
     def gradient_at(m, data):
         d, xp = _target(m, data)
@@ -398,7 +412,10 @@ def mse_loss(target=None) -> PointwiseLoss:
 # --------------------------------------------------------------------------- totals and data
 def total(loss: Loss, g, data: LossData) -> float:
     """The total loss L = sum_x l(x)/N, the mean of ``loss.value(g, data)`` (eq. 2.3 divided by N).
-    ``g`` may be raw metrics or a :class:`~mfarray.linalg.Metrics` already factorised."""
+    ``g`` may be raw metrics or a :class:`~mfarray.linalg.Metrics` already factorised.  A loss
+    that is not finite is a ValueError (naming the loss), never a number passed on."""
+    if isinstance(g, Metrics) and getattr(loss, "on_metrics", None):
+        return loss.total_at(g, data)
     if isinstance(g, Metrics):
         values = loss.values_at(g, data) if hasattr(loss, "values_at") else loss.value(g.g, data)
     else:
@@ -408,7 +425,10 @@ def total(loss: Loss, g, data: LossData) -> float:
         values = np.asarray(values)
     if tuple(values.shape) != (n,):
         raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned shape {tuple(values.shape)}; expected ({n},)")
-    return float(values.sum()) / n  # NumPy or CuPy: one scalar leaves the device
+    value = float(values.sum()) / n  # NumPy or CuPy: one scalar leaves the device
+    if not math.isfinite(value):
+        raise ValueError(f"loss {getattr(loss, 'name', loss)!r} is not finite ({value}): its values have NaN or inf")
+    return value
 
 
 def gradient(loss: Loss, m: Metrics, data: LossData):

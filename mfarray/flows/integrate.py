@@ -37,6 +37,7 @@ steps and the last; an optional ``callback(step, record)`` and a progress line o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -60,15 +61,19 @@ class FlowError(RuntimeError):
         self.result = None
 
 
-def _positive_real(value, name):
+def _positive_real(value, name, what="a positive finite number"):
+    """float(value) for a real number in (0, inf); TypeError for a non-number (bools too),
+    ValueError for NaN, inf, <= 0 or an integer too large for a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise TypeError(f"{name} must be a real number; got {value!r}")
+        raise TypeError(f"{name} must be {what} (a number); got {value!r}")
     try:
         v = float(value)
+    except OverflowError:
+        v = math.inf
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a real number; got {value!r}") from exc
+        raise TypeError(f"{name} must be {what} (a number); got {value!r}") from exc
     if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+        raise ValueError(f"{name} must be {what}; got {value!r}")
     return v
 
 
@@ -85,21 +90,14 @@ class StepControl:
     max_halvings: int = 40
 
     def __post_init__(self):
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) and not hasattr(self.lr, "__float__"):
-            raise TypeError(f"lr must be a positive finite learning rate (a number); got {self.lr!r}")
-        lr = float(self.lr)
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite learning rate; got {self.lr!r}")
-        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "lr", _positive_real(self.lr, "lr", "a positive finite learning rate"))
         if self.clip is not None:
             object.__setattr__(self, "clip", _positive_real(self.clip, "clip"))
         grow = _positive_real(self.grow, "grow")
         if grow < 1:
             raise ValueError(f"grow must be >= 1; got {self.grow!r}")
         object.__setattr__(self, "grow", grow)
-        lr_max = float(self.lr_max)
-        if not lr_max > 0:
-            raise ValueError(f"lr_max must be positive; got {self.lr_max!r}")
+        lr_max = math.inf if self.lr_max == math.inf else _positive_real(self.lr_max, "lr_max", "positive (inf: no bound)")
         object.__setattr__(self, "lr_max", lr_max)
         for flag in ("adaptive", "normalize"):
             if not isinstance(getattr(self, flag), bool):
@@ -190,7 +188,8 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
     both = linalg.metrics_rows(model.metrics(theta), k)  # train columns, then test columns
     m = linalg.require_valid(both.take(slice(0, n)), "the initial train metric")
     mt = None if test_sites is None else linalg.require_valid(both.take(slice(n, None)), "the initial test metric")
-    values = losses.total(loss, m, data)
+    total = loss.total_at if getattr(loss, "on_metrics", None) else functools.partial(losses.total, loss)
+    values = total(m, data)
     history = {k: [] for k in ("step", "loss", "sigma_train", "sigma_test", "lr", "rejected", "rejected_test")}
     report = _Progress(steps, progress)
     sigma_train, sigma_test = _sigma_recorder(train_sites), _sigma_recorder(test_sites)
@@ -230,13 +229,12 @@ def integrate(model, loss, data: losses.LossData, control: StepControl, steps: i
             both_s = linalg.metrics_rows(g_s, k)  # train and test metrics factorised in one pass
             m_s = both_s.take(slice(0, n))
             mt_s = None if test_sites is None else both_s.take(slice(n, None))
-            ok = m_s.all_valid
-            if ok and mt_s is not None:
-                ok = mt_s.all_valid
-                rejected_test += not ok
+            ok = both_s.all_valid
+            if not ok and mt_s is not None and m_s.all_valid:
+                rejected_test += 1
             trial_value = None
             if ok:
-                trial_value = losses.total(loss, m_s, data)
+                trial_value = total(m_s, data)
                 ok = trial_value <= current or not control.adaptive
             if ok:
                 break

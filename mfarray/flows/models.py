@@ -101,12 +101,20 @@ class KernelModel:
         return self.g0 if self.K_test is None else xp.concat([self.g0, self.g0_test], axis=1)
 
     def _apply(self, rows):
-        """Theta . rows at the train and the test points, (k*k, N + M)."""
+        """Theta . rows at the train and the test points, (k*k, N + M), C-contiguous (an
+        operator returns (N, k*k), whose transpose is Fortran-ordered: the metrics that are
+        built from this array are then row-contiguous, which halves the cost of every
+        elementwise operation on them)."""
         cw, cw_test = self._componentwise
         U = rows_matvec(self.K, rows, self.k, cw)
-        if self.K_test is None:
-            return U
-        return backend.namespace(U).concat([U, rows_matvec(self.K_test, rows, self.k, cw_test)], axis=1)
+        xp = backend.namespace(U)
+        n = U.shape[-1]
+        m = 0 if self.K_test is None else self.K_test.shape[0]
+        out = xp.empty((U.shape[0], n + m), dtype=U.dtype)
+        out[:, :n] = U
+        if m:
+            out[:, n:] = rows_matvec(self.K_test, rows, self.k, cw_test)
+        return out
 
     def metrics(self, A):
         return self._g0 - self._apply(A)
