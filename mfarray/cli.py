@@ -69,14 +69,14 @@ def sample(
     """Sample Shiffman-Zelditch points with weights and g_FS, write them to a Zarr store.
 
     ``--overwrite`` replaces only a point-set store that mfarray wrote; a file, a directory
-    that is not such a store (e.g. ``--out .``) or another kind of store is refused.  The store
+    that is not such a store (e.g. ``--out .``) or another kind of store is refused.  Running
+    the same command again after an interruption resumes the store from the chunks it had
+    written (the result equals an uninterrupted run); a complete store is left alone.  The store
     records this command (attribute ``command``, every option spelt out) besides the Python
     call (``call``) and the other attributes of ``mfarray.sample_points``."""
     from . import io, pointset
 
     X = parse_surface(surface)
-    if os.path.lexists(out) and not overwrite:
-        raise typer.BadParameter(f"{out} exists; pass --overwrite or choose another --out", param_hint="--out")
     if overwrite:  # --overwrite replaces only a point-set store mfarray wrote (checked before sampling)
         try:
             io.check_replaceable(out, "pointset")
@@ -86,7 +86,10 @@ def sample(
     start = time.perf_counter()
     ds = pointset.sample_points(X, n, seed=seed, chunk_size=chunk_size)
     ds.attrs["command"] = sample_command(n=n, seed=seed, out=out, surface=surface, chunk_size=chunk_size)
-    io.to_zarr(ds, out, overwrite=overwrite, progress=True)
+    try:  # an interrupted store of this same command resumes; anything else at --out is refused
+        io.to_zarr(ds, out, overwrite=overwrite, progress=True)
+    except FileExistsError as exc:
+        raise typer.BadParameter(str(exc).replace("overwrite=True", "--overwrite"), param_hint="--out") from None
     elapsed = time.perf_counter() - start
     stored = io.open_zarr(out)
     typer.echo(f"wrote {n} points in {elapsed:.1f} s ({n / elapsed:,.0f} points/s)")
