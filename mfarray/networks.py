@@ -33,7 +33,9 @@ parameters are drawn with NumPy and moved to a namespace with ``like=``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -55,6 +57,9 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("relu", "tanh", "identity")
+
+Array = Any  # a NumPy, CuPy or Dask array
+Params = tuple[tuple[Array, Array], ...]  # ((W_0, b_0), ..., (W_L, b_L))
 
 
 @dataclass(frozen=True)
@@ -170,19 +175,19 @@ def _prep_x(config, params, x):
     return xp, x
 
 
-def tree_map(fn, *trees):
+def tree_map(fn: Callable[..., Array], *trees) -> Params:
     """Apply ``fn`` leaf-wise to parameter tuples of the same structure."""
     return tuple(tuple(fn(*leaves) for leaves in zip(*layers)) for layers in zip(*trees))
 
 
-def tree_vdot(p, q):
+def tree_vdot(p: Params, q: Params) -> Array:
     """Euclidean inner product ``<p, q>`` of two parameter tuples (a 0-d array)."""
     xp = array_api_compat.array_namespace(p[0][0])
     return sum(xp.sum(a * b) for la, lb in zip(p, q) for a, b in zip(la, lb))
 
 
 # ------------------------------------------------------------------ init / apply
-def init(config: MLP, seed, *, like=None):
+def init(config: MLP, seed: int, *, like: Array | None = None) -> Params:
     """Draw parameters, all entries N(0, 1) (NTK parameterisation), float64.
 
     Layer ``l`` uses ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(l,)))`` and
@@ -211,7 +216,7 @@ def init(config: MLP, seed, *, like=None):
     return tuple(params)
 
 
-def forward(config: MLP, params, x):
+def forward(config: MLP, params: Params, x: Array) -> tuple[list[Array], list[Array]]:
     """Forward pass keeping the intermediates needed for derivatives.
 
     Returns
@@ -236,19 +241,19 @@ def forward(config: MLP, params, x):
     return hs, zs
 
 
-def apply(config: MLP, params, x):
+def apply(config: MLP, params: Params, x: Array) -> Array:
     """Network output ``f(x)``: ``x`` (n, d_in) -> (n, c)."""
     return forward(config, params, x)[1][-1]
 
 
 # ------------------------------------------------------------------ flatten
-def flatten(params):
+def flatten(params: Params) -> Array:
     """Parameters -> 1-D vector of length P: ``W_0`` (row-major), ``b_0``, ``W_1``, ..."""
     xp = array_api_compat.array_namespace(params[0][0])
     return xp.concat([xp.reshape(a, (-1,)) for layer in params for a in layer])
 
 
-def unflatten(config: MLP, vector):
+def unflatten(config: MLP, vector: Array) -> Params:
     """Inverse of :func:`flatten`: a length-P vector -> parameter tuple (views where possible)."""
     xp = array_api_compat.array_namespace(vector)
     if vector.ndim != 1 or vector.shape[0] != num_params(config):
@@ -274,7 +279,7 @@ def _backward_signals(config, xp, params, zs, hs):
     return out
 
 
-def vjp(config: MLP, params, x, cotangent):
+def vjp(config: MLP, params: Params, x: Array, cotangent: Array) -> Params:
     r"""Reverse mode: :math:`\sum_{n,i} u_{ni}\, \partial f_i(x_n)/\partial\theta`.
 
     Parameters
@@ -306,7 +311,7 @@ def vjp(config: MLP, params, x, cotangent):
     return tuple(grads)
 
 
-def jvp(config: MLP, params, x, tangent):
+def jvp(config: MLP, params: Params, x: Array, tangent: Params) -> Array:
     r"""Forward mode: :math:`\sum_I \partial f_i(x_n)/\partial\theta_I\, t_I`.
 
     Parameters
@@ -336,7 +341,7 @@ def jvp(config: MLP, params, x, tangent):
     return dz
 
 
-def output_signals(config: MLP, params, x):
+def output_signals(config: MLP, params: Params, x: Array) -> tuple[list[Array], list[Array]]:
     r"""Back-propagated signals :math:`B_l[n, i, :] = \partial f_i(x_n)/\partial z^l`.
 
     Returns ``(hs, Bs)``: ``hs`` as in :func:`forward`, and ``Bs[l]`` of shape
@@ -364,7 +369,7 @@ def output_signals(config: MLP, params, x):
     return hs, Bs
 
 
-def jacobian(config: MLP, params, x):
+def jacobian(config: MLP, params: Params, x: Array) -> Array:
     r"""Full Jacobian :math:`\partial f_i(x_n)/\partial\theta_I`, shape (n, c, P) (small nets).
 
     Column order is that of :func:`flatten`.

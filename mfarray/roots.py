@@ -9,9 +9,13 @@ after a fixed number of sweeps fall back to companion-matrix eigenvalues.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import backend
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 def _horner(coeffs_desc, z, xp):
@@ -24,7 +28,7 @@ def _horner(coeffs_desc, z, xp):
     return f, fp
 
 
-def relative_residual(coeffs, roots):
+def relative_residual(coeffs: Array, roots: Array) -> Array:
     """|q(t)| / sum_m |c_m| |t|^m for coefficients (L, d+1) (ascending) and roots (L, d)."""
     xp = backend.namespace(coeffs, roots)
     f = xp.zeros_like(roots)
@@ -36,7 +40,7 @@ def relative_residual(coeffs, roots):
     return xp.abs(f) / scale
 
 
-def polyroots(coeffs, *, sweeps: int = 10, tol: float = 1e-12):
+def polyroots(coeffs: Array, *, sweeps: int = 10, tol: float = 1e-12) -> Array:
     """Roots (L, d) of polynomials with ascending coefficients (L, d+1), leading c_d != 0."""
     xp = backend.namespace(coeffs)
     L, d1 = coeffs.shape

@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -79,9 +81,11 @@ __all__ = [
     "metric_ntk_operator",
 ]
 
+Array = Any  # a NumPy, CuPy or Dask array
+
 
 # ------------------------------------------------------------------ model
-def network_inputs(ds, features=patch_features):
+def network_inputs(ds: xr.Dataset | Array, features: Callable[[Array], Array] = patch_features) -> Array:
     """The network inputs ``features(z)`` of a point set, float64 (n, d_in)."""
     z = ds["z"].data if isinstance(ds, xr.Dataset) else ds
     return _inputs(backend.to_numpy(z), features)
@@ -112,7 +116,9 @@ def _model(config, params0, ds, *, features=patch_features, linearized=False, ce
                         linearized=linearized, center=center)
 
 
-def network_metric(config, params, ds, *, features=patch_features, params0=None):
+def network_metric(config: nw.MLP, params: nw.Params | Array, ds: xr.Dataset, *,
+                   features: Callable[[Array], Array] = patch_features,
+                   params0: nw.Params | Array | None = None) -> Array:
     r"""``g_theta(x) = g_FS(x) + real_to_hermitian(f_theta(features(x)), k)``, shape (N, k, k).
 
     Parameters
@@ -129,8 +135,10 @@ def network_metric(config, params, ds, *, features=patch_features, params0=None)
     return linalg.from_rows(model.metrics(nw.flatten(params)), int(ds["g_fs"].shape[-1]))
 
 
-def parameter_gradient(config, params, ds, *, loss="sigma_squared", data=None, target=None,
-                       features=patch_features, params0=None):
+def parameter_gradient(config: nw.MLP, params: nw.Params | Array, ds: xr.Dataset, *,
+                       loss: str | losses.Loss = "sigma_squared", data: losses.LossData | None = None,
+                       target: Array | None = None, features: Callable[[Array], Array] = patch_features,
+                       params0: nw.Params | Array | None = None) -> Array:
     r"""Gradient of ``sum_x l(x) = N * losses.total(loss, g_theta, data)`` w.r.t. the flat parameters.
 
     ``= vjp(config, params, x, hermitian_to_real(dl/dg))`` -- the direction ``network_flow``
@@ -163,18 +171,19 @@ class RealBasisOperator:
     k: int
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return tuple(self.inner.shape)
 
-    def matvec(self, v):
+    def matvec(self, v: Array) -> Array:
         r = linalg.hermitian_to_real(v)
         return linalg.real_to_hermitian(self.inner.matvec(r), self.k)
 
-    def diagonal(self):
+    def diagonal(self) -> Array:
         return self.inner.diagonal()
 
 
-def metric_ntk_operator(config, params, ds_out, ds_in=None, *, features=patch_features):
+def metric_ntk_operator(config: nw.MLP, params: nw.Params | Array, ds_out: xr.Dataset, ds_in: xr.Dataset | None = None,
+                        *, features: Callable[[Array], Array] = patch_features) -> RealBasisOperator:
     """The empirical metric-NTK of :func:`network_metric` at ``params`` as a Hermitian-metric operator.
 
     Dense ``(n_out, n_in, c, c)`` blocks (small point sets only), wrapped in
@@ -191,11 +200,12 @@ def metric_ntk_operator(config, params, ds_out, ds_in=None, *, features=patch_fe
 
 
 # ------------------------------------------------------------------ flow
-def network_flow(train: xr.Dataset, config, params, *, steps: int, lr: float = 1.0, loss="sigma_squared",
-                 test: xr.Dataset | None = None, linearized: bool = False, center: bool = False,
-                 adaptive: bool = True, normalize: bool = False, clip: float | None = None, grow: float = 1.25,
-                 max_halvings: int = 40, record_every: int = 1, target=None, features=patch_features,
-                 callback=None, progress: bool = False) -> xr.Dataset:
+def network_flow(train: xr.Dataset, config: nw.MLP, params: nw.Params | Array, *, steps: int, lr: float = 1.0,
+                 loss: str | losses.Loss = "sigma_squared", test: xr.Dataset | None = None, linearized: bool = False,
+                 center: bool = False, adaptive: bool = True, normalize: bool = False, clip: float | None = None,
+                 grow: float = 1.25, max_halvings: int = 40, record_every: int = 1, target: Array | None = None,
+                 features: Callable[[Array], Array] = patch_features,
+                 callback: Callable[[int, dict], Any] | None = None, progress: bool = False) -> xr.Dataset:
     r"""Gradient descent of a network metric: the evolving-kernel flow (2.8) or, with
     ``linearized=True``, the linearised network (2.10) (= frozen empirical-NTK flow, 2.11-2.12).
 

@@ -20,7 +20,8 @@ integrator's (:mod:`mfarray.flows.integrate`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
@@ -34,10 +35,16 @@ from .models import KernelModel
 from .results import flow_result
 from .sites import materialize
 
+if TYPE_CHECKING:
+    from ..kernels.operators import KernelOperator
+    from ..kernels.spec import Kernel
+
 __all__ = ["kernel_flow", "kernel_inputs", "resolve_loss", "kernel_spec"]
 
+Array = Any  # a NumPy, CuPy or Dask array
 
-def resolve_loss(loss):
+
+def resolve_loss(loss: str | losses.Loss) -> losses.Loss:
     """A loss object from a name ("sigma", "sigma_dynamic", "sigma_squared", "mse") or itself."""
     named = {"sigma": losses.sigma_loss, "sigma_dynamic": losses.sigma_loss_dynamic,
              "sigma_squared": losses.sigma_squared_loss, "mse": losses.mse_loss}
@@ -49,7 +56,7 @@ def resolve_loss(loss):
                      f"value/gradient; got {loss!r}")
 
 
-def kernel_spec(kernel):
+def kernel_spec(kernel: Callable[..., Array]) -> Kernel:
     """The :class:`~mfarray.kernels.spec.Kernel` of a kernel argument, refusing opaque callables
     (a flow must know whether to feed a kernel points or features)."""
     spec = as_kernel(kernel)
@@ -61,7 +68,7 @@ def kernel_spec(kernel):
     return spec
 
 
-def kernel_inputs(kernel, z, features=None):
+def kernel_inputs(kernel: Callable[..., Array], z: Array, features: Callable[[Array], Array] | None = None) -> Array:
     """What a kernel is evaluated on: homogeneous points z for point kernels (FS distance),
     else ``features(z)`` (default :func:`~mfarray.kernels.features.patch_features`)."""
     if kernel_spec(kernel).inputs == "points":
@@ -96,11 +103,13 @@ def _operators(kernel, train, test, features, method, options):
     return K, K_test, spec.describe()
 
 
-def kernel_flow(train: xr.Dataset, kernel, *, steps: int, lr: float = 1.0, loss="sigma_squared",
-                test: xr.Dataset | None = None, adaptive: bool = True, normalize: bool = False,
-                clip: float | None = None, grow: float = 1.25, max_halvings: int = 40, features=None,
-                method: str = "dense", operator_options: dict | None = None, g0=None, g0_test=None,
-                target=None, callback=None, progress: bool = False) -> xr.Dataset:
+def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator, *, steps: int, lr: float = 1.0,
+                loss: str | losses.Loss = "sigma_squared", test: xr.Dataset | None = None, adaptive: bool = True,
+                normalize: bool = False, clip: float | None = None, grow: float = 1.25, max_halvings: int = 40,
+                features: Callable[[Array], Array] | None = None, method: str = "dense",
+                operator_options: dict | None = None, g0: Array | None = None, g0_test: Array | None = None,
+                target: Array | None = None, callback: Callable[[int, dict], Any] | None = None,
+                progress: bool = False) -> xr.Dataset:
     """Run the frozen-kernel flow (2.12) on the train points; predict test metrics.
 
     Parameters

@@ -11,6 +11,7 @@ inside the loop.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -18,6 +19,8 @@ import xarray as xr
 from .. import backend, linalg
 
 __all__ = ["Sites", "materialize", "point_index"]
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -143,7 +146,8 @@ def _sites(ds, arrays, name, g0, chart):
                  omega2=omega2, point=point_index(ds), chart=chart, attrs=dict(ds.attrs))
 
 
-def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0=None, g0_test=None):
+def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0: Array | None = None,
+                g0_test: Array | None = None) -> tuple[Sites, Sites | None]:
     """(train Sites, test Sites or None): both sets computed together, checked once.
 
     Refuses (ValueError/TypeError naming the argument): a non-Dataset, a set missing point-set

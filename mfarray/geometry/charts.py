@@ -17,10 +17,14 @@ shapes (...) for per-point integers and (..., n+1) for coordinates.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import backend
 
+Array = Any  # a NumPy, CuPy or Dask array
 
-def patch_index(z):
+
+def patch_index(z: Array) -> Array:
     """Index of the largest |z_i|, shape (...)."""
     xp = backend.namespace(z)
     return xp.argmax(xp.abs(z), axis=-1)
@@ -31,13 +35,13 @@ def _take(x, index, xp):
     return xp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
 
 
-def to_patch(z, patch):
+def to_patch(z: Array, patch: Array) -> Array:
     """The affine representative z / z_patch (so that z_patch = 1), shape (..., n+1)."""
     xp = backend.namespace(z)
     return z / _take(z, patch, xp)[..., None]
 
 
-def elim_index(dp, patch):
+def elim_index(dp: Array, patch: Array) -> Array:
     """argmax_{j != patch} |dp/dz_j|, shape (...)."""
     xp = backend.namespace(dp)
     a = xp.abs(dp)
@@ -45,7 +49,7 @@ def elim_index(dp, patch):
     return xp.argmax(xp.where(onehot, -1.0, a), axis=-1)
 
 
-def local_indices(n_ambient: int, patch, elim):
+def local_indices(n_ambient: int, patch: Array, elim: Array) -> Array:
     """The n - 1 coordinates other than patch and elim, increasing; shape (..., n-1)."""
     xp = backend.namespace(patch)
     lo, hi = xp.minimum(patch, elim)[..., None], xp.maximum(patch, elim)[..., None]
@@ -54,13 +58,13 @@ def local_indices(n_ambient: int, patch, elim):
     return i + xp.astype(i >= hi, b.dtype)  # ... then the larger one
 
 
-def implicit_slopes(dp, elim, local):
+def implicit_slopes(dp: Array, elim: Array, local: Array) -> Array:
     """u_b = dz_e/dx_b = -(dp/dz_{local_b}) / (dp/dz_e), shape (..., n-1)."""
     xp = backend.namespace(dp)
     return -xp.take_along_axis(dp, local, axis=-1) / _take(dp, elim, xp)[..., None]
 
 
-def embedding_jacobian(n_ambient: int, elim, local, slopes):
+def embedding_jacobian(n_ambient: int, elim: Array, local: Array, slopes: Array) -> Array:
     """dz_i/dx_b of the chart embedding x -> z (z_patch = 1): shape (..., n+1, n-1).
 
     Rows of local coordinates are the identity, the patch row is zero and the
@@ -74,13 +78,13 @@ def embedding_jacobian(n_ambient: int, elim, local, slopes):
     return identity + elim_row[..., :, None] * slopes[..., None, :]
 
 
-def omega_squared(dp, elim):
+def omega_squared(dp: Array, elim: Array) -> Array:
     """|Omega|^2 = 1 / |dp/dz_elim|^2 at the affine representative (Poincaré residue)."""
     xp = backend.namespace(dp)
     return 1.0 / xp.abs(_take(dp, elim, xp)) ** 2
 
 
-def chart_transition(z_dst, jac_dst, src_patch, src_local):
+def chart_transition(z_dst: Array, jac_dst: Array, src_patch: Array, src_local: Array) -> Array:
     """T_bc = d x^src_b / d y^dst_c, shape (..., n-1, n-1).
 
     ``z_dst`` is the affine representative of the destination chart (z_dst_patch = 1) and
@@ -97,7 +101,7 @@ def chart_transition(z_dst, jac_dst, src_patch, src_local):
     return jl / za[..., None] - (zl / za**2)[..., :, None] * ja
 
 
-def transform_metric(g, transition):
+def transform_metric(g: Array, transition: Array) -> Array:
     """g_dst = T^T g_src conj(T) for Hermitian metrics g (..., k, k) and T = dx_src/dy_dst."""
     xp = backend.namespace(g, transition)
     return xp.matrix_transpose(transition) @ g @ xp.conj(transition)

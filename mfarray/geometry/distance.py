@@ -19,12 +19,16 @@ the fast tile (one complex GEMM and arccos, the sine form only where d < NEAR_RA
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import backend
 
+Array = Any  # a NumPy, CuPy or Dask array
 
-def unit_vectors(z):
+
+def unit_vectors(z: Array) -> Array:
     """z / |z| with a pre-scaling by max |z_i| so huge or tiny coordinates do not overflow."""
     xp = backend.namespace(z)
     z = z / xp.max(xp.abs(z), axis=-1, keepdims=True)
@@ -98,7 +102,7 @@ def _chunk_entries(x) -> int:
     return 1 << 22 if backend.is_cupy(x) else 1 << 15
 
 
-def fs_distance_block(u, v):
+def fs_distance_block(u: Array, v: Array) -> Array:
     """Distances between unit vectors u (n1, m) and v (n2, m) -> (n1, n2), in [0, pi/2].
 
     <u, v> is summed entry by entry (not a BLAS matmul, whose rounding depends on the block
@@ -110,7 +114,7 @@ def fs_distance_block(u, v):
     return xp.concat([_sine_form(u[i : i + rows, None, :], v[None, :, :]) for i in chunks], axis=0)
 
 
-def fs_distance_block_gemm(u, v, *, near: float = NEAR_RADIUS):
+def fs_distance_block_gemm(u: Array, v: Array, *, near: float = NEAR_RADIUS) -> Array:
     """Distances between unit vectors u (n1, m) and v (n2, m) -> (n1, n2) float64, in [0, pi/2].
 
     The fast tile: c = conj(u) @ v.T as one complex GEMM, d = arccos(min(|c|, 1)), and the
@@ -158,7 +162,8 @@ def _block_rows(n2: int, budget: int = 1 << 21) -> int:
     return max(1, budget // max(n2, 1))
 
 
-def fs_distance(z1, z2=None, *, block_elements: int = 1 << 21, method: str = "entrywise"):
+def fs_distance(z1: Array, z2: Array | None = None, *, block_elements: int = 1 << 21,
+                method: str = "entrywise") -> Array:
     """FS geodesic distance matrix (n1, n2) between homogeneous points z1 (n1, n+1), z2 (n2, n+1).
 
     Dask inputs give a lazy Dask result with blocks (chunk of z1) x (chunk of z2); in-memory
@@ -218,7 +223,7 @@ def _nearest_block(u, v, ref_rows):
     return best_i, best_d
 
 
-def nearest(z_query, z_ref, *, block_elements: int = 1 << 21):
+def nearest(z_query: Array, z_ref: Array, *, block_elements: int = 1 << 21) -> tuple[Array, Array]:
     """Nearest reference point of each query point: (index (nq,), distance (nq,)).
 
     The reference set is streamed in blocks against each query block, so memory stays at about

@@ -13,11 +13,15 @@ Hermitian matrices are stored as g[..., b, c] = g_{b cbar}.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import backend
 from ..linalg import hermitian_det, ldl_pivots, positive_definite  # noqa: F401  (the one Hermitian module)
 
+Array = Any  # a NumPy, CuPy or Dask array
 
-def fs_metric_ambient(z):
+
+def fs_metric_ambient(z: Array) -> Array:
     """g_{i jbar} of P^n at homogeneous z, shape (..., n+1, n+1) (rank n: the z-direction is null)."""
     xp = backend.namespace(z)
     norm2 = xp.sum(xp.real(z) ** 2 + xp.imag(z) ** 2, axis=-1)[..., None, None]
@@ -25,13 +29,13 @@ def fs_metric_ambient(z):
     return eye / norm2 - xp.conj(z)[..., :, None] * z[..., None, :] / norm2**2
 
 
-def pullback(jacobian, g_ambient):
+def pullback(jacobian: Array, g_ambient: Array) -> Array:
     """g_{b cbar} = J_ib g_{i jbar} conj(J_jc): (..., n+1, k) and (..., n+1, n+1) -> (..., k, k)."""
     xp = backend.namespace(jacobian, g_ambient)
     return xp.matrix_transpose(jacobian) @ g_ambient @ xp.conj(jacobian)
 
 
-def fs_metric_chart(z_affine, slopes, elim, local):
+def fs_metric_chart(z_affine: Array, slopes: Array, elim: Array, local: Array) -> Array:
     """Pulled-back FS metric in the chart (patch, elim), closed form, shape (..., n-1, n-1).
 
     With the embedding Jacobian J (identity on local rows, slopes u on the eliminated

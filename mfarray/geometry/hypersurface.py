@@ -14,10 +14,17 @@ import dataclasses
 import functools
 import math
 import numbers
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import backend
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +42,7 @@ class Hypersurface:
     coefficients: tuple
     name: str = ""
 
-    def __init__(self, monomials, coefficients, name: str = ""):
+    def __init__(self, monomials: ArrayLike, coefficients: ArrayLike, name: str = "") -> None:
         m = _exponent_array(monomials)
         c = _coefficient_array(coefficients)
         if m.ndim != 2:
@@ -164,7 +171,7 @@ class Hypersurface:
             out = out * f
         return out
 
-    def __call__(self, z):
+    def __call__(self, z: Array) -> Array:
         """p(z), shape (...): one product per monomial factor, no temporaries beyond (...)."""
         xp = backend.namespace(z)
         self._check_shape(z)
@@ -175,7 +182,7 @@ class Hypersurface:
             p = p + c * self._product([pw[i][e] for i, e in factors])
         return p
 
-    def value_and_gradient(self, z):
+    def value_and_gradient(self, z: Array) -> tuple[Array, Array]:
         """p(z) with shape (...) and dp/dz_j with shape (..., n+1), division free."""
         xp = backend.namespace(z)
         self._check_shape(z)
@@ -198,7 +205,7 @@ class Hypersurface:
         grad = [g if g.shape == z.shape[:-1] else xp.broadcast_to(g, z.shape[:-1]) for g in grad]
         return p, xp.stack(grad, axis=-1)
 
-    def gradient(self, z):
+    def gradient(self, z: Array) -> Array:
         """dp/dz_j, shape (..., n+1)."""
         return self.value_and_gradient(z)[1]
 
@@ -210,7 +217,7 @@ class Hypersurface:
         safe = xp.where(top > 0, top, 1.0)
         return z / safe[..., None], top
 
-    def term_scales(self, z):
+    def term_scales(self, z: Array) -> tuple[Array, Array]:
         """(S(z), dS(z)): the natural sizes of p(z) and of dp/dz_j(z), shapes (...) and (..., n+1).
 
         S(z) = sum_k |c_k| |z^m_k| is the sum of the sizes of the terms of p, which cancel
@@ -228,7 +235,7 @@ class Hypersurface:
         pos = den > 0
         return xp.where(pos, num / xp.where(pos, den, 1.0), 0.0)
 
-    def relative_residual(self, z):
+    def relative_residual(self, z: Array) -> Array:
         """|p(z)| / sum_k |c_k z^m_k|: scale-invariant backward error of z as a point of X.
 
         0 on X; a value r means p(z) = 0 after changing each coefficient c_k by at most a
@@ -242,7 +249,7 @@ class Hypersurface:
         out = self._ratio(xp, xp.abs(self(w)), s)
         return xp.where(top > 0, out, xp.nan)
 
-    def relative_gradient(self, z, dp=None):
+    def relative_gradient(self, z: Array, dp: Array | None = None) -> Array:
         """|dp(z)| / |dS(z)| (see :meth:`term_scales`): vanishes at singular points of X.
 
         Scale invariant, in [0, 1] up to rounding for every z, 1 everywhere on the Fermat
@@ -275,7 +282,7 @@ class Hypersurface:
         }
 
     @classmethod
-    def from_attrs(cls, attrs) -> "Hypersurface":
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Hypersurface:
         try:
             coeffs = np.asarray(attrs["surface_coefficients_real"]) + 1j * np.asarray(
                 attrs["surface_coefficients_imag"]

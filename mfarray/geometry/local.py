@@ -7,10 +7,15 @@ Omega and g_FS of every point set in mfarray come from the same code.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import backend
 from . import charts, fubini_study
+
+if TYPE_CHECKING:
+    from .hypersurface import Hypersurface
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 class ChartGeometry(NamedTuple):
@@ -27,7 +32,8 @@ class ChartGeometry(NamedTuple):
     det_g_fs: object  # (N,)
 
 
-def chart_geometry(surface, z, patch=None, elim=None) -> ChartGeometry:
+def chart_geometry(surface: Hypersurface, z: Array, patch: int | Array | None = None,
+                   elim: int | Array | None = None) -> ChartGeometry:
     """Chart data of points z (N, n+1) on X.
 
     ``patch``/``elim`` default to the paper's choice (largest |z_i|; largest |dp/dz_j| among

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zarr.storage import FsspecStore, LocalStore
 
 
 @dataclass(frozen=True)
@@ -24,12 +28,12 @@ class Location:
     root: str
 
 
-def is_url(path) -> bool:
+def is_url(path: object) -> bool:
     """A string with a protocol (``proto://...``) is an fsspec URL; anything else a local path."""
     return isinstance(path, str) and "://" in path
 
 
-def locate(path) -> Location:
+def locate(path: str | os.PathLike) -> Location:
     """The :class:`Location` of a local path (str or os.PathLike) or an fsspec URL."""
     if is_url(path):
         import fsspec
@@ -85,7 +89,7 @@ def has_file(loc: Location, rel: str) -> bool:
     return loc.fs.isfile(f"{loc.root}/{rel}")
 
 
-def remove(loc: Location, rels) -> None:
+def remove(loc: Location, rels: Iterable[str]) -> None:
     """Remove the files or directory trees ``rels`` (relative, ``/``-separated) under ``loc``;
     missing ones are skipped."""
     for rel in rels:
@@ -107,7 +111,7 @@ def clear(loc: Location) -> None:
         loc.fs.rm(loc.root, recursive=True)
 
 
-def zarr_store(loc: Location, read_only: bool = False):
+def zarr_store(loc: Location, read_only: bool = False) -> LocalStore | FsspecStore:
     """The Zarr store at ``loc``: a LocalStore, or an FsspecStore for a URL."""
     from zarr.storage import FsspecStore, LocalStore
 

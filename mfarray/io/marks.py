@@ -9,7 +9,9 @@ those records and Zarr's temporary ``*.partial`` files -- anything else is the u
 
 from __future__ import annotations
 
+import os
 import re
+from typing import TYPE_CHECKING
 
 import xarray as xr
 
@@ -23,6 +25,9 @@ from .location import (
     locate,
     zarr_store,
 )
+
+if TYPE_CHECKING:
+    import zarr
 
 ATTR_KIND = "mfarray_store"
 ATTR_COMPLETE = "mfarray_complete"
@@ -62,7 +67,7 @@ def fingerprint(ds: xr.Dataset, kind: str) -> str:
     return tokenize(FORMAT, kind, sorted(map(str, ds.coords)), ds.attrs, variables)
 
 
-def root_group(loc: Location):
+def root_group(loc: Location) -> zarr.Group | None:
     """The root Zarr v3 group at ``loc`` (read only), or None when there is none readable."""
     import zarr
 
@@ -94,7 +99,7 @@ def foreign_files(loc: Location) -> list[str]:
     return [n for n in names if not own(n)]
 
 
-def check_replaceable(path, kind: str) -> None:
+def check_replaceable(path: str | os.PathLike, kind: str) -> None:
     """Raise :class:`FileExistsError` unless ``to_zarr(..., overwrite=True)`` of a ``kind``
     store may replace what is at ``path`` (a local path or an fsspec URL): nothing, an empty
     directory, or a store mfarray wrote with ``mfarray_store == kind`` (complete or

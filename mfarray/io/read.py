@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import xarray as xr
 
 from .location import exists, is_file, locate, zarr_store
 from .marks import ATTR_COMPLETE, MARKS, root_group
 
 
-def open_zarr(path) -> xr.Dataset:
+def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     """Open a store written by :func:`~mfarray.io.to_zarr` (lazy, Dask-backed); ``path`` is a
     local path or an fsspec URL.
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from .marks import DONE
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
+    from zarr.core.buffer import Buffer
 
 
 def is_chunk(key: str) -> bool:
@@ -17,7 +23,7 @@ class DoneRecords(WrapperStore):
     """A Zarr store that writes ``DONE/<key>`` after each chunk ``key`` is stored (or deleted:
     a chunk equal to the fill value) and skips the chunks in ``done``; metadata passes through."""
 
-    def __init__(self, store, done: frozenset = frozenset()):
+    def __init__(self, store: Store, done: frozenset = frozenset()) -> None:
         super().__init__(store)
         self._done = done
 
@@ -27,14 +33,14 @@ class DoneRecords(WrapperStore):
     async def _record(self, key):
         await self._store.set(f"{DONE}/{key}", default_buffer_prototype().buffer.from_bytes(b""))
 
-    async def set(self, key, value):
+    async def set(self, key: str, value: Buffer) -> None:
         if not is_chunk(key):
             await self._store.set(key, value)
         elif key not in self._done:
             await self._store.set(key, value)
             await self._record(key)
 
-    async def delete(self, key):
+    async def delete(self, key: str) -> None:
         if not is_chunk(key):
             await self._store.delete(key)
         elif key not in self._done:

@@ -33,17 +33,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import backend
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 __all__ = ["Real", "Integer", "Flag", "Choice", "FloatDType", "Optional", "check_hyper", "SQUARED_MAX",
            "NonFiniteKernelError", "require_real", "kernel_input", "check_finite_values"]
 
 #: the largest magnitude of a hyper-parameter that a kernel squares (1e300 is still a float64)
 SQUARED_MAX = 1e150
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 def _fmt(v) -> str:
@@ -97,7 +103,7 @@ class Real:
             return "a positive finite real number"
         return "a finite real number" + _range_text(self.low, self.high, self.low_open, self.high_open)
 
-    def check(self, value, where: str):
+    def check(self, value: Any, where: str) -> float:
         value = _scalar(value)
         if _is_bool(value) or not isinstance(value, numbers.Real):
             raise TypeError(f"{where} must be {self.describe()}{_doc(self)}; {_got(value)}")
@@ -122,7 +128,7 @@ class Integer:
     def describe(self) -> str:
         return "an integer" + _range_text(self.low, self.high, False, False)
 
-    def check(self, value, where: str):
+    def check(self, value: Any, where: str) -> int:
         value = _scalar(value)
         if _is_bool(value) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{where} must be {self.describe()}{_doc(self)}; {_got(value)}")
@@ -141,7 +147,7 @@ class Flag:
     def describe(self) -> str:
         return "True or False"
 
-    def check(self, value, where: str):
+    def check(self, value: Any, where: str) -> bool:
         value = _scalar(value)
         if not _is_bool(value):
             raise TypeError(f"{where} must be {self.describe()}{_doc(self)}; {_got(value)}")
@@ -158,7 +164,7 @@ class Choice:
     def describe(self) -> str:
         return "one of " + ", ".join(repr(o) for o in self.options)
 
-    def check(self, value, where: str):
+    def check(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
             raise TypeError(f"{where} must be {self.describe()}{_doc(self)}; {_got(value)}")
         if value not in self.options:
@@ -176,7 +182,7 @@ class FloatDType:
     def describe(self) -> str:
         return "None, float32 or float64"
 
-    def check(self, value, where: str):
+    def check(self, value: Any, where: str) -> DTypeLike | None:
         if value is None:
             return None
         try:
@@ -197,7 +203,7 @@ class Optional:
     def describe(self) -> str:
         return f"None or {self.inner.describe()}"
 
-    def check(self, value, where: str):
+    def check(self, value: Any, where: str) -> Any:
         if value is None:
             return None
         try:
@@ -230,7 +236,7 @@ class NonFiniteKernelError(ValueError):
     and, inside an operator, the tile."""
 
 
-def require_real(x, name: str, kernel_name: str):
+def require_real(x: Array, name: str, kernel_name: str) -> Array:
     """Refuse (TypeError) a complex ``x``: kernels of features read real feature vectors, and
     casting would drop the imaginary part."""
     dt = getattr(x, "dtype", None)
@@ -243,7 +249,7 @@ def require_real(x, name: str, kernel_name: str):
     return x
 
 
-def kernel_input(x, name: str, kernel_name: str, inputs: str):
+def kernel_input(x: Any, name: str, kernel_name: str, inputs: str) -> Array:
     """A kernel input as an array (n, d) of numbers: lists and tuples become NumPy arrays; other
     non-arrays (TypeError), other shapes (ValueError), non-numeric dtypes (TypeError) and, for a
     kernel of features (``inputs="features"``), complex dtypes (TypeError, :func:`require_real`)
@@ -266,7 +272,7 @@ def kernel_input(x, name: str, kernel_name: str, inputs: str):
     return x
 
 
-def check_finite_values(K, label, inputs=()):
+def check_finite_values(K: Array, label: str | Callable[[], str], inputs: Iterable[Array] = ()) -> Array:
     """``K`` itself, refused (:class:`NonFiniteKernelError`) where it holds NaN or inf.
 
     ``label``: the kernel's name for the message (a string, or a callable giving it, called only

@@ -56,12 +56,16 @@ inputs are promoted to float64; floating inputs keep their dtype.  :func:`cosine
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import array_api_compat
 import numpy as np
 
 from .checks import SQUARED_MAX, Choice, Flag, Integer, Real, check_hyper, require_real
 from .spec import kernel
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 __all__ = [
     "VARIANTS",
@@ -137,7 +141,7 @@ def _param(xp, p, like):
     return xp.astype(xp.asarray(p), like.dtype)
 
 
-def sq_distances(x1, x2, *, method="auto"):
+def sq_distances(x1: Array, x2: Array, *, method: str = "auto") -> Array:
     """Squared Euclidean distances |x1_i - x2_j|^2.
 
     Parameters
@@ -181,7 +185,7 @@ def sq_distances(x1, x2, *, method="auto"):
 
 
 # ----------------------------------------------------------------- normalisation (2.36)
-def cosine_normalized_amplitude(d, sigma_w):
+def cosine_normalized_amplitude(d: int, sigma_w: float) -> float:
     """Amplitude A for which the RFF NTK (2.35) is a normalised Gaussian on R^d.
 
     A^2 / 2 = (2 pi sigma^2)^(-d/2) with sigma^2 = d / sigma_w^2, i.e.
@@ -201,7 +205,7 @@ def cosine_normalized_amplitude(d, sigma_w):
                          f"for sigma_w={sigma_w!r}, d={d}; use a smaller sigma_w") from None
 
 
-def cosine_ntk_width(d, sigma_w):
+def cosine_ntk_width(d: int, sigma_w: float) -> float:
     """Standard deviation sigma = sqrt(d) / sigma_w of the Gaussian NTK (2.37), per coordinate."""
     return math.sqrt(d) / sigma_w
 
@@ -221,7 +225,8 @@ def _amplitude(amplitude, normalized, d, sigma_w, variant):
 
 # ------------------------------------------------------------------- analytic NTK (2.35)
 @kernel("features", domains={k: DOMAINS[k] for k in ("sigma_w", "amplitude", "normalized", "variant")})
-def cosine_ntk(x1, x2, *, sigma_w, amplitude=1.0, normalized=False, variant="rff"):
+def cosine_ntk(x1: Array, x2: Array, *, sigma_w: float, amplitude: float = 1.0, normalized: bool = False,
+               variant: str = "rff") -> Array:
     """Infinite-width last-layer NTK of the cosine network, eqs. (2.34)-(2.35).
 
     Parameters
@@ -267,7 +272,8 @@ def cosine_ntk(x1, x2, *, sigma_w, amplitude=1.0, normalized=False, variant="rff
 
 
 # ------------------------------------------------------------------ the network (2.32)
-def cosine_net_init(d, width, *, sigma_w, sigma_a=1.0, seed=0, variant="rff"):
+def cosine_net_init(d: int, width: int, *, sigma_w: float, sigma_a: float = 1.0, seed: int | np.random.SeedSequence = 0,
+                    variant: str = "rff") -> dict[str, np.ndarray]:
     """Draw the parameters of the cosine network (2.32).
 
     Parameters
@@ -297,7 +303,7 @@ def cosine_net_init(d, width, *, sigma_w, sigma_a=1.0, seed=0, variant="rff"):
     return {"w": w, "b": b, "a": a}
 
 
-def cosine_features(params, x, *, variant="rff"):
+def cosine_features(params: Mapping[str, Array], x: Array, *, variant: str = "rff") -> Array:
     """Features F with phi(x) = A/sqrt(N) F(x) @ a.ravel(), i.e. d phi / d a = A/sqrt(N) F.
 
     Returns (n, N) for "rff" (cos(w_i.x + b_i)) and "coordinatewise"
@@ -317,7 +323,7 @@ def cosine_features(params, x, *, variant="rff"):
     return xp.reshape(z, (x.shape[0], w.shape[0] * w.shape[1]))
 
 
-def cosine_net_apply(params, x, amplitude=1.0, *, variant="rff"):
+def cosine_net_apply(params: Mapping[str, Array], x: Array, amplitude: float = 1.0, *, variant: str = "rff") -> Array:
     """The network function phi(x) of (2.32) -> (n,).  See module docstring for variants."""
     xp, x = _as_float(x)
     feats = cosine_features(params, x, variant=variant)
@@ -326,9 +332,9 @@ def cosine_net_apply(params, x, amplitude=1.0, *, variant="rff"):
     return (amplitude / math.sqrt(n_width)) * (feats @ a)
 
 
-def cosine_ntk_empirical(
-    x1, x2, *, sigma_w, width, amplitude=1.0, normalized=False, seed=0, variant="rff"
-):
+def cosine_ntk_empirical(x1: Array, x2: Array, *, sigma_w: float, width: int, amplitude: float = 1.0,
+                         normalized: bool = False, seed: int | np.random.SeedSequence = 0,
+                         variant: str = "rff") -> Array:
     """Finite-width last-layer NTK (2.33) of one random draw of the network (2.32).
 
     Theta(x, x') = sum_k d phi(x)/d a_k  d phi(x')/d a_k = A^2/N F(x) F(x')^T with F from

@@ -41,11 +41,18 @@ For large ``n`` use :func:`ntk_matvec` / :func:`empirical_ntk_operator`:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import array_api_compat
 import numpy as np
 
 from .. import backend
 from .. import networks as _nw
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 __all__ = [
     "empirical_ntk",
@@ -122,7 +129,8 @@ def _block_rows(n2, c, itemsize, block_rows):
     return max(1, min(256, _BLOCK_BYTES // per_row))
 
 
-def empirical_ntk(config, params, x1, x2=None, *, block_rows=None, n_threads=None):
+def empirical_ntk(config: _nw.MLP, params: _nw.Params, x1: Array, x2: Array | None = None, *,
+                  block_rows: int | None = None, n_threads: int | None = None) -> Array:
     r"""Empirical metric-NTK :math:`\Theta_{ik}(x_1, x_2)`, eq. (2.7); shape (n1, n2, c, c).
 
     ``out[a, b, i, k] = sum_I d f_i(x1[a])/d theta_I  d f_k(x2[b])/d theta_I``.  Evaluated at
@@ -216,7 +224,8 @@ def empirical_ntk(config, params, x1, x2=None, *, block_rows=None, n_threads=Non
     return out
 
 
-def empirical_ntk_trace(config, params, x1, x2=None, *, normalize=True):
+def empirical_ntk_trace(config: _nw.MLP, params: _nw.Params, x1: Array, x2: Array | None = None, *,
+                        normalize: bool = True) -> Array:
     r"""Scalar kernel :math:`\frac1c\sum_i \Theta_{ii}(x_1, x_2)` (or the trace), shape (n1, n2).
 
     For ``c = 1`` this is the scalar empirical NTK.  For independent, identically built
@@ -244,7 +253,7 @@ def empirical_ntk_trace(config, params, x1, x2=None, *, normalize=True):
     return out / c if normalize else out
 
 
-def ntk_matvec(config, params, x_out, x_in, v):
+def ntk_matvec(config: _nw.MLP, params: _nw.Params, x_out: Array, x_in: Array, v: Array) -> Array:
     r"""Kernel action :math:`(\Theta v)(x) = \sum_{x'} \Theta(x, x') v(x')` without forming Theta.
 
     ``out[a, i] = sum_{b,k} Theta_ik(x_out[a], x_in[b]) v[b, k] = J_out (J_in^T v)``, computed by
@@ -267,7 +276,7 @@ def ntk_matvec(config, params, x_out, x_in, v):
     return _nw.jvp(config, params, x_out, t)
 
 
-def empirical_ntk_operator(config, params, x_train):
+def empirical_ntk_operator(config: _nw.MLP, params: _nw.Params, x_train: Array) -> LinearOperator:
     r"""``scipy.sparse.linalg.LinearOperator`` of shape (n c, n c) for :math:`\Theta(X, X)`.
 
     Vectors are ``v.reshape(n, c)`` flattened row-major (point-major, component-minor), the

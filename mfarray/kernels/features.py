@@ -7,11 +7,21 @@ task per chunk of points (:func:`map_point_chunks`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from .. import backend
 from ..geometry.charts import patch_index, to_patch
 
+if TYPE_CHECKING:
+    import dask.array as da
+    from numpy.typing import DTypeLike
 
-def map_point_chunks(fn, z, *, dtype, columns=None):
+Array = Any  # a NumPy, CuPy or Dask array
+
+
+def map_point_chunks(fn: Callable[[Array], Array], z: da.Array, *, dtype: DTypeLike,
+                     columns: int | None = None) -> da.Array:
     """``fn`` of a Dask z (n, n+1), lazily, chunk of points by chunk of points.
 
     ``fn`` maps in-memory points (m, n+1) to (m,) values (``columns=None``) or to (m, columns).
@@ -26,7 +36,7 @@ def map_point_chunks(fn, z, *, dtype, columns=None):
     return z.map_blocks(fn, chunks=(z.chunks[0], (int(columns),)), dtype=dtype, meta=meta)
 
 
-def patch_features(z):
+def patch_features(z: Array) -> Array:
     """(n, n+1) complex points -> (n, 2(n+1)) real features [Re z, Im z] with max |z_i| = 1.
 
     A Dask z gives a lazy Dask result chunked like z's points.

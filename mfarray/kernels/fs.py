@@ -11,6 +11,7 @@ kernel is not pairwise (its k(x, x') depends on the whole second point set) nor 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,11 @@ DOMAINS = {
 
 _SQRT2 = math.sqrt(2.0)
 
+Array = Any  # a NumPy, CuPy or Dask array
+
 
 @kernel("points", domains=DOMAINS)
-def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False, method: str = "gemm"):
+def gaussian_fs(z1: Array, z2: Array, *, sigma: float, squared: bool = False, method: str = "gemm") -> Array:
     """Gaussian kernel of FS distance d = d_FS(z1, z2), shape (n1, n2).
 
     ``squared=False`` is eq. (3.5) exactly as written in the paper, exp(-d / (2 sigma)) (a
@@ -65,13 +68,13 @@ def gaussian_fs(z1, z2, *, sigma: float, squared: bool = False, method: str = "g
     return xp.exp(d, out=d)
 
 
-def nearest_index(z_test, z_train):
+def nearest_index(z_test: Array, z_train: Array) -> Array:
     """Index (n_test,) of the nearest train point of every test point (streamed)."""
     return nearest(z_test, z_train)[0]
 
 
 @kernel("points", pairwise=False, symmetric=False)
-def delta(z1, z2):
+def delta(z1: Array, z2: Array) -> Array:
     """The Delta kernel of §3.2: k[i, j] = 1 if train point j is the nearest to point i, else 0.
 
     Shape (n1, n2); the update of a test point is the update of its nearest train point.  On

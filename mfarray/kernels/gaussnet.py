@@ -54,12 +54,16 @@ network (width, seed) and stays a function.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .checks import SQUARED_MAX, Flag, Integer, Real, check_hyper
 from .cosine import _as_float, _as_float_pair, _features_dim, _param, sq_distances
 from .spec import kernel
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 __all__ = [
     "gaussnet_normalized_amplitude",
@@ -88,7 +92,7 @@ def _domains(*names):
     return {k: DOMAINS[k] for k in names}
 
 
-def gaussnet_normalized_amplitude(d, sigma_w):
+def gaussnet_normalized_amplitude(d: int, sigma_w: float) -> float:
     """A = (sigma_w / sqrt(2 pi d))^(d/2): the Gauss-net NTK (sigma_b = 0) integrates to 1."""
     d = int(d)
     if d < 1 or not sigma_w > 0:
@@ -111,7 +115,8 @@ def _amplitude(amplitude, normalized, d, sigma_w, sigma_b):
 
 
 @kernel("features", domains=_domains("sigma_w", "sigma_b", "sigma_a", "amplitude"))
-def gaussnet_nngp(x1, x2, *, sigma_w, sigma_b=0.0, sigma_a=1.0, amplitude=1.0):
+def gaussnet_nngp(x1: Array, x2: Array, *, sigma_w: float, sigma_b: float = 0.0, sigma_a: float = 1.0,
+                  amplitude: float = 1.0) -> Array:
     """NNGP kernel E[f(x) f(x')] of Gauss-net (module docstring).
 
     sigma_b^2 + A^2 sigma_a^2 exp(-sigma_w^2 |x - x'|^2 / (2d)).
@@ -137,7 +142,8 @@ def gaussnet_nngp(x1, x2, *, sigma_w, sigma_b=0.0, sigma_a=1.0, amplitude=1.0):
 
 
 @kernel("features", domains=_domains("sigma_w", "sigma_b", "amplitude", "normalized"))
-def gaussnet_ntk(x1, x2, *, sigma_w, sigma_b=0.0, amplitude=1.0, normalized=False):
+def gaussnet_ntk(x1: Array, x2: Array, *, sigma_w: float, sigma_b: float = 0.0, amplitude: float = 1.0,
+                 normalized: bool = False) -> Array:
     """Infinite-width last-layer NTK of Gauss-net (a and the output bias beta trained).
 
     sigma_b^2 + A^2 exp(-sigma_w^2 |x - x'|^2 / (2d)); with ``normalized=True`` (needs
@@ -152,7 +158,8 @@ def gaussnet_ntk(x1, x2, *, sigma_w, sigma_b=0.0, amplitude=1.0, normalized=Fals
     return gaussnet_nngp.fn(x1, x2, sigma_w=sigma_w, sigma_b=sigma_b, sigma_a=1.0, amplitude=amp)
 
 
-def gaussnet_init(d, width, *, sigma_w, sigma_b0=0.0, sigma_a=1.0, sigma_b=0.0, seed=0):
+def gaussnet_init(d: int, width: int, *, sigma_w: float, sigma_b0: float = 0.0, sigma_a: float = 1.0,
+                  sigma_b: float = 0.0, seed: int | np.random.SeedSequence = 0) -> dict[str, Any]:
     """Draw Gauss-net parameters.
 
     Returns dict: "w" (N, d) ~ N(0, sigma_w^2/d), "b0" (N,) ~ N(0, sigma_b0^2),
@@ -179,7 +186,7 @@ def gaussnet_init(d, width, *, sigma_w, sigma_b0=0.0, sigma_a=1.0, sigma_b=0.0, 
     }
 
 
-def gaussnet_hidden(params, x):
+def gaussnet_hidden(params: Mapping[str, Any], x: Array) -> Array:
     """Hidden units h_i(x) = exp(w_i.x + b0_i - sigma_b0^2 - sigma_w^2 |x|^2 / d) -> (n, N).
 
     Evaluated as one exponential of the combined exponent (no overflow of the numerator).
@@ -195,7 +202,7 @@ def gaussnet_hidden(params, x):
     return xp.exp(x @ xp.matrix_transpose(w) + b0[None, :] - norm[:, None])
 
 
-def gaussnet_apply(params, x, amplitude=1.0):
+def gaussnet_apply(params: Mapping[str, Any], x: Array, amplitude: float = 1.0) -> Array:
     """f(x) = A/sqrt(N) sum_i a_i h_i(x) + sigma_b beta -> (n,)."""
     xp, x = _as_float(x)
     h = gaussnet_hidden(params, x)
@@ -206,17 +213,17 @@ def gaussnet_apply(params, x, amplitude=1.0):
 
 
 def gaussnet_ntk_empirical(
-    x1,
-    x2,
+    x1: Array,
+    x2: Array,
     *,
-    sigma_w,
-    width,
-    sigma_b0=0.0,
-    sigma_b=0.0,
-    amplitude=1.0,
-    normalized=False,
-    seed=0,
-):
+    sigma_w: float,
+    width: int,
+    sigma_b0: float = 0.0,
+    sigma_b: float = 0.0,
+    amplitude: float = 1.0,
+    normalized: bool = False,
+    seed: int | np.random.SeedSequence = 0,
+) -> Array:
     """Finite-width last-layer NTK of one draw: sigma_b^2 + A^2/N sum_i h_i(x) h_i(x').
 
     (Gradients w.r.t. a_i and the output bias beta; parameters from :func:`gaussnet_init`

@@ -101,6 +101,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
@@ -109,6 +110,11 @@ from .. import backend
 from .checks import (SQUARED_MAX, FloatDType, Integer, Optional, Real, check_finite_values, check_hyper,
                      require_real)
 from .spec import kernel
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 __all__ = ["relu_kernels", "relu_ntk", "relu_nngp", "relu_ntk_diag", "relu_nngp_diag",
            "relu_kernels_diag"]
@@ -394,8 +400,9 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
     return nngp, ntk
 
 
-def relu_kernels(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
-                 refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
+def relu_kernels(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
+                 dtype: DTypeLike | None = None, refine_tol: float = DEFAULT_REFINE_TOL, block_rows: int | None = None,
+                 n_threads: int | None = None) -> tuple[Array, Array]:
     """Infinite-width NNGP and NTK of a ReLU MLP in one pass.
 
     Parameters
@@ -429,8 +436,9 @@ def relu_kernels(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
 
 
 @kernel("features", domains=DOMAINS)
-def relu_ntk(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
-             refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
+def relu_ntk(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
+             dtype: DTypeLike | None = None, refine_tol: float = DEFAULT_REFINE_TOL, block_rows: int | None = None,
+             n_threads: int | None = None) -> Array:
     """Infinite-width NTK :math:`\\Theta^L(x_1, x_2)` of a ReLU MLP, shape (n1, n2).
 
     ``x1``: (n1, d), ``x2``: (n2, d) (default ``x1``).  Convention, recursion,
@@ -441,8 +449,9 @@ def relu_ntk(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
 
 
 @kernel("features", domains=DOMAINS)
-def relu_nngp(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
-              refine_tol=DEFAULT_REFINE_TOL, block_rows=None, n_threads=None):
+def relu_nngp(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
+              dtype: DTypeLike | None = None, refine_tol: float = DEFAULT_REFINE_TOL, block_rows: int | None = None,
+              n_threads: int | None = None) -> Array:
     """Infinite-width NNGP kernel :math:`K^L(x_1, x_2) = E[f(x_1) f(x_2)]`, shape (n1, n2).
 
     ``x1``: (n1, d), ``x2``: (n2, d) (default ``x1``).  See the module
@@ -452,7 +461,8 @@ def relu_nngp(x1, x2=None, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None,
                     n_threads, True, False, "relu_nngp")[0]
 
 
-def relu_kernels_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):
+def relu_kernels_diag(x: Array, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
+                      dtype: DTypeLike | None = None) -> tuple[Array, Array]:
     """Diagonals ``(K^L(x_i, x_i), Theta^L(x_i, x_i))``, each shape (n,), in O(n d).
 
     On the diagonal theta = 0, so each layer is the affine map
@@ -469,11 +479,13 @@ def relu_kernels_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):
     return check_finite_values(k, label, (x,)), check_finite_values(t, label, (x,))
 
 
-def relu_ntk_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):
+def relu_ntk_diag(x: Array, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
+                  dtype: DTypeLike | None = None) -> Array:
     """Diagonal of :func:`relu_ntk` (x, x), shape (n,), in O(n d)."""
     return relu_kernels_diag(x, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=dtype)[1]
 
 
-def relu_nngp_diag(x, *, depth=1, sigma_w=1.0, sigma_b=0.0, dtype=None):
+def relu_nngp_diag(x: Array, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
+                   dtype: DTypeLike | None = None) -> Array:
     """Diagonal of :func:`relu_nngp` (x, x), shape (n,), in O(n d)."""
     return relu_kernels_diag(x, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=dtype)[0]

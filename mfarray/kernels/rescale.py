@@ -11,6 +11,9 @@ inputs as the kernel (:class:`~mfarray.kernels.spec.Rescaling`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from .. import backend
@@ -19,8 +22,13 @@ from ..linalg import hermitian_det
 from .features import map_point_chunks
 from .spec import Kernel, Rescaling, as_kernel
 
+if TYPE_CHECKING:
+    from ..geometry.hypersurface import Hypersurface
 
-def rescaled(kernel, h) -> Kernel:
+Array = Any  # a NumPy, CuPy or Dask array
+
+
+def rescaled(kernel: Kernel | Callable[..., Array], h: Rescaling | Callable[[Array], Array]) -> Kernel:
     """The kernel (x1, x2) -> h(x1)[:, None] * kernel(x1, x2) * h(x2)[None, :]  (eq. 2.16).
 
     ``kernel``: a spec, a ``functools.partial`` of one (nested too) or a callable
@@ -34,7 +42,7 @@ def rescaled(kernel, h) -> Kernel:
     return as_kernel(kernel).rescale(h)
 
 
-def det_metric_rescaling(surface, metric=None) -> Rescaling:
+def det_metric_rescaling(surface: Hypersurface, metric: Callable[[Array], Array] | None = None) -> Rescaling:
     """h(z) = det(g_ref(z))^(-1/4) on homogeneous points z (n, n+1) -> (n,) (eq. 2.28),
     g_ref = g_FS by default.
 

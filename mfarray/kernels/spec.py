@@ -45,6 +45,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from .checks import NonFiniteKernelError, check_finite_values, check_hyper, kernel_input, require_real
 
@@ -52,6 +53,8 @@ __all__ = ["Kernel", "Rescaling", "as_kernel", "kernel", "INPUT_KINDS", "NonFini
            "check_finite_values", "require_real"]
 
 INPUT_KINDS = ("points", "features")
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Rescaling:
         if self.inputs not in INPUT_KINDS:
             raise ValueError(f"inputs must be one of {INPUT_KINDS}; got {self.inputs!r}")
 
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         """h(x): the (n,) factors, checked finite (lazily, chunk by chunk, for Dask)."""
         h = self.fn(x)
         if tuple(h.shape) != (x.shape[0],):
@@ -153,7 +156,7 @@ class Kernel:
             object.__setattr__(self, "hyper", check_hyper(self.domains, self.hyper, self.name))
 
     # ------------------------------------------------------------------ evaluation
-    def __call__(self, *inputs, **hyper):
+    def __call__(self, *inputs, **hyper) -> Array:
         """k(x1, x2=None, **hyper) -> (n1, n2); x2 defaults to x1.  The inputs may also be
         passed by fn's own names (``gaussian_fs(z1=..., z2=...)``); keywords given here override
         the bound ones for this call (and are checked against the domains).  Inputs of a kernel of
@@ -210,7 +213,7 @@ class Kernel:
         against the domains)."""
         return dataclasses.replace(self, hyper={**self.hyper, **hyper})
 
-    def rescale(self, h) -> Kernel:
+    def rescale(self, h: Rescaling | Callable[[Array], Array]) -> Kernel:
         """h(x1) k(x1, x2) h(x2) (eq. 2.16); ``h`` a :class:`Rescaling` on this kernel's inputs
         or a plain callable (taken to act on the same inputs as the kernel)."""
         if not isinstance(h, Rescaling):
@@ -296,7 +299,7 @@ def _check_names(fn, hyper, name):
 
 
 def kernel(inputs: str = "features", *, pairwise: bool = True, symmetric: bool = True, name: str = "",
-           domains: Mapping | None = None):
+           domains: Mapping | None = None) -> Callable[[Callable[..., Array]], Kernel]:
     """Decorator: ``@kernel("points")`` turns ``fn(x1, x2, **hyper)`` into a :class:`Kernel`;
     ``domains`` declares the allowed values of its hyper-parameters (:mod:`.checks`)."""
 
@@ -316,7 +319,7 @@ def kernel(inputs: str = "features", *, pairwise: bool = True, symmetric: bool =
     return wrap
 
 
-def as_kernel(obj) -> Kernel:
+def as_kernel(obj: Callable[..., Array]) -> Kernel:
     """The :class:`Kernel` of ``obj``: itself, a ``functools.partial`` (nested too) of one with
     its keywords bound, or, for any other callable, the neutral opaque spec.
 

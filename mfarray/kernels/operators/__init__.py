@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
+from typing import Any
 
 from ... import backend
 from .dense import DenseOperator
@@ -49,8 +51,10 @@ __all__ = [
     "acts_componentwise",
 ]
 
+Array = Any  # a NumPy, CuPy or Dask array
 
-def acts_componentwise(op) -> bool:
+
+def acts_componentwise(op: KernelOperator) -> bool:
     """True when ``op`` applies one scalar kernel to every trailing component alike (eq.
     2.23), so it may be fed any real coordinates of the metrics (e.g. the 9 real coordinates
     of a Hermitian 3x3 instead of its 18 real and imaginary parts).  Component-mixing and
@@ -90,16 +94,16 @@ def _feature_map(obj):
 
 
 def as_operator(
-    kernel_or_operator,
-    x_out=None,
-    x_in=None,
+    kernel_or_operator: KernelOperator | Array | str | os.PathLike | Callable[..., Array],
+    x_out: Array | None = None,
+    x_in: Array | None = None,
     *,
     method: str = "auto",
     block: int | None = None,
-    path=None,
+    path: str | os.PathLike | None = None,
     dense_max_bytes: int = 2**28,
     **build_kwargs,
-):
+) -> KernelOperator:
     """The operator a flow applies: pass through an operator, wrap a matrix, open a Zarr
     path, or turn a kernel ``k(x1, x2)`` on ``x_out`` (and ``x_in``, default ``x_out``)
     into one.

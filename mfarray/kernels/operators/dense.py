@@ -19,6 +19,8 @@ from ... import backend
 from .graph import matrix_matvec
 from .protocol import apply_block, check_square, diagonal, flatten, result_dtype, unflatten, unify_dask
 
+Array = Any  # a NumPy, CuPy or Dask array
+
 
 @dataclass(frozen=True, eq=False)
 class DenseOperator:
@@ -55,7 +57,7 @@ class DenseOperator:
         """``c`` for a component-mixing operator, None for a scalar (Kronecker) kernel."""
         return int(self.matrix.shape[2]) if len(self.matrix.shape) == 4 else None
 
-    def matvec(self, v):
+    def matvec(self, v: Array) -> Array:
         n_out, n_in = self.shape
         v2, trailing = flatten(v, n_in)
         M, v2 = unify_dask(self.matrix, v2)
@@ -76,11 +78,11 @@ class DenseOperator:
         out = xp.tensordot(M.astype(dt, copy=False), v2.astype(dt, copy=False), axes=([1, 3], [0, 1]))
         return unflatten(out, n_out, trailing)
 
-    def diagonal(self):
+    def diagonal(self) -> Array:
         check_square(self)
         return diagonal(self.matrix)
 
-    def to_dense(self):
+    def to_dense(self) -> Array:
         return self.matrix
 
     @property

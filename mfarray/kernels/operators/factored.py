@@ -15,6 +15,8 @@ import array_api_compat
 
 from .protocol import apply_block, check_square, flatten, unflatten, unify_dask
 
+Array = Any  # a NumPy, CuPy or Dask array
+
 
 @dataclass(frozen=True, eq=False)
 class FactoredOperator:
@@ -45,20 +47,20 @@ class FactoredOperator:
     def rank(self) -> int:
         return int(self.phi_out.shape[1])
 
-    def matvec(self, v):
+    def matvec(self, v: Array) -> Array:
         n_out, n_in = self.shape
         v2, trailing = flatten(v, n_in)
         po, pi, v2 = unify_dask(self.phi_out, self.phi_in, v2)
         t = apply_block(pi.T, v2)  # (rank, m)
         return unflatten(apply_block(po, t), n_out, trailing)
 
-    def diagonal(self):
+    def diagonal(self) -> Array:
         check_square(self)
         po, pi = unify_dask(self.phi_out, self.phi_in)
         xp = array_api_compat.array_namespace(po, pi)
         return xp.sum(po * pi, axis=1)
 
-    def to_dense(self):
+    def to_dense(self) -> Array:
         po, pi = unify_dask(self.phi_out, self.phi_in)
         xp = array_api_compat.array_namespace(po, pi)
         return xp.matmul(po, pi.T)

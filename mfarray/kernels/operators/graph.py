@@ -16,14 +16,21 @@ per core.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 
 from ... import backend
 from .protocol import apply_block, bounds, check_symmetric_tile, diagonal, kernel_block, result_dtype, sum_parts
 
+if TYPE_CHECKING:
+    import dask.array as da
 
-def as_dask(x, row_chunk: int):
+Array = Any  # a NumPy, CuPy or Dask array
+
+
+def as_dask(x: Array, row_chunk: int) -> da.Array:
     """``x`` as a Dask array chunked ``row_chunk`` rows at a time (other axes whole)."""
     import dask.array as da
 
@@ -90,7 +97,8 @@ def _column_partials(fn, *args, dtype, like, **kwargs):
         )  # fmt: skip
 
 
-def kernel_matvec(kernel, x_out, x_in, v2, block, split_every=8):
+def kernel_matvec(kernel: Callable[..., Array], x_out: Array, x_in: Array, v2: Array, block: int,
+                  split_every: int = 8) -> da.Array:
     """Lazy ``K(x_out, x_in) @ v2``: one task per (row block, column block) computing the
     kernel block and its product with v (memory ~ block^2), tree-reduced over columns."""
     xo, xi, vv = as_dask(x_out, block), as_dask(x_in, block), as_dask(v2, block)
@@ -100,7 +108,7 @@ def kernel_matvec(kernel, x_out, x_in, v2, block, split_every=8):
     return _tree_sum(partials, split_every)
 
 
-def symmetric_kernel_matvec(kernel, x, v2, block):
+def symmetric_kernel_matvec(kernel: Callable[..., Array], x: Array, v2: Array, block: int) -> da.Array:
     """Lazy ``K(x, x) @ v2`` for a symmetric kernel: one task per tile on or above the
     diagonal giving both K_ab v_b and K_ab^T v_a, then one sum per row block (half the
     kernel evaluations of :func:`kernel_matvec`)."""
@@ -126,7 +134,7 @@ def symmetric_kernel_matvec(kernel, x, v2, block):
     ])
 
 
-def matrix_matvec(K, v2, split_every=8):
+def matrix_matvec(K: Array, v2: Array, split_every: int = 8) -> da.Array:
     """Lazy ``K @ v2`` for a chunked Dask matrix K: one task per block of K."""
     import dask.array as da
 
@@ -135,7 +143,8 @@ def matrix_matvec(K, v2, split_every=8):
     return _tree_sum(_column_partials(_partial_matrix_product, K, "ij", vv, "jc", dtype=dtype, like=vv), split_every)
 
 
-def kernel_matrix(kernel, x_out, x_in, block, *, diagonal_only: bool = False):
+def kernel_matrix(kernel: Callable[..., Array], x_out: Array, x_in: Array, block: int, *,
+                  diagonal_only: bool = False) -> da.Array:
     """The lazy matrix ``k(x_out, x_in)`` in ``block x block`` tasks, or (``diagonal_only``)
     its diagonal ``k(x_out[a], x_in[a])`` from the diagonal tiles."""
     import dask.array as da

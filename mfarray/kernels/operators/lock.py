@@ -15,7 +15,12 @@ import socket
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zarr.storage import StoreLike
 
 LOCK_SUFFIX = ".lock"
 LOCK_GRACE_S = 30.0  # an unreadable lock younger than this is being written: live
@@ -69,7 +74,7 @@ def _lock_path(path):
 
 
 @contextmanager
-def exclusive(path, kernel_fp: str):
+def exclusive(path: StoreLike | os.PathLike, kernel_fp: str) -> Iterator[None]:
     """Hold ``<path>.lock`` (created atomically, ``O_CREAT | O_EXCL``) while building: a second
     writer finding a live lock raises :class:`KernelStoreLockedError` naming the path and the
     lock; a stale one (owner pid gone) is taken over with a warning."""

@@ -27,7 +27,8 @@ NumPy, CuPy and Dask alike; CuPy is never imported here.
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import array_api_compat
 import numpy as np
@@ -36,7 +37,12 @@ from ... import backend
 from ..checks import NonFiniteKernelError, check_finite_values
 from ..spec import Kernel, as_kernel
 
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
 __all__ = ["KernelOperator"]
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 @runtime_checkable
@@ -46,19 +52,19 @@ class KernelOperator(Protocol):
     @property
     def shape(self) -> tuple[int, int]: ...
 
-    def matvec(self, v): ...
+    def matvec(self, v: Array) -> Array: ...
 
 
 # ----------------------------------------------------------------------------- the kernel
 
 
-def kernel_spec(kernel) -> Kernel:
+def kernel_spec(kernel: Callable[..., Array]) -> Kernel:
     """What the operators read of a kernel (``.pairwise``, ``.symmetric``, ``.describe()``):
     ``as_kernel(kernel)``.  Evaluation always calls ``kernel`` itself."""
     return as_kernel(kernel)
 
 
-def check_tileable(kernel):
+def check_tileable(kernel: Callable[..., Array]) -> None:
     """Only a pairwise kernel (k(x, x') depends on x and x' alone) may be computed in tiles."""
     if not kernel_spec(kernel).pairwise:
         raise ValueError(
@@ -68,13 +74,13 @@ def check_tileable(kernel):
         )
 
 
-def tile_text(rows, cols, shape) -> str:
+def tile_text(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, ...]) -> str:
     """Where a tile lies, for messages: rows and columns of the operator and its shape."""
     return (f"on the tile of rows {rows[0]}:{rows[1]} (x_out) and columns {cols[0]}:{cols[1]} (x_in) "
             f"of the {tuple(int(s) for s in shape)} operator")
 
 
-def kernel_block(kernel, a, b, where: str = ""):
+def kernel_block(kernel: Callable[..., Array], a: Array, b: Array, where: str = "") -> Array:
     """The tile ``kernel(a, b)`` (n_a, n_b), its shape checked and its values finite.
 
     ``where`` (e.g. :func:`tile_text`) says which tile, in the :class:`NonFiniteKernelError`
@@ -100,7 +106,7 @@ def kernel_block(kernel, a, b, where: str = ""):
     return K
 
 
-def check_symmetric_tile(K, rtol: float = 1e-10, kernel=None):
+def check_symmetric_tile(K: Array, rtol: float = 1e-10, kernel: Callable[..., Array] | None = None) -> None:
     """A diagonal tile of a symmetric operator must equal its transpose (up to rounding):
     catches a kernel that is not symmetric before half of its matrix is mirrored.  (Its values
     are finite: :func:`kernel_block` refused any others.)"""
@@ -120,7 +126,7 @@ def check_symmetric_tile(K, rtol: float = 1e-10, kernel=None):
 # ----------------------------------------------------------------------------- checks
 
 
-def check_points(x, name: str):
+def check_points(x: Any, name: str) -> None:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise ValueError(f"{name} must be an array of shape (n, d); got {type(x).__name__}")
     if len(x.shape) != 2:
@@ -129,7 +135,7 @@ def check_points(x, name: str):
         raise ValueError(f"{name} has unknown (NaN) chunk sizes; call compute_chunk_sizes() first")
 
 
-def check_pair(x_out, x_in):
+def check_pair(x_out: Array, x_in: Array) -> None:
     check_points(x_out, "x_out")
     check_points(x_in, "x_in")
     if x_out.shape[1] != x_in.shape[1]:
@@ -139,13 +145,13 @@ def check_pair(x_out, x_in):
         )
 
 
-def check_positive(value, name: str = "block") -> int:
+def check_positive(value: Any, name: str = "block") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 
 
-def check_square(op):
+def check_square(op: KernelOperator) -> None:
     if op.shape[0] != op.shape[1]:
         raise ValueError(f"diagonal() needs a square operator; shape is {op.shape}")
 
@@ -153,11 +159,11 @@ def check_square(op):
 # ----------------------------------------------------------------------------- products
 
 
-def is_complex_dtype(dt) -> bool:
+def is_complex_dtype(dt: DTypeLike) -> bool:
     return np.dtype(dt).kind == "c"
 
 
-def result_dtype(*dtypes):
+def result_dtype(*dtypes: DTypeLike) -> np.dtype:
     """The promoted dtype, at least float64 for integer inputs."""
     dt = np.result_type(*[np.dtype(d) for d in dtypes])
     if dt.kind not in "fc":
@@ -165,7 +171,7 @@ def result_dtype(*dtypes):
     return dt
 
 
-def flatten(v, n_in: int):
+def flatten(v: Any, n_in: int) -> tuple[Array, tuple[int, ...]]:
     """``v (n_in, *trailing) -> (v2 (n_in, m), trailing)``; ints promoted to float64."""
     if not hasattr(v, "shape") or not hasattr(v, "dtype"):
         v = np.asarray(v)
@@ -185,12 +191,12 @@ def flatten(v, n_in: int):
     return v.reshape((n_in, m)), trailing
 
 
-def unflatten(out, n_out: int, trailing):
+def unflatten(out: Array, n_out: int, trailing: tuple[int, ...]) -> Array:
     """``(n_out, m) -> (n_out, *trailing)``, the inverse of :func:`flatten`."""
     return out.reshape((n_out, *trailing))
 
 
-def apply_block(K, v2, transpose: bool = False):
+def apply_block(K: Array, v2: Array, transpose: bool = False) -> Array:
     """``K @ v2`` (or ``K.T @ v2``), shape ``(n_out, m)``.
 
     Computed as ``(v2.T @ K.T).T``: for a skinny v2 (m ~ 9-18 columns) OpenBLAS streams a
@@ -210,7 +216,7 @@ def apply_block(K, v2, transpose: bool = False):
     return xp.matmul(v2.T.astype(dt, copy=False), Kt.astype(dt, copy=False)).T
 
 
-def sum_parts(*parts):
+def sum_parts(*parts: Array) -> Array:
     """The sum of same-shaped partial results (the first copied, the rest added in place)."""
     out = parts[0].copy()
     for p in parts[1:]:
@@ -218,12 +224,12 @@ def sum_parts(*parts):
     return out
 
 
-def concat_rows(pieces, like):
+def concat_rows(pieces: Sequence[Array], like: Array) -> Array:
     xp = array_api_compat.array_namespace(like)
     return pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=0)
 
 
-def diagonal(M):
+def diagonal(M: Array) -> Array:
     """Diagonal of a 2-D matrix (``(n,)``) or of the leading two axes of a 4-D block
     matrix (``(n, c, c)``), for NumPy, CuPy and Dask."""
     if backend.is_dask(M):
@@ -235,7 +241,7 @@ def diagonal(M):
     return d if len(M.shape) == 2 else d.transpose(2, 0, 1)
 
 
-def unify_dask(*arrays):
+def unify_dask(*arrays: Array) -> tuple[Array, ...]:
     """Return the arrays as they are, or all as Dask arrays when any one is."""
     if not any(backend.is_dask(a) for a in arrays):
         return arrays
@@ -244,6 +250,6 @@ def unify_dask(*arrays):
     return tuple(a if backend.is_dask(a) else da.asarray(a) for a in arrays)
 
 
-def bounds(n: int, block: int):
+def bounds(n: int, block: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` of the blocks of ``range(n)``."""
     return [(s, min(s + block, n)) for s in range(0, n, block)]

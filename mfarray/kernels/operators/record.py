@@ -26,13 +26,22 @@ import functools
 import hashlib
 import json
 import math
+import os
 import types
 import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ... import backend
 from .protocol import kernel_spec
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.storage import StoreLike
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 PROBE = 8  # the value probe: the top-left PROBE x PROBE entries of K (within block (0, 0))
 PROBE_RTOL = 1e-7  # relative to the probe's largest magnitude: rounding noise, not another kernel
@@ -41,7 +50,7 @@ ATTR_META = "mfarray_kernel_operator"
 ATTR_DONE = "mfarray_done_blocks"
 
 
-def fingerprint(x) -> str:
+def fingerprint(x: Array) -> str:
     """SHA-256 of an array's shape, dtype and bytes (NumPy, CuPy or Dask)."""
     a = np.ascontiguousarray(backend.to_numpy(x))
     h = hashlib.sha256()
@@ -74,7 +83,8 @@ def _json_safe(value, depth=0):
     return repr(value)
 
 
-def kernel_record(kernel, name=None, params=None) -> dict:
+def kernel_record(kernel: Callable[..., Array], name: str | None = None,
+                  params: Mapping[str, Any] | None = None) -> dict:
     """The kernel's identity in the store: ``as_kernel(kernel).describe()``, with ``name``
     replacing its name and ``params`` (default: its bound hyper-parameters) as ``"params"``."""
     spec = kernel_spec(kernel)
@@ -86,7 +96,7 @@ def kernel_record(kernel, name=None, params=None) -> dict:
     return info
 
 
-def check_rerun(arr, meta, path):
+def check_rerun(arr: zarr.Array, meta: Mapping[str, Any], path: StoreLike | os.PathLike) -> None:
     """A store being resumed must hold the same matrix: same shapes, block, dtype, points
     and kernel."""
     old = dict(arr.attrs).get(ATTR_META)
@@ -122,7 +132,7 @@ def _rounded(P) -> list:
     return [[float(f"{v:.12g}") if math.isfinite(v) else repr(float(v)) for v in row] for row in P.tolist()]
 
 
-def probe_record(P) -> dict:
+def probe_record(P: Array) -> dict:
     """The record of the kernel's values on the probe ``P = K[:rows, :cols]`` (float64):
     shape, the rounded values and their SHA-256."""
     vals = _rounded(P)
@@ -130,7 +140,7 @@ def probe_record(P) -> dict:
     return {"rows": int(P.shape[0]), "cols": int(P.shape[1]), "sha256": sha, "values": vals}
 
 
-def check_probe(old: dict, P, path):
+def check_probe(old: dict, P: Array, path: StoreLike | os.PathLike) -> None:
     """``P`` (the kernel on the probe now) must equal the stored probe to rounding; otherwise
     the store holds another kernel (e.g. a closure of the same name with another captured
     hyper-parameter), and ValueError says so."""
@@ -280,7 +290,7 @@ def _all_names(code) -> list:
     return names
 
 
-def code_token(kernel) -> str:
+def code_token(kernel: Callable[..., Array]) -> str:
     """SHA-256 of the kernel's code and captured values (:func:`_state`), computed without
     calling it.  Only a shortcut: equal tokens skip the value probe on resume; unequal (or
     unstable) tokens cost one small probe evaluation, whose values decide.  A kernel with state

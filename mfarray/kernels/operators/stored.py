@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy as np
@@ -55,6 +55,13 @@ from .record import (
 )
 
 from .lock import KernelStoreLockedError, exclusive as _exclusive  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from zarr.storage import StoreLike
+
+Array = Any  # a NumPy, CuPy or Dask array
+
 
 def _open_existing(path):
     """The kernel store at ``path`` (opened ``r+``), or None when nothing is there (a missing
@@ -229,13 +236,13 @@ class ZarrOperator:
     def build(
         cls,
         kernel: Callable,
-        x_out,
-        x_in=None,
-        path=None,
+        x_out: Array,
+        x_in: Array | None = None,
+        path: StoreLike | os.PathLike | None = None,
         *,
         block: int = backend.TILE,
         dtype: str = "float64",
-        compressors=None,
+        compressors: Any = None,
         symmetric: bool = False,
         overwrite: bool = False,
         workers: int = 1,
@@ -325,7 +332,8 @@ class ZarrOperator:
         return cls(arr)
 
     @classmethod
-    def open(cls, path, *, mode: str = "r", require_complete: bool = True) -> ZarrOperator:
+    def open(cls, path: StoreLike | os.PathLike, *, mode: str = "r",
+             require_complete: bool = True) -> ZarrOperator:
         """Reopen a store written by :meth:`build`; an incomplete one raises ValueError
         (``require_complete=False`` to open it anyway: missing blocks read as NaN)."""
         import zarr
@@ -353,7 +361,7 @@ class ZarrOperator:
         return tuple(int(c) for c in self.array.chunks)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return np.dtype(self.array.dtype)
 
     @property
@@ -374,14 +382,14 @@ class ZarrOperator:
 
     # --- linear algebra ---------------------------------------------------------------
 
-    def to_dask(self):
+    def to_dask(self) -> da.Array:
         """The matrix as a lazy Dask array (``dask.array.from_zarr``), chunks = blocks."""
         import dask.array as da
 
         K = da.from_zarr(self.array)
         return K.T if self.transposed else K
 
-    def matvec(self, v):
+    def matvec(self, v: Array) -> Array:
         n_out, n_in = self.shape
         v2, trailing = flatten(v, n_in)
         if backend.is_dask(v2):
@@ -418,12 +426,12 @@ class ZarrOperator:
                     acc = None
         return unflatten(concat_rows(rows, v2), n_out, trailing)
 
-    def diagonal(self):
+    def diagonal(self) -> np.ndarray:
         check_square(self)
         b = min(self.block)
         return np.concatenate([np.diagonal(self.array[a:c, a:c]) for a, c in bounds(self.shape[0], b)])
 
-    def to_dense(self):
+    def to_dense(self) -> np.ndarray:
         K = self.array[...]
         return K.T if self.transposed else K
 

@@ -45,6 +45,8 @@ from .protocol import (
     unflatten,
 )
 
+Array = Any  # a NumPy, CuPy or Dask array
+
 
 @dataclass(frozen=True)
 class _Swapped:
@@ -172,7 +174,7 @@ class BlockwiseOperator:
         with backend.one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             return [f.result() for f in [pool.submit(run) for _ in range(workers)]]
 
-    def matvec(self, v):
+    def matvec(self, v: Array) -> Array:
         n_out, n_in = self.shape
         v2, trailing = flatten(v, n_in)
         if self.lazy or backend.is_dask(v2):
@@ -198,7 +200,7 @@ class BlockwiseOperator:
             return unflatten(xp.zeros((n_out, v2.shape[1]), dtype=result_dtype(v2.dtype)), n_out, trailing)
         return unflatten(sum_parts(*parts), n_out, trailing)
 
-    def diagonal(self):
+    def diagonal(self) -> Array:
         """``k(x_out[a], x_in[a])`` from the diagonal tiles (cost ~ n * block)."""
         check_square(self)
         if self.lazy:
@@ -209,7 +211,7 @@ class BlockwiseOperator:
         ]
         return concat_rows(pieces, self.x_out)
 
-    def to_dense(self):
+    def to_dense(self) -> Array:
         """The full matrix (lazy Dask for Dask inputs).  Small cases only."""
         if self.lazy:
             return graph.kernel_matrix(self.kernel, self.x_out, self.x_in, self.block)
