@@ -316,3 +316,25 @@ def test_sigkill_at_several_moments_then_the_resumed_write_equals_an_uninterrupt
     mf.to_zarr(ds, path)  # the last resume, in this process
     assert _tree(path) == _tree(ref)
     _same_datasets(mf.open_zarr(path), mf.open_zarr(ref))
+
+
+def _slow_or_fail(block, at, block_info=None):
+    """Chunk ``at`` fails at once; every other chunk takes 0.3 s, then succeeds."""
+    if block_info[0]["chunk-location"][0] == at:
+        raise OSError("disk full (simulated)")
+    time.sleep(0.3)
+    return block
+
+
+def test_nothing_is_written_after_an_interrupted_write_has_raised(tmp_path):
+    """Dask raises as soon as one chunk fails while its other threads are still writing; the
+    store must not change after to_zarr has raised (a resume started at once would race
+    those writes)."""
+    z = np.arange(8 * 4, dtype=np.float64).reshape(8, 4)
+    zd = da.from_array(z, chunks=(1, 4)).map_blocks(_slow_or_fail, at=0, dtype=z.dtype)
+    path = tmp_path / "p.zarr"
+    with pytest.raises(OSError, match="disk full"):
+        mf.to_zarr(xr.Dataset({"x": (("i", "j"), zd)}), path)
+    raised = _tree(path)
+    time.sleep(0.8)
+    assert _tree(path) == raised

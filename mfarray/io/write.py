@@ -17,6 +17,7 @@ import warnings
 
 import xarray as xr
 
+from .. import backend
 from .location import (
     Location,
     clear,
@@ -87,7 +88,7 @@ def _finish(loc: Location, store) -> None:
         remove(loc, [f for f in files(loc) if TEMPORARY.fullmatch(f)])
 
 
-def to_zarr(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = False) -> None:
+def to_zarr(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False, progress: bool = False) -> None:
     """Write a Dataset to a Zarr v3 store at ``path`` (a local path or an fsspec URL),
     computing lazy variables chunk by chunk; the store ends with consolidated metadata.
 
@@ -130,11 +131,29 @@ def to_zarr(ds: xr.Dataset, path, *, overwrite: bool = False, progress: bool = F
         if done is None:  # refused before any chunk was computed (e.g. by xarray): leave no store
             _discard(loc, existed)
         raise
-    if progress:  # the chunks
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            writes.compute()
-    else:
-        writes.compute()
+    _compute(writes, progress)  # the chunks
     _finish(loc, store)
+
+
+def _compute(writes, progress: bool) -> None:
+    """Compute the delayed chunk writes.  With Dask's threaded scheduler they run on a pool of
+    this call's own, shut down before it returns or raises: after a failed chunk Dask raises at
+    once while its other threads are still writing, and a write (and its done-record) landing
+    after ``to_zarr`` has raised would race a resume that starts right away.  Other schedulers
+    (a ``dask.distributed`` client, "processes") ignore the pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+
+    pool = ThreadPoolExecutor(backend.cores())
+    try:
+        with dask.config.set(pool=pool):
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar():
+                    writes.compute()
+            else:
+                writes.compute()
+    finally:
+        pool.shutdown(wait=True)
