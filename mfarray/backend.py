@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import numpy as np
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 REAL = "float64"
 COMPLEX = "complex128"
@@ -59,7 +67,7 @@ def _fast_numpy():
     return np.ndarray, ns
 
 
-def namespace(*arrays):
+def namespace(*arrays: Array) -> ModuleType:
     """The array-API namespace shared by ``arrays`` (NumPy or CuPy).
 
     Plain NumPy arrays take a shortcut (array_api_compat's inspection costs ~14 us a call,
@@ -79,16 +87,16 @@ def namespace(*arrays):
     return xp
 
 
-def is_dask(x) -> bool:
+def is_dask(x: Any) -> bool:
     """True for a ``dask.array.Array`` (without importing dask if it is not loaded)."""
     return type(x).__module__.startswith("dask.")
 
 
-def is_cupy(x) -> bool:
+def is_cupy(x: Any) -> bool:
     return array_api_compat.is_cupy_array(x)
 
 
-def cupy():
+def cupy() -> ModuleType:
     """Import CuPy on demand; a clear error where it is not installed."""
     try:
         import cupy as cp
@@ -99,7 +107,7 @@ def cupy():
     return cp
 
 
-def to_numpy(x):
+def to_numpy(x: Array) -> np.ndarray:
     """A NumPy copy of a NumPy, CuPy or (computed) Dask array."""
     import numpy as np
 
@@ -124,7 +132,7 @@ def cores() -> int:
 _BLAS = None
 
 
-def one_blas_thread():
+def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
     """Context holding BLAS to one thread where our own threads already run one per core
     (tile threads, row-block threads, Dask's threaded scheduler): nested BLAS threads
     oversubscribe the cores (1.8-2.2x slower mat-vecs measured on 2 cores).  Process-global,

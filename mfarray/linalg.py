@@ -32,10 +32,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
 from . import backend
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 __all__ = [
     "MARGIN", "HERMITIAN_RTOL", "Metrics", "metrics", "valid", "require_valid", "hermitian_det",
@@ -48,7 +51,7 @@ HERMITIAN_RTOL = 1e-10
 
 
 # --------------------------------------------------------------------------- factorisation
-def hermitian_det(g):
+def hermitian_det(g: Array) -> Array:
     """Real determinant of Hermitian matrices g (..., k, k) -> (...).
 
     k <= 3 uses the explicit cofactor expansion with real diagonals (about 3x faster than a
@@ -69,7 +72,7 @@ def hermitian_det(g):
     return xp.real(xp.linalg.det(g))
 
 
-def ldl_pivots(g):
+def ldl_pivots(g: Array) -> Array:
     """Pivots (N, k) of the LDL^H elimination of Hermitian g (N, k, k), without pivoting.
 
     All pivots are > 0 exactly when g is positive definite, and det g is their product.  For
@@ -91,7 +94,7 @@ def ldl_pivots(g):
     return xp.stack(pivots, axis=-1) * top[:, None]
 
 
-def positive_definite(g):
+def positive_definite(g: Array) -> Array:
     """(N,) bool: g (N, k, k) Hermitian is finite and positive definite (:func:`ldl_pivots`).
 
     Positivity alone; the validity rule of this module (:func:`valid`) also asks for a
@@ -102,7 +105,7 @@ def positive_definite(g):
     return finite & xp.all(ldl_pivots(safe) > 0, axis=-1)
 
 
-def hermitian_part(g):
+def hermitian_part(g: Array) -> Array:
     """(g + g^dagger) / 2."""
     xp = backend.namespace(g)
     return 0.5 * (g + xp.conj(xp.matrix_transpose(g)))
@@ -156,21 +159,21 @@ class Metrics:
                        self.valid[columns], parts)
 
     @functools.cached_property
-    def g(self):
+    def g(self) -> Array:
         return from_rows(self.rows, self.k)
 
     @functools.cached_property
-    def inverse_rows(self):
+    def inverse_rows(self) -> Array:
         return self.inverse_rows_times(None)
 
-    def inverse_rows_times(self, c):
+    def inverse_rows_times(self, c: Array | None) -> Array:
         """c (N,) times the rows of g^{-1}, (k*k, N) (c None: g^{-1}); in one pass for k = 3."""
         if self.parts is not None:
             return _inverse_rows3(self.rows, self.parts, c, backend.namespace(self.rows))
         return to_rows(self.inverse) if c is None else c * self.inverse_rows
 
     @functools.cached_property
-    def inverse(self):
+    def inverse(self) -> Array:
         if self.parts is not None:
             return from_rows(self.inverse_rows, self.k)
         xp = backend.namespace(self.rows)
@@ -182,7 +185,7 @@ class Metrics:
         return adj / xp.astype(det, adj.dtype)[:, None, None]
 
 
-def to_rows(g):
+def to_rows(g: Array) -> Array:
     """(N, k, k) Hermitian -> (k*k, N) contiguous real coordinate rows."""
     r = hermitian_to_real(g)
     xp = backend.namespace(r)
@@ -190,12 +193,12 @@ def to_rows(g):
     return xp.reshape(xp.reshape(r.T, (kk * n,)), (kk, n))
 
 
-def from_rows(rows, k: int):
+def from_rows(rows: Array, k: int) -> Array:
     """(k*k, N) real coordinate rows -> (N, k, k) exactly Hermitian complex metrics."""
     return real_to_hermitian(rows.T, k)
 
 
-def metrics(g, *, margin: float = MARGIN, hermitian_rtol: float = HERMITIAN_RTOL) -> Metrics:
+def metrics(g: Array, *, margin: float = MARGIN, hermitian_rtol: float = HERMITIAN_RTOL) -> Metrics:
     """Factorise Hermitian metrics g (N, k, k) once: det, rcond, validity (module rule).
 
     Non-finite or non-Hermitian input is marked invalid, never raised on: callers decide
@@ -218,7 +221,7 @@ def metrics(g, *, margin: float = MARGIN, hermitian_rtol: float = HERMITIAN_RTOL
     return dataclasses.replace(m, valid=ok)
 
 
-def metrics_rows(rows, k: int, *, margin: float = MARGIN) -> Metrics:
+def metrics_rows(rows: Array, k: int, *, margin: float = MARGIN) -> Metrics:
     """:func:`metrics` of metrics given by their real coordinate rows (k*k, N) (exactly
     Hermitian by construction; what the flows move).  k = 3 runs in real row arithmetic."""
     with np.errstate(all="ignore"):  # overflow or NaN makes a metric invalid, not a warning
@@ -340,12 +343,12 @@ def _principal_minor_sum(g, det, xp):
     return det * xp.real(xp.trace(inv, axis1=-2, axis2=-1))
 
 
-def valid(g, **kw):
+def valid(g: Array, **kw: float) -> Array:
     """(N,) bool: the validity rule of this module for metrics g (N, k, k)."""
     return metrics(g, **kw).valid
 
 
-def require_valid(g, name: str = "g", **kw) -> Metrics:
+def require_valid(g: Array | Metrics, name: str = "g", **kw: float) -> Metrics:
     """:func:`metrics` of g, or ValueError naming ``name``, how many metrics fail and why."""
     m = g if isinstance(g, Metrics) else metrics(g, **kw)
     if m.n and not m.all_valid:
@@ -379,7 +382,7 @@ def _as_complex(g):
 
 # --------------------------------------------------------------------------- real basis
 @functools.lru_cache(maxsize=None)
-def real_basis(k: int):
+def real_basis(k: int) -> np.ndarray:
     """(k*k, k, k) orthonormal basis of Hermitian k x k matrices under Re tr(A^dagger B).
 
     Order: E_aa (a = 0..k-1), then for each a < b (row-major) (E_ab + E_ba)/sqrt 2 and
@@ -415,7 +418,7 @@ def _index(k: int):
 _R2 = 1.0 / math.sqrt(2.0)
 
 
-def hermitian_to_real(g):
+def hermitian_to_real(g: Array) -> Array:
     """(..., k, k) -> (..., k*k) float64 coordinates r_j = Re tr(B_j^dagger g) in :func:`real_basis`.
 
     For Hermitian g this is an isometry, <A, B> = Re tr(A^dagger B) = r_A . r_B, inverse to
@@ -439,7 +442,7 @@ def hermitian_to_real(g):
     return xp.concat([xp.real(flat[..., diag]), xp.reshape(reim, lead + (k * k - k,))], axis=-1)
 
 
-def real_to_hermitian(r, k: int):
+def real_to_hermitian(r: Array, k: int) -> Array:
     """(..., k*k) real coordinates -> (..., k, k) exactly Hermitian matrices sum_j r_j B_j.
 
     Inverse of :func:`hermitian_to_real` on Hermitian matrices (and its adjoint in general).

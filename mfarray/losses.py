@@ -55,12 +55,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from . import backend, linalg
 from .linalg import Metrics, hermitian_to_real, real_to_hermitian
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "LossData", "Loss", "PointwiseLoss", "sigma_loss", "sigma_loss_dynamic", "sigma_squared_loss",
@@ -69,6 +72,8 @@ __all__ = [
 ]
 
 _HERMITIAN_RTOL = 1e-6
+
+Array = Any  # a NumPy, CuPy or Dask array
 
 
 # --------------------------------------------------------------------------- validation
@@ -186,7 +191,7 @@ class LossData:
         return int(self.weight.shape[0])
 
     @functools.cached_property
-    def eta_scale(self):
+    def eta_scale(self) -> Array:
         """kappa |Omega|^2 (N,): eta = det g / eta_scale (B.11), computed once."""
         return self.kappa * self.omega2
 
@@ -197,9 +202,9 @@ class Loss(Protocol):
 
     name: str
 
-    def value(self, g, data: LossData): ...  # (N,)
+    def value(self, g: Array, data: LossData) -> Array: ...  # (N,)
 
-    def gradient(self, g, data: LossData): ...  # (N, k, k), convention of the module docstring
+    def gradient(self, g: Array, data: LossData) -> Array: ...  # (N, k, k), convention of the module docstring
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +224,7 @@ class PointwiseLoss:
     gradient: Callable
     on_metrics: tuple | None = None  # (value(m, data), gradient(m, data), rows(m, data)), built-ins; values unchecked
 
-    def values_at(self, m: Metrics, data: LossData):
+    def values_at(self, m: Metrics, data: LossData) -> Array:
         if not self.on_metrics:
             return self.value(m.g, data)
         return _finite_out(self.on_metrics[0](m, data), backend.namespace(m.det), f"{self.name} loss")
@@ -234,10 +239,10 @@ class PointwiseLoss:
             raise ValueError(f"{self.name} loss is not finite (overflow: g or |Omega|^2 out of range)")
         return value
 
-    def gradient_at(self, m: Metrics, data: LossData):
+    def gradient_at(self, m: Metrics, data: LossData) -> Array:
         return self.on_metrics[1](m, data) if self.on_metrics else self.gradient(m.g, data)
 
-    def gradient_rows_at(self, m: Metrics, data: LossData):
+    def gradient_rows_at(self, m: Metrics, data: LossData) -> Array:
         """The gradient as real coordinate rows (k*k, N) (:func:`mfarray.linalg.to_rows`)."""
         if self.on_metrics and self.on_metrics[2] is not None:
             return self.on_metrics[2](m, data)
@@ -276,7 +281,7 @@ def _on_metrics(name, value_at, gradient_at=None, positive=True, coeff_at=None) 
 
 
 # --------------------------------------------------------------------------- geometry helpers
-def det_gradient(g):
+def det_gradient(g: Array) -> Array:
     """d det g / dg = det g g^{-1} for Hermitian positive-definite g (N, k, k) -> (N, k, k).
 
     In the module's convention: d det g = Re tr((det g g^{-1})^dagger dg) = det g tr(g^{-1} dg).
@@ -287,7 +292,7 @@ def det_gradient(g):
     return _finite_out(m.det[:, None, None] * m.inverse, xp, "det g g^{-1}")
 
 
-def current_kappa(g, data: LossData):
+def current_kappa(g: Array, data: LossData) -> Array:
     """kappa = E_w[det g/|Omega|^2] of the metric g itself (B.10), a 0-d array."""
     m = _checked(data, g)
     xp = backend.namespace(m.det)
@@ -384,7 +389,7 @@ def sigma_squared_loss() -> PointwiseLoss:
 
 
 # --------------------------------------------------------------------------- mse
-def mse_loss(target=None) -> PointwiseLoss:
+def mse_loss(target: Array | None = None) -> PointwiseLoss:
     """l(x) = w(x) ||g(x) - g_target(x)||_F^2 (trace inner product); dl/dg = 2 w (g - g_target).
     ``target`` (N, k, k) Hermitian; default ``data.target``.  g need not be positive definite.
     """
@@ -410,7 +415,7 @@ def mse_loss(target=None) -> PointwiseLoss:
 
 
 # --------------------------------------------------------------------------- totals and data
-def total(loss: Loss, g, data: LossData) -> float:
+def total(loss: Loss, g: Array | Metrics, data: LossData) -> float:
     """The total loss L = sum_x l(x)/N, the mean of ``loss.value(g, data)`` (eq. 2.3 divided by N).
     ``g`` may be raw metrics or a :class:`~mfarray.linalg.Metrics` already factorised.  A loss
     that is not finite is a ValueError (naming the loss), never a number passed on."""
@@ -431,7 +436,7 @@ def total(loss: Loss, g, data: LossData) -> float:
     return value
 
 
-def gradient(loss: Loss, m: Metrics, data: LossData):
+def gradient(loss: Loss, m: Metrics, data: LossData) -> Array:
     """Per-point gradients (N, k, k) of ``loss`` at factorised metrics ``m``."""
     G = loss.gradient_at(m, data) if hasattr(loss, "gradient_at") else loss.gradient(m.g, data)
     if tuple(G.shape) != (m.n, m.k, m.k):
@@ -440,7 +445,7 @@ def gradient(loss: Loss, m: Metrics, data: LossData):
     return G
 
 
-def gradient_rows(loss: Loss, m: Metrics, data: LossData):
+def gradient_rows(loss: Loss, m: Metrics, data: LossData) -> Array:
     """Per-point gradients of ``loss`` at ``m`` as real coordinate rows (k*k, N): what flows
     apply kernels to (built-in losses never form the (N, k, k) matrices)."""
     if hasattr(loss, "gradient_rows_at"):
@@ -448,7 +453,7 @@ def gradient_rows(loss: Loss, m: Metrics, data: LossData):
     return linalg.to_rows(gradient(loss, m, data))
 
 
-def make_loss_data(ds, g0=None, *, target=None) -> LossData:
+def make_loss_data(ds: xr.Dataset, g0: Array | None = None, *, target: Array | None = None) -> LossData:
     """LossData from a point-set Dataset (``mfarray.sample_points``), as NumPy arrays.
 
     omega2 and weight come from ``ds`` as they are (mean 1 for ``sample_points`` output; not
@@ -464,7 +469,7 @@ def make_loss_data(ds, g0=None, *, target=None) -> LossData:
     return loss_data(omega2, weight, g0, target=target)
 
 
-def loss_data(omega2, weight, g0, *, target=None) -> LossData:
+def loss_data(omega2: Array | None, weight: Array, g0: Array, *, target: Array | None = None) -> LossData:
     """LossData from arrays: kappa = E_w[det g0/|Omega|^2] (B.10); omega2 None means no
     Calabi-Yau form (omega2 = 1, kappa = 1)."""
     weight = _as_1d(weight, "weight")

@@ -42,9 +42,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import backend, linalg, losses
 from ..geometry import measures
+
+if TYPE_CHECKING:
+    from .models import MetricModel
+    from .sites import Sites
 
 __all__ = ["StepControl", "FlowError", "Trajectory", "integrate"]
 
@@ -54,7 +59,7 @@ class FlowError(RuntimeError):
     definite with a margin).  ``step`` is the step that failed; ``result`` (set by the flow
     entry points) holds the steps done, as the Dataset the flow would have returned."""
 
-    def __init__(self, message, *, step=None, trajectory=None):
+    def __init__(self, message: str, *, step: int | None = None, trajectory: Trajectory | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.trajectory = trajectory
@@ -112,7 +117,7 @@ class StepControl:
         return d
 
 
-def check_steps(steps, name="steps"):
+def check_steps(steps: int, name: str = "steps") -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) and not (hasattr(steps, "__index__")):
         raise TypeError(f"{name} must be a non-negative integer; got {steps!r}")
     steps = int(steps.__index__())
@@ -172,8 +177,9 @@ class _Progress:
               f"[{now - self.start:.1f} s]", end="\n" if final else "", file=sys.stderr, flush=True)
 
 
-def integrate(model, loss, data: losses.LossData, control: StepControl, steps: int, train_sites, test_sites=None,
-              *, record_every: int = 1, callback: Callable | None = None, progress: bool = False) -> Trajectory:
+def integrate(model: MetricModel, loss: losses.Loss, data: losses.LossData, control: StepControl, steps: int,
+              train_sites: Sites, test_sites: Sites | None = None, *, record_every: int = 1,
+              callback: Callable | None = None, progress: bool = False) -> Trajectory:
     """Run ``steps`` steps of gradient descent of ``model`` on ``loss`` (module docstring).
 
     model : a :class:`~mfarray.flows.models.MetricModel` (``init``, ``metrics``, ``line``) on

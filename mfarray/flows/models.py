@@ -32,7 +32,7 @@ evaluating ``metrics_at`` for several s is what makes backtracking cheap.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,25 +40,32 @@ from .. import backend, linalg
 from .. import networks as nw
 from ..kernels.operators import acts_componentwise
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..kernels.operators import KernelOperator
+
+Array = Any  # a NumPy, CuPy or Dask array
+
 __all__ = ["MetricModel", "KernelModel", "NetworkModel", "metric_matvec"]
 
 
 @runtime_checkable
 class MetricModel(Protocol):
-    def init(self): ...
+    def init(self) -> Array: ...
 
-    def metrics(self, theta): ...
+    def metrics(self, theta: Array) -> Array: ...
 
-    def line(self, theta, g, G): ...
+    def line(self, theta: Array, g: Array, G: Array) -> tuple[Callable[[float], Array], Callable[[float], Array]]: ...
 
 
-def metric_matvec(K, G):
+def metric_matvec(K: KernelOperator, G: Array) -> Array:
     """``Theta . G`` for Hermitian metrics G (N, k, k) -> (N_out, k, k)."""
     k = G.shape[-1]
     return linalg.from_rows(rows_matvec(K, linalg.to_rows(G), k), k)
 
 
-def rows_matvec(K, rows, k, componentwise=None):
+def rows_matvec(K: KernelOperator, rows: Array, k: int, componentwise: bool | None = None) -> Array:
     """``Theta . G`` on real coordinate rows (k*k, N_in) -> (k*k, N_out).
 
     A scalar (Kronecker, eq. 2.23) real kernel acts on each component alike, so it is applied
@@ -88,7 +95,7 @@ class KernelModel:
     g0_test: object = None  # rows (k*k, M)
     k: int = 3
 
-    def init(self):
+    def init(self) -> Array:
         return backend.namespace(self.g0).zeros_like(self.g0)
 
     def __post_init__(self):
@@ -116,14 +123,14 @@ class KernelModel:
             out[:, n:] = rows_matvec(self.K_test, rows, self.k, cw_test)
         return out
 
-    def metrics(self, A):
+    def metrics(self, A: Array) -> Array:
         return self._g0 - self._apply(A)
 
-    def predict(self, A, K_new, g0_new):
+    def predict(self, A: Array, K_new: KernelOperator, g0_new: Array) -> Array:
         """Metrics (rows) at new points: g0_new - Theta(new, train) A (exact: the flow is linear in A)."""
         return g0_new - rows_matvec(K_new, A, self.k)
 
-    def line(self, A, g, G):
+    def line(self, A: Array, g: Array, G: Array) -> tuple[Callable[[float], Array], Callable[[float], Array]]:
         U = self._apply(G)
         return (lambda s: g - s * U), (lambda s: A + s * G)
 
@@ -149,7 +156,7 @@ class NetworkModel:
     linearized: bool = False
     center: bool = False
 
-    def init(self):
+    def init(self) -> Array:
         return nw.flatten(self.params0)
 
     def __post_init__(self):
@@ -161,7 +168,7 @@ class NetworkModel:
             self._f0[key] = (x, nw.apply(self.config, self.params0, x))
         return self._f0[key][1]
 
-    def metric_at(self, theta, x, g_ref):
+    def metric_at(self, theta: Array, x: Array, g_ref: Array) -> Array:
         """The model's metric rows (k*k, n) at inputs x (n, d_in) with reference rows g_ref."""
 
         def R(f):  # network outputs (n, k*k) are the real coordinates: rows are their transpose
@@ -175,23 +182,23 @@ class NetworkModel:
         f = nw.apply(self.config, nw.unflatten(self.config, theta), x)
         return g_ref + R(f - f0 if self.center else f)
 
-    def metrics(self, theta):
+    def metrics(self, theta: Array) -> Array:
         g = self.metric_at(theta, self.x, self.g_ref)
         if self.x_test is None:
             return g
         gt = self.metric_at(theta, self.x_test, self.g_ref_test)
         return backend.namespace(g).concat([g, gt], axis=1)
 
-    def pullback(self, theta, G):
+    def pullback(self, theta: Array, G: Array) -> Array:
         """J(theta)^T r(G) (J at theta0 for the linearised model), flat (P,); G as rows."""
         params = self.params0 if self.linearized else nw.unflatten(self.config, theta)
         return nw.flatten(nw.vjp(self.config, params, self.x, G.T))
 
-    def line(self, theta, g, G):
+    def line(self, theta: Array, g: Array, G: Array) -> tuple[Callable[[float], Array], Callable[[float], Array]]:
         D = self.pullback(theta, G)
         return (lambda s: self.metrics(theta - s * D)), (lambda s: theta - s * D)
 
 
-def as_float_params(params):
+def as_float_params(params: nw.Params) -> nw.Params:
     """A parameter tree as float64 NumPy copies."""
     return tuple((np.array(W, dtype=np.float64), np.array(b, dtype=np.float64)) for W, b in params)
