@@ -1,7 +1,8 @@
 """mfarray: metric flows with neural networks, array-first (NumPy/CuPy + Dask + xarray).
 
 Layers, lowest first (a module never imports one listed after it):
-backend, io, linalg <- geometry <- roots, sampling <- pointset <- networks <- kernels
+backend, io, linalg <- geometry <- roots, sampling <- pointset <- cluster (batched
+clustering, its quality, Figure 2) <- networks <- kernels
 (specs, kernels, operators) <- losses <- flows (sites, models, integrate, results, entry
 points, evaluate) <- cli.  See docs/architecture.md.
 """
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 from .geometry import (Hypersurface, cubic_curve, dwork_quintic, fermat, fermat_quintic,
                        fs_distance, nearest, quartic_k3)
 from . import backend, kernels, linalg, losses
+from .cluster import cluster, cluster_quality, figure2_data, plot_figure2
 from .flows import FlowError, evaluate, kernel_flow, network_flow, predict
 from .io import open_zarr, to_zarr
 from .pointset import (chart_counts, eta, express_in_chart, kappa, points_from_z, sample_points, select_chart,
@@ -21,4 +23,5 @@ __all__ = [
     "fs_distance", "nearest", "sample_points", "points_from_z", "select_chart", "split", "to_chart",
     "express_in_chart", "kernel_flow", "network_flow", "predict", "evaluate", "FlowError", "kernels", "losses",
     "linalg", "chart_counts", "sigma_measure", "kappa", "eta", "surface_of", "to_zarr", "open_zarr",
+    "cluster", "cluster_quality", "figure2_data", "plot_figure2",
 ]

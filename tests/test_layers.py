@@ -7,7 +7,7 @@ import pathlib
 
 import mfarray
 
-LAYERS = ["backend", "io", "linalg", "geometry", "roots", "sampling", "pointset", "networks", "kernels",
+LAYERS = ["backend", "io", "linalg", "geometry", "roots", "sampling", "pointset", "cluster", "networks", "kernels",
           "losses", "flows", "cli"]
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROOT = REPO / "mfarray"  # the source tree (the installed copy has no docs beside it)

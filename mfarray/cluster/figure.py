@@ -1,0 +1,91 @@
+"""The data of the paper's Figure 2 and a plot of it: a subsample's FS distance matrix (3.2) in
+unclustered, batched-clustering and full-clustering order.
+
+Paper: 1000 points, 10 clusters, 5 batches for the batched clustering.  Ordered by cluster, a
+good clustering shows dark (small-distance) blocks on the diagonal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from .. import backend
+from ..geometry.distance import fs_distance
+from ..pointset.charts import _require_point_set
+from .batched import cluster
+
+__all__ = ["figure2_data", "plot_figure2", "FIGURE2_STREAM", "ORDERS"]
+
+FIGURE2_STREAM = 0x46494732  # "FIG2": the subsample's random stream
+ORDERS = ("unclustered", "batched", "full")
+
+
+def figure2_data(points: xr.Dataset, n: int = 1000, clusters: int = 10, batches: int = 5,
+                 merge: str = "assignment", seed: int = 0) -> xr.Dataset:
+    """Figure 2's data: ``distance`` (order, row, col) float, the FS distances of a random
+    subsample of ``n`` points (n, n), with rows and columns in three orders (``order`` =
+    unclustered, batched, full): as drawn, and stably sorted by the labels of
+    ``cluster(sub, size=n // clusters, batch=ceil(n / batches))`` and of the full clustering
+    (batch = n).  Also ``point`` (order, row), the input's point coordinate of each row, and
+    ``cluster`` (order, row), its label (-1 in the unclustered order).  Memory 3 n^2 floats.
+    """
+    _require_point_set(points, "points", needs=("z",))
+    total = points.sizes["point"]
+    for name, value in (("n", n), ("clusters", clusters), ("batches", batches)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {name}={value!r}")
+    if n > total:
+        raise ValueError(f"n={n} exceeds the {total} points of the set")
+    if clusters > n // batches:
+        raise ValueError(f"each of the {batches} batches of {n // batches} points must hold {clusters} clusters")
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(FIGURE2_STREAM,)))
+    pick = np.sort(rng.choice(total, size=n, replace=False))
+    sub = points.isel(point=pick)
+    size = n // clusters
+    batch = max(size, -(-n // batches))
+    batched = cluster(sub, size=size, batch=batch, merge=merge, seed=seed)["cluster"].data
+    full = cluster(sub, size=size, batch=n, merge=merge, seed=seed)["cluster"].data
+    z, batched, full = dask.compute(sub["z"].transpose("point", ...).data, batched, full)
+    z, batched, full = (backend.to_numpy(a) for a in (z, batched, full))
+    d = fs_distance(z, method="gemm")
+    orders = [np.arange(n), np.argsort(batched, kind="stable"), np.argsort(full, kind="stable")]
+    labels = [np.full(n, -1), batched[orders[1]], full[orders[2]]]
+    point = sub["point"].values if "point" in sub.coords else pick
+    return xr.Dataset(
+        {
+            "distance": (("order", "row", "col"), np.stack([d[np.ix_(o, o)] for o in orders]), {
+                "description": "FS distance (eq. 3.2) between the subsample's points, rows and columns in the order"}),
+            "point": (("order", "row"), np.stack([point[o] for o in orders]), {
+                "description": "the input point set's point coordinate of each row"}),
+            "cluster": (("order", "row"), np.stack(labels).astype(np.int64), {
+                "description": "the row's cluster in that order's clustering (-1: unclustered)"}),
+        },
+        coords={"order": ("order", list(ORDERS), {
+            "description": "row order: as drawn, by batched-clustering label, by full-clustering label"})},
+        attrs={"n": int(n), "clusters": int(clusters), "batches": int(batches), "size": int(size),
+               "batch": int(batch), "merge": merge, "seed": int(seed),
+               "title": "paper Figure 2: FS distances with no, batched and full clustering"},
+    )
+
+
+def plot_figure2(data: xr.Dataset, axes: Any = None) -> Any:
+    """Three panels of ``data.distance`` (from :func:`figure2_data`), one per order; returns the
+    axes.  Needs matplotlib (optional, not a dependency): ImportError saying so without it."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("plot_figure2 needs matplotlib (pip install matplotlib); figure2_data gives "
+                          "the same data as an xarray Dataset") from err
+    if axes is None:
+        _, axes = plt.subplots(1, len(data["order"]), figsize=(4 * len(data["order"]), 4))
+    for ax, order in zip(np.atleast_1d(axes), data["order"].values):
+        im = ax.imshow(data["distance"].sel(order=order).values, cmap="viridis", vmin=0, vmax=np.pi / 2)
+        ax.set_title(str(order))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    plt.colorbar(im, ax=axes, label="FS distance")
+    return axes
