@@ -162,7 +162,9 @@ def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator
     attrs = {"flow": "frozen-kernel flow (2.12)", "model": "kernel", "loss": loss_fn.name,
              "kernel": json.dumps(kernel_record), "step_control": json.dumps(control.describe()),
              "features": getattr(features or patch_features, "__qualname__", repr(features)),
-             "method": method, "operator_options": json.dumps(_json_safe(operator_options or {}))}
+             "method": method, "operator_options": json.dumps(_json_safe(operator_options or {})),
+             "operators": json.dumps({name: op.describe() for name, op in (("train", K), ("test", K_test))
+                                      if hasattr(op, "describe")}, default=repr)}
 
     def result(trajectory):
         dual = (("point", "row", "col"), backend.to_numpy(linalg.from_rows(trajectory.theta, tr.k)))

@@ -20,6 +20,10 @@ One module per concept::
     stored     ZarrOperator            (on disk, resumable build)
     record     what a stored matrix records about itself (points, kernel identity)
     factored   FactoredOperator        (Phi_out Phi_in^T)
+    local      LocalGaussianOperator   (gaussian_fs: tile pairs provably below tol skipped, error bound)
+               NearestOperator         (delta: the nearest-neighbour gather, exact)
+    lowrank    LowRankOperator         (pivoted Cholesky L L^T; test x train by Nystrom on the same
+                                        pivots; residual-trace bound)
 
 NumPy and CuPy inputs work alike (the namespace comes from the inputs); Dask inputs give
 lazy Dask results whose tasks each hold about one ``block x block`` kernel block.
@@ -37,6 +41,8 @@ from typing import Any
 from ... import backend
 from .dense import DenseOperator
 from .factored import FactoredOperator
+from .local import LocalGaussianOperator, NearestOperator, local_operator
+from .lowrank import LowRankOperator, LowRankWarning, lowrank_operator
 from .protocol import KernelOperator, check_pair, check_positive, is_complex_dtype, kernel_block, kernel_spec
 from .stored import ZarrOperator
 from .tiled import BlockwiseOperator
@@ -47,6 +53,10 @@ __all__ = [
     "BlockwiseOperator",
     "ZarrOperator",
     "FactoredOperator",
+    "LocalGaussianOperator",
+    "NearestOperator",
+    "LowRankOperator",
+    "LowRankWarning",
     "as_operator",
     "acts_componentwise",
 ]
@@ -64,10 +74,10 @@ def acts_componentwise(op: KernelOperator) -> bool:
         return op.components is None and not is_complex_dtype(op.matrix.dtype)
     if isinstance(op, FactoredOperator):
         return not (is_complex_dtype(op.phi_out.dtype) or is_complex_dtype(op.phi_in.dtype))
-    return isinstance(op, (BlockwiseOperator, ZarrOperator))
+    return isinstance(op, (BlockwiseOperator, ZarrOperator, LocalGaussianOperator, NearestOperator))
 
 
-_METHODS = ("auto", "dense", "blockwise", "zarr", "factored")
+_METHODS = ("auto", "dense", "blockwise", "zarr", "factored", "local", "lowrank")
 
 FACTORED_HELP = (
     "method='factored' takes a feature map phi(x) -> (n, rank), K = phi(x_out) phi(x_in)^T (random "
@@ -120,6 +130,18 @@ def as_operator(
       ``"factored"``  ``kernel_or_operator`` is a feature map ``phi(x) -> (n, rank)``:
                       :class:`FactoredOperator` ``(phi(x_out), phi(x_in))``; a kernel
                       ``k(x1, x2)`` (any spec) is refused with TypeError;
+      ``"local"``     local kernels only: gaussian_fs -> :class:`LocalGaussianOperator` (tile pairs
+                      whose entries are all provably < ``tol``, default 1e-12, skipped; ``block``
+                      default 256; ``sparse`` ("auto": entries >= tol kept in a CSR matrix),
+                      ``sparse_max_bytes``, ``symmetric``, ``workers``, ``cache_bytes``; a
+                      stated error bound, ``op.describe()``), delta -> :class:`NearestOperator` (exact, O(N)
+                      mat-vecs); any other kernel: ValueError;
+      ``"lowrank"``   a pivoted Cholesky K ~ L L^T of kernel(x_in, x_in) (``rank`` default 1000,
+                      ``tol`` default 1e-6 of the trace, ``shortfall`` "warn" | "raise" |
+                      "ignore" when the rank runs out first); x_out other than x_in by Nystrom
+                      on the same pivots (one factorisation shared); ``op.describe()`` states
+                      the rank and the bound.  Measured: only cosine-net kernels are low rank on
+                      quintic points (relu_ntk, gaussian_fs are not; benchmarks/RESULTS.md);
       ``"auto"``      dense when the float64 matrix fits in ``dense_max_bytes`` and no
                       input is Dask, blockwise otherwise.
     """
@@ -157,6 +179,12 @@ def as_operator(
                                  f"for {x.shape[0]} points of {name}; it must return (n, rank)")
         return FactoredOperator(phi_out, phi_in)
     check_pair(x_out, x_in)
+    if method == "local":
+        return local_operator(obj, x_out, x_in, block=block, **build_kwargs)
+    if method == "lowrank":
+        if block is not None:
+            raise ValueError("method='lowrank' takes rank, tol and shortfall; not block")
+        return lowrank_operator(obj, x_out, x_in, **build_kwargs)
     lazy = backend.is_dask(x_out) or backend.is_dask(x_in)
     if method == "auto":
         method = "dense" if (not lazy and 8 * x_out.shape[0] * x_in.shape[0] <= dense_max_bytes) else "blockwise"
