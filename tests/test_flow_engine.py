@@ -16,7 +16,7 @@ import xarray as xr
 import mfarray as mf
 from mfarray import linalg
 from mfarray.flows import FlowError, evaluate, kernel_flow, predict
-from mfarray.kernels import delta, gaussian_fs, relu_ntk
+from mfarray.kernels import cosine_ntk, delta, gaussian_fs, relu_ntk
 
 X = mf.fermat_quintic()
 
@@ -317,3 +317,17 @@ def test_bad_flow_arguments_name_themselves(chart):
         kernel_flow(train, delta, steps=1, test=train.isel(point=slice(0, 0)))
     with pytest.raises(TypeError, match="plain callable"):
         kernel_flow(train, lambda a, b: a @ b.T, steps=1)
+
+
+@pytest.mark.parametrize("kernel, method, options", [
+    (functools.partial(gaussian_fs, sigma=0.05, squared=True), "local", {"tol": 1e-6}),
+    (functools.partial(cosine_ntk, sigma_w=1.0), "lowrank", {"rank": 40, "shortfall": "ignore"}),
+])
+def test_predict_rebuilds_an_approximate_operator_as_the_flow_did(chart, kernel, method, options):
+    """predict with method='local' or 'lowrank' equals the flow's own test predictions (it
+    rebuilt them as dense before: off by the approximation, up to 1e-2 in sigma for lowrank)."""
+    train, test = chart.isel(point=slice(0, 400)), chart.isel(point=slice(400, 500))
+    r = kernel_flow(train, kernel, steps=10, lr=0.1, test=test, method=method, operator_options=options)
+    alone = kernel_flow(train, kernel, steps=10, lr=0.1, method=method, operator_options=options)
+    assert r.rejected_test.sum() == 0
+    np.testing.assert_allclose(predict(alone, test).values, r.g_test.values, rtol=1e-12, atol=1e-14)
