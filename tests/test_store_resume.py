@@ -338,3 +338,27 @@ def test_nothing_is_written_after_an_interrupted_write_has_raised(tmp_path):
     raised = _tree(path)
     time.sleep(0.8)
     assert _tree(path) == raised
+
+
+_FINGERPRINT = """
+import mfarray as mf
+from mfarray.io.marks import fingerprint, store_kind
+pts = mf.sample_points(mf.fermat_quintic(), 600, seed=3, chunk_size=100)
+one = mf.select_chart(pts, 0, 1)
+print(mf.__file__)
+print(fingerprint(pts, store_kind(pts)), fingerprint(one, store_kind(one)))
+"""
+
+
+def test_a_sample_fingerprint_does_not_depend_on_where_mfarray_is_installed(tmp_path):
+    """A store's resume fingerprint names the Dataset's tasks; Dask named a closure's tasks from
+    its pickled code, which holds the file path, so the same sample_points call imported from
+    another place (a source tree beside an installed copy, a reinstall) could not resume."""
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(Path(mf.__file__).parent, copy / "mfarray", ignore=shutil.ignore_patterns("__pycache__"))
+    here = subprocess.run([sys.executable, "-c", _FINGERPRINT], capture_output=True, text=True, check=True,
+                          cwd=tmp_path).stdout.splitlines()
+    there = subprocess.run([sys.executable, "-c", _FINGERPRINT], capture_output=True, text=True, check=True,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(copy)}).stdout.splitlines()
+    assert here[0] != there[0] and there[0].startswith(str(copy))  # two copies of mfarray were used
+    assert here[1] == there[1]

@@ -10,6 +10,8 @@ computed inputs chunked alike, once).
 
 from __future__ import annotations
 
+import functools
+
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -189,7 +191,7 @@ def to_chart(ds: xr.Dataset, g: Metrics | None, patch: int, elim: int) -> xr.Dat
     surface = surface_of(ds)
     _check_chart(surface, patch, elim)
     out = xr.apply_ufunc(
-        lambda z, a, e, gg: _to_chart_bare(surface, z, a, e, gg, patch, elim),
+        functools.partial(_to_chart_bare, surface, patch=patch, elim=elim),  # no closure: construct._sample_block
         *_unify(ds["z"], ds["patch"], ds["elim"], _as_metric(ds, g)),
         input_core_dims=[["ambient"], [], [], ["row", "col"]],
         output_core_dims=[["row", "col"]],
@@ -231,7 +233,7 @@ def express_in_chart(ds: xr.Dataset, patch: int, elim: int) -> xr.Dataset:
     _check_chart(surface, patch, elim)
     k = surface.dim
     za, omega2, g_fs, det_g = xr.apply_ufunc(
-        lambda z: _chart_outputs(surface, z, patch, elim),
+        functools.partial(_chart_outputs, surface, patch=patch, elim=elim),
         ds["z"],
         input_core_dims=[["ambient"]],
         output_core_dims=[["ambient"], [], ["row", "col"], []],

@@ -10,6 +10,8 @@ chunking and scheduler.
 
 from __future__ import annotations
 
+import functools
+
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -227,8 +229,8 @@ def points_from_z(surface: Hypersurface, z: ArrayLike | da.Array, *, tol: float 
     chunk_size = int(max(z.chunks[0])) if backend.is_dask(z) else int(z.shape[0])
     k = surface.dim
     zarr_ = xr.DataArray(z, dims=("point", "ambient"))
-    outs = xr.apply_ufunc(
-        lambda zz: _geometry_outputs(surface, zz, tol, singular_tol),
+    outs = xr.apply_ufunc(  # module-level functions, not closures: see _sample_block
+        functools.partial(_geometry_outputs, surface, tol=tol, singular_tol=singular_tol),
         zarr_,
         input_core_dims=[["ambient"]],
         output_core_dims=[["ambient"], [], [], [], ["row", "col"], []],
@@ -251,6 +253,14 @@ def points_from_z(surface: Hypersurface, z: ArrayLike | da.Array, *, tol: float 
     ds = xr.Dataset(variables, coords={"point": np.arange(z.shape[0], dtype=np.int64)}, attrs=info)
     docs = POINTSET_DOCS if surface.is_calabi_yau else {**POINTSET_DOCS, "weight": WEIGHT_NOT_CY}
     return describe(ds, docs)
+
+
+def _sample_block(index: Any, surface: Hypersurface, seed: int) -> np.ndarray:
+    """The sampled z of the points ``index`` (a contiguous range): one Dask chunk.  A module-level
+    function, not a closure: Dask names a closure's tasks from its pickled code, which holds the
+    file's path, so the same sample would get other names (and a store's resume fingerprint,
+    mfarray.io, would change) when mfarray is imported from another place."""
+    return sampling.sample_z(surface, seed, int(index[0]), int(index[-1]) + 1)
 
 
 def sample_points(surface: Hypersurface | None = None, n: int = 10_000, *, seed: int = 0,
@@ -298,7 +308,9 @@ def sample_points(surface: Hypersurface | None = None, n: int = 10_000, *, seed:
     _check_index_memory(n, "n")
     index = da.arange(n, chunks=min(chunk_size, n), dtype=np.int64)
     z = index.map_blocks(
-        lambda i: sampling.sample_z(surface, int(seed), int(i[0]), int(i[-1]) + 1),
+        _sample_block,
+        surface=surface,
+        seed=int(seed),
         new_axis=1,
         chunks=(index.chunks[0], (surface.n_ambient,)),
         dtype=np.complex128,
