@@ -331,3 +331,12 @@ def test_predict_rebuilds_an_approximate_operator_as_the_flow_did(chart, kernel,
     alone = kernel_flow(train, kernel, steps=10, lr=0.1, method=method, operator_options=options)
     assert r.rejected_test.sum() == 0
     np.testing.assert_allclose(predict(alone, test).values, r.g_test.values, rtol=1e-12, atol=1e-14)
+
+
+def test_absurd_step_counts_are_refused_not_run(chart):
+    """steps=10**30 was accepted and ran until killed (found as a hung CI run of the property
+    tests): refused now, naming the bound."""
+    train = chart.isel(point=slice(0, 20))
+    for steps in (10**30, 10**9 + 1):
+        with pytest.raises(ValueError, match=r"steps must be an integer in \[0, 1e\+09\]"):
+            kernel_flow(train, delta, steps=steps)

@@ -20,7 +20,7 @@ from mfarray.flows.integrate import FlowError
 from mfarray.kernels import (cosine_ntk, delta, gaussian_fs, gaussnet_nngp, gaussnet_ntk, patch_features,
                              relu_nngp, relu_ntk, rescaled)
 
-SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+SETTINGS = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                           HealthCheck.too_slow])
 
 #: every built-in kernel spec and the hyper-parameters it needs

@@ -117,12 +117,19 @@ class StepControl:
         return d
 
 
+MAX_STEPS = 10**9
+"""More steps than any flow can take (10^9 steps of the cheapest step, ~0.1 ms, are 28 hours): a
+larger ``steps`` is a mistake (e.g. 10**30 ran until killed), refused rather than run."""
+
+
 def check_steps(steps: int, name: str = "steps") -> int:
+    """``steps`` as an int in [0, MAX_STEPS]; TypeError for a non-integer (bools too)."""
     if isinstance(steps, bool) or not isinstance(steps, int) and not (hasattr(steps, "__index__")):
         raise TypeError(f"{name} must be a non-negative integer; got {steps!r}")
     steps = int(steps.__index__())
-    if steps < 0:
-        raise ValueError(f"{name} must be a non-negative integer; got {steps!r}")
+    if not 0 <= steps <= MAX_STEPS:
+        raise ValueError(f"{name} must be an integer in [0, {MAX_STEPS:.0e}] (mfarray.flows.integrate.MAX_STEPS); "
+                         f"got {steps!r}")
     return steps
 
 
