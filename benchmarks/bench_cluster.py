@@ -34,20 +34,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_model
 
 
-def vm_hwm_mb() -> float:
+def _status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak RSS; VmRSS: now), MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def vm_hwm_mb() -> float:
+    return _status_mb("VmHWM")
 
 
 def vm_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    return _status_mb("VmRSS")
 
 
 def points(n, seed=7):
