@@ -137,14 +137,6 @@ def _kernel_of(result: xr.Dataset, kernel: Any) -> Any:
     return spec
 
 
-# the operators predict rebuilds as the flow built them, with the options that shape their values
-# (approximate operators: "local" drops entries < tol, "lowrank" is a Nystrom approximation that
-# the same train points, rank and tol reproduce exactly)
-_PREDICT_OPTIONS = {"dense": (), "blockwise": ("block", "workers", "symmetric", "cache_bytes"),
-                    "local": ("tol", "block", "sparse", "sparse_max_bytes", "symmetric", "workers", "cache_bytes"),
-                    "lowrank": ("rank", "tol", "shortfall")}
-
-
 def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
             features: Callable | None = None) -> xr.DataArray:
     """Metrics (point, row, col) of a finished flow at the points of ``points``.
@@ -157,7 +149,7 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
     points as ``test=`` to the flow: its step control keeps test metrics valid).
     """
     from ..kernels.features import patch_features
-    from ..kernels.operators import as_operator
+    from ..kernels.operators import METHOD_OPTIONS, as_operator
     from .frozen import kernel_inputs
     from .models import KernelModel, NetworkModel
 
@@ -172,10 +164,12 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
         spec = _kernel_of(result, kernel)
         z_train = result["z_train"].values
         x_train = kernel_inputs(spec, z_train, features)
+        # rebuilt as the flow built it, with the options that shape its values ("local" drops
+        # entries < tol; "lowrank" is a Nystrom approximation the same points, rank and tol repeat)
         method = result.attrs.get("method", "dense")
-        method = method if method in _PREDICT_OPTIONS else "dense"  # zarr: the same float64 values, dense
+        method = method if method in METHOD_OPTIONS else "dense"  # zarr: the same float64 values, dense
         options = json.loads(result.attrs.get("operator_options", "{}"))
-        options = {k: v for k, v in options.items() if k in _PREDICT_OPTIONS[method]}
+        options = {k: v for k, v in options.items() if k in METHOD_OPTIONS[method]}
         K_new = as_operator(spec, kernel_inputs(spec, sites.z, features), x_train, method=method, **options)
         k = sites.k
         rows = KernelModel(None, None, None, k=k).predict(linalg.to_rows(result["dual"].values), K_new,

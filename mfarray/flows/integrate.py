@@ -201,7 +201,7 @@ def integrate(model: MetricModel, loss: losses.Loss, data: losses.LossData, cont
     both = linalg.metrics_rows(model.metrics(theta), k)  # train columns, then test columns
     m = linalg.require_valid(both.take(slice(0, n)), "the initial train metric")
     mt = None if test_sites is None else linalg.require_valid(both.take(slice(n, None)), "the initial test metric")
-    total = loss.total_at if getattr(loss, "on_metrics", None) else functools.partial(losses.total, loss)
+    total = functools.partial(losses.total, loss)  # dispatches to loss.total_at for built-ins
     values = total(m, data)
     history = {k: [] for k in ("step", "loss", "sigma_train", "sigma_test", "lr", "rejected", "rejected_test")}
     report = _Progress(steps, progress)

@@ -41,7 +41,7 @@ from typing import Any
 from ... import backend
 from .dense import DenseOperator
 from .factored import FactoredOperator
-from .local import LocalGaussianOperator, NearestOperator, local_operator
+from .local import GAUSSIAN_OPTIONS, LocalGaussianOperator, NearestOperator, local_operator
 from .lowrank import LowRankOperator, LowRankWarning, lowrank_operator
 from .protocol import KernelOperator, check_pair, check_positive, is_complex_dtype, kernel_block, kernel_spec
 from .stored import ZarrOperator
@@ -57,6 +57,7 @@ __all__ = [
     "NearestOperator",
     "LowRankOperator",
     "LowRankWarning",
+    "METHOD_OPTIONS",
     "as_operator",
     "acts_componentwise",
 ]
@@ -78,6 +79,12 @@ def acts_componentwise(op: KernelOperator) -> bool:
 
 
 _METHODS = ("auto", "dense", "blockwise", "zarr", "factored", "local", "lowrank")
+_BLOCKWISE_OPTIONS = ("symmetric", "workers", "cache_bytes")
+
+#: the options of each method that shape its operator's values or tiles (what a flow's
+#: ``operator_options`` must carry for the operator to be rebuilt the same, e.g. by predict)
+METHOD_OPTIONS = {"dense": (), "blockwise": ("block",) + _BLOCKWISE_OPTIONS, "local": ("block",) + GAUSSIAN_OPTIONS,
+                  "lowrank": ("rank", "tol", "shortfall")}
 
 FACTORED_HELP = (
     "method='factored' takes a feature map phi(x) -> (n, rank), K = phi(x_out) phi(x_in)^T (random "
@@ -198,7 +205,7 @@ def as_operator(
         if path is None:
             raise ValueError("path is required for method='zarr'")
         return ZarrOperator.build(obj, x_out, x_in, path, block=block, **build_kwargs)
-    blockwise_kwargs = {k: build_kwargs.pop(k) for k in ("symmetric", "workers", "cache_bytes") if k in build_kwargs}
+    blockwise_kwargs = {k: build_kwargs.pop(k) for k in _BLOCKWISE_OPTIONS if k in build_kwargs}
     if build_kwargs:
         raise ValueError(f"method={method!r} takes block, symmetric, workers, cache_bytes; got {sorted(build_kwargs)}")
     tiled = BlockwiseOperator(obj, x_out, x_in, block, **blockwise_kwargs)

@@ -661,6 +661,10 @@ class NearestOperator:
 # ----------------------------------------------------------------------------- the method
 
 
+#: the options of method="local" for gaussian_fs besides ``block`` (delta takes only ``block``)
+GAUSSIAN_OPTIONS = ("tol", "sparse", "sparse_max_bytes", "symmetric", "workers", "cache_bytes")
+
+
 def _not_local(spec: Kernel, why: str = "") -> str:
     return (f"method='local' needs a local kernel on FS distance: gaussian_fs (either squared form, no rescaling) "
             f"or delta; kernel {spec.name}{' (rescaled)' if spec.factors else ''} is not one"
@@ -683,9 +687,9 @@ def local_operator(kernel: Callable[..., Array], x_out: Array, x_in: Array | Non
                              f"{sorted(options)}")
         return NearestOperator.build(x_out, x_in, block=NEAREST_BLOCK if block is None else block)
     if spec.fn is gaussian_fs.fn and not spec.factors:
-        unknown = sorted(set(options) - {"tol", "sparse", "sparse_max_bytes", "symmetric", "workers", "cache_bytes"})
+        unknown = sorted(set(options) - set(GAUSSIAN_OPTIONS))
         if unknown:
-            raise ValueError("method='local' with gaussian_fs takes block, tol, sparse, sparse_max_bytes, symmetric, "
-                             f"workers, cache_bytes; got {unknown}")
+            raise ValueError(f"method='local' with gaussian_fs takes block, {', '.join(GAUSSIAN_OPTIONS)}; "
+                             f"got {unknown}")
         return LocalGaussianOperator(kernel, x_out, x_in, block=DEFAULT_BLOCK if block is None else block, **options)
     raise ValueError(_not_local(spec))
