@@ -4,7 +4,7 @@ Layers, lowest first (a module never imports one listed after it):
 backend, io, linalg <- geometry <- roots, sampling <- pointset <- cluster (batched
 clustering, its quality, Figure 2) <- networks <- kernels
 (specs, kernels, operators) <- losses <- flows (sites, models, integrate, results, entry
-points, evaluate) <- cli.  See docs/architecture.md.
+points, evaluate) <- tune <- experiments <- plots <- study <- cli.  See docs/architecture.md.
 """
 
 __version__ = "0.1.0"
