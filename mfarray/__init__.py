@@ -15,13 +15,14 @@ from . import backend, kernels, linalg, losses
 from .cluster import cluster, cluster_quality, figure2_data, plot_figure2
 from .flows import FlowError, clustered_flow, evaluate, kernel_flow, network_flow, predict
 from .io import open_zarr, to_zarr
+from . import tune
 from .pointset import (chart_counts, eta, express_in_chart, kappa, points_from_z, sample_points, select_chart,
-                       sigma_measure, split, surface_of, to_chart)
+                       sample_chart, sigma_measure, split, surface_of, to_chart)
 
 __all__ = [
     "Hypersurface", "fermat", "fermat_quintic", "dwork_quintic", "cubic_curve", "quartic_k3",
-    "fs_distance", "nearest", "sample_points", "points_from_z", "select_chart", "split", "to_chart",
+    "fs_distance", "nearest", "sample_points", "points_from_z", "select_chart", "sample_chart", "split", "to_chart",
     "express_in_chart", "kernel_flow", "clustered_flow", "network_flow", "predict", "evaluate", "FlowError",
     "kernels", "losses", "linalg", "chart_counts", "sigma_measure", "kappa", "eta", "surface_of", "to_zarr", "open_zarr",
-    "cluster", "cluster_quality", "figure2_data", "plot_figure2",
+    "cluster", "cluster_quality", "figure2_data", "plot_figure2", "tune",
 ]

@@ -34,7 +34,7 @@ needs together), so nothing is computed twice.  Mixed inputs are converted once,
 enter: computed arrays are chunked like the lazy ones.
 
 Modules: ``construct`` (points_from_z, sample_points, mean-1 weights), ``charts``
-(chart_counts, default_chart, select_chart, to_chart, express_in_chart), ``subsets`` (split),
+(chart_counts, default_chart, select_chart, to_chart, express_in_chart), ``subsets`` (split, sample_chart),
 ``measures`` (det_metric, kappa, eta, sigma_measure), ``provenance`` (attributes and
 descriptions shared with the flow results).
 """
@@ -43,10 +43,10 @@ from .charts import chart_counts, default_chart, express_in_chart, select_chart,
 from .construct import DEFAULT_CHUNK, MAX_CHUNKS, MAX_POINTS, mean_one, points_from_z, sample_points
 from .measures import det_metric, eta, kappa, sigma_measure
 from .provenance import versions
-from .subsets import SPLIT_STREAM, split
+from .subsets import SPLIT_STREAM, sample_chart, split
 
 __all__ = [
     "points_from_z", "sample_points", "mean_one", "chart_counts", "default_chart", "select_chart", "surface_of",
-    "to_chart", "express_in_chart", "split", "det_metric", "kappa", "eta", "sigma_measure", "versions",
+    "to_chart", "express_in_chart", "split", "sample_chart", "det_metric", "kappa", "eta", "sigma_measure", "versions",
     "DEFAULT_CHUNK", "MAX_POINTS", "MAX_CHUNKS", "SPLIT_STREAM",
 ]

@@ -1,14 +1,20 @@
-"""Random subsets of a point set: :func:`split` into train and test parts."""
+"""Subsets of point sets: :func:`split` into train and test parts, and :func:`sample_chart`,
+the first ``n`` sampled points of one chart (the paper's rejection sampling, §3.1)."""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-from .charts import _renormalised, _require_point_set
-from .provenance import derived_call
+from ..geometry import Hypersurface, fermat_quintic
+from .charts import _renormalised, _require_point_set, chart_counts, select_chart
+from .construct import _check_count, sample_points
+from .provenance import derived_call, format_call
 
-__all__ = ["split", "SPLIT_STREAM"]
+__all__ = ["split", "sample_chart", "SPLIT_STREAM", "CHART_PROBE"]
+
+#: how many sampled points decide sample_chart's default chart
+CHART_PROBE = 20_000
 
 SPLIT_STREAM = 0x53504C54  # "SPLT": split draws never share a random stream with sampled lines
 
@@ -49,3 +55,37 @@ def split(ds: xr.Dataset, test: float = 0.25, seed: int = 0) -> tuple[xr.Dataset
         out.attrs["call"] = derived_call("mfarray.split", ds, test=float(test), seed=int(seed), suffix=f"[{i}]")
         parts.append(out)
     return parts[0], parts[1]
+
+
+def sample_chart(surface: Hypersurface | None = None, n: int = 1000, *, seed: int = 0,
+                 chart: tuple[int, int] | None = None) -> xr.Dataset:
+    """The first ``n`` points of ``sample_points(surface, M, seed=seed)`` that lie in one chart.
+
+    This is the paper's rejection sampling (§3.1) with a known outcome size: points are drawn
+    in growing rounds (M doubles from an estimate) until ``n`` of them lie in the chart, so the
+    result depends only on (surface, n, seed, chart) -- not on M -- and the first ``n1 < n``
+    points of a call are the result for ``n1`` (nested sets, e.g. for distance scaling).
+    ``chart=(patch, elim)``, or None for the chart :func:`select_chart` picks among the first
+    :data:`CHART_PROBE` points of the seed (so it does not depend on n either).  The ``point`` coordinate is the index in the sample; weights renormalised to
+    mean 1 over the ``n`` points.  The index of the kept points is computed (eagerly); the
+    geometry stays lazy.
+    """
+    surface = fermat_quintic() if surface is None else surface
+    n = _check_count("n", n, "a positive integer number of points")
+    if n < 1:
+        raise ValueError(f"n must be a positive integer number of points; got {n!r}")
+    if chart is not None and (not isinstance(chart, (tuple, list)) or len(chart) != 2):
+        raise TypeError(f"chart must be a (patch, elim) pair or None; got {chart!r}")
+    if chart is None:
+        chart = tuple(select_chart(sample_points(surface, CHART_PROBE, seed=seed)).attrs["chart"])
+    m = max(4 * n * surface.n_ambient * (surface.n_ambient - 1), 1000)  # ~ 1 in n(n+1) points per chart
+    while True:
+        ds = sample_points(surface, m, seed=seed)
+        counts = chart_counts(ds)
+        if counts.get(tuple(chart), 0) >= n:
+            break
+        m *= 2
+    kept = select_chart(ds, *chart)
+    out = _renormalised(kept.isel(point=slice(0, n)))
+    out.attrs["call"] = format_call("mfarray.sample_chart", surface, n, seed=seed, chart=tuple(int(c) for c in chart))
+    return out

@@ -1,0 +1,133 @@
+"""Bayesian tuning (mfarray.tune): finds a known maximum, resumes exactly, runs batches in
+parallel, records failures honestly, and scores the best parameters on unseen points."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import mfarray as mf
+from mfarray import tune as T
+from mfarray.flows import FlowError
+
+
+def bowl(params, seed):
+    """Maximum 0 at log10(width) = -1 (width 0.1) and depth 2."""
+    return -(math.log10(params["width"]) + 1.0) ** 2 - 0.1 * (params["depth"] - 2) ** 2
+
+
+SPACE = {"width": T.real(1e-3, 10, log=True), "depth": T.integer(0, 4)}
+
+
+def test_finds_a_known_maximum():
+    ds = T.tune(bowl, SPACE, init=5, iterations=20, seed=1)
+    best = T.best_params(ds)
+    assert ds.sizes["evaluation"] == 25
+    assert abs(math.log10(best["width"]) + 1) < 0.15 and best["depth"] == 2
+    assert ds.attrs["best_target"] == pytest.approx(float(ds.target.max()))
+    assert float(ds.width.min()) >= 1e-3 and float(ds.width.max()) <= 10
+
+
+def test_resume_suggests_what_an_uninterrupted_run_would(tmp_path):
+    whole = T.tune(bowl, SPACE, init=3, iterations=5, seed=2)
+    state = tmp_path / "tune.json"
+    T.tune(bowl, SPACE, init=3, iterations=1, seed=2, state=state)   # "interrupted" after 4
+    calls = []
+
+    def counting(params, seed):
+        calls.append(params)
+        return bowl(params, seed)
+
+    resumed = T.tune(counting, SPACE, init=3, iterations=5, seed=2, state=state)
+    assert len(calls) == 4  # only the missing evaluations ran
+    np.testing.assert_allclose(resumed.width.values, whole.width.values, rtol=1e-12)
+    np.testing.assert_array_equal(resumed.depth.values, whole.depth.values)
+    np.testing.assert_array_equal(resumed.seed.values, whole.seed.values)
+
+
+def test_a_state_of_another_space_is_refused(tmp_path):
+    state = tmp_path / "tune.json"
+    T.tune(bowl, SPACE, init=2, iterations=0, state=state)
+    with pytest.raises(ValueError, match="another space"):
+        T.tune(bowl, {**SPACE, "depth": T.integer(0, 5)}, init=2, iterations=1, state=state)
+
+
+def test_batches_are_distinct_and_seeds_per_evaluation():
+    seen = []
+
+    def f(params, seed):
+        seen.append(seed)
+        return bowl(params, seed)
+
+    ds = T.tune(f, SPACE, init=2, iterations=6, batch=3, seed=0)
+    assert ds.sizes["evaluation"] == 8
+    coords = {(round(float(w), 12), int(d)) for w, d in zip(ds.width.values, ds.depth.values)}
+    assert len(coords) >= 7  # the constant liar spreads a batch out
+    assert len(set(seen)) == 8 and sorted(seen) == sorted(ds.seed.values.tolist())
+
+
+def test_failures_are_recorded_not_faked():
+    def f(params, seed):
+        if params["depth"] == 0:
+            raise FlowError("cannot go on")
+        return bowl(params, seed)
+
+    ds = T.tune(f, {"width": T.real(0.01, 1, log=True), "depth": T.integer(0, 1)}, init=6, iterations=2, seed=3)
+    failed = ds.failed.values
+    assert failed.any() and not failed.all()
+    assert np.isnan(ds.target.values[failed]).all()
+    assert (ds.registered.values[failed] < np.nanmin(ds.target.values)).all()
+    assert "FlowError" in str(ds.error.values[failed][0])
+
+
+@pytest.mark.parametrize("bad, match", [({"init": -1}, "init"), ({"batch": 0}, "batch"), ({"init": 0, "iterations": 0}, "at least")])
+def test_bad_settings_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        T.tune(bowl, SPACE, **bad)
+
+
+def test_space_forms():
+    s = T.as_space({"a": (0.1, 2.0), "b": (1, 3), "c": ["sigma", "mse"], "d": {"low": 1e-3, "high": 1, "log": True}})
+    assert s["a"] == T.real(0.1, 2.0) and s["b"] == T.integer(1, 3) and s["c"] == T.choice("sigma", "mse")
+    assert s["d"].log
+    with pytest.raises(ValueError, match="low"):
+        T.real(1, 1)
+    with pytest.raises(ValueError, match="positive"):
+        T.real(0, 1, log=True)
+
+
+def test_gain_objective_tunes_a_kernel_and_scores_on_unseen_points():
+    obj = T.GainObjective("gaussian_fs", n_train=120, n_test=60, flow={"steps": 10}, fixed={"squared": True})
+    ds = T.tune(obj, {"sigma": T.real(0.02, 1.0, log=True), "loss": T.choice("sigma_squared", "sigma")},
+                init=2, iterations=1, seed=0)
+    assert not ds.failed.any()
+    np.testing.assert_allclose(ds.target.values, np.log10(ds.gain_test.values))
+    assert "holdout_gain_test" in ds.attrs and ds.attrs["holdout_gain_test"] > 0
+    # the same parameters on the fixed set reproduce the recorded score; the holdout set is another one
+    best = T.best_params(ds)
+    again = obj(best, seed=12345)
+    assert again["target"] == pytest.approx(ds.attrs["best_target"], rel=1e-12)
+    assert ds.attrs["holdout_gain_test"] != pytest.approx(again["gain_test"], rel=1e-6)
+    assert json.loads(ds.attrs["space"])["sigma"]["log"] is True
+
+
+def test_fresh_points_differ_per_evaluation():
+    obj = T.GainObjective("delta", n_train=80, n_test=40, fresh=True, flow={"steps": 3})
+    a, b = obj({}, seed=1), obj({}, seed=2)
+    assert a["gain_test"] != b["gain_test"]
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        T.GainObjective("laplace")
+
+
+def test_sample_chart_is_nested_and_exact():
+    a = mf.sample_chart(n=200, seed=4)
+    b = mf.sample_chart(n=500, seed=4)
+    assert a.sizes["point"] == 200 and b.sizes["point"] == 500
+    np.testing.assert_array_equal(a.point.values, b.point.values[:200])
+    assert set(np.unique(b.patch.values)) == {b.attrs["chart"][0]}
+    assert float(b.weight.mean()) == pytest.approx(1.0, abs=1e-14)
+    c = mf.sample_chart(n=50, seed=4, chart=(2, 3))
+    assert (c.patch.values == 2).all() and (c.elim.values == 3).all()
+    with pytest.raises(ValueError, match="n must"):
+        mf.sample_chart(n=0)
