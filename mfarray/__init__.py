@@ -12,10 +12,11 @@ __version__ = "0.1.0"
 from .geometry import (Hypersurface, cubic_curve, dwork_quintic, fermat, fermat_quintic,
                        fs_distance, nearest, quartic_k3)
 from . import backend, kernels, linalg, losses
-from .cluster import cluster, cluster_quality, figure2_data, plot_figure2
+from .cluster import cluster, cluster_quality, figure2_data
 from .flows import FlowError, clustered_flow, evaluate, kernel_flow, network_flow, predict
 from .io import open_zarr, to_zarr
-from . import tune
+from . import plots, tune
+from .plots import plot_figure2
 from .pointset import (chart_counts, eta, express_in_chart, kappa, points_from_z, sample_points, select_chart,
                        sample_chart, sigma_measure, split, surface_of, to_chart)
 
@@ -24,5 +25,5 @@ __all__ = [
     "fs_distance", "nearest", "sample_points", "points_from_z", "select_chart", "sample_chart", "split", "to_chart",
     "express_in_chart", "kernel_flow", "clustered_flow", "network_flow", "predict", "evaluate", "FlowError",
     "kernels", "losses", "linalg", "chart_counts", "sigma_measure", "kappa", "eta", "surface_of", "to_zarr", "open_zarr",
-    "cluster", "cluster_quality", "figure2_data", "plot_figure2", "tune",
+    "cluster", "cluster_quality", "figure2_data", "plot_figure2", "plots", "tune",
 ]

@@ -18,8 +18,8 @@ from mfarray.cluster import (
     merge_assignment,
     merge_paper,
     plan_batches,
-    plot_figure2,
 )
+from mfarray.plots import plot_figure2
 from mfarray.cluster.linkage import (
     average_linkage_labels,
     canonical_labels,
@@ -188,11 +188,12 @@ def test_figure2_data_reorders_one_distance_matrix(quintic_points):
         o = np.array([where[p] for p in f.point.sel(order=order).values])
         np.testing.assert_array_equal(f.distance.sel(order=order).values, base[np.ix_(o, o)])
         assert np.all(np.diff(f.cluster.sel(order=order).values) >= 0)
-    try:
-        import matplotlib
-    except ImportError:
-        with pytest.raises(ImportError, match="matplotlib"):
-            plot_figure2(f)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    axes = plot_figure2(f)
+    assert [ax.get_title() for ax in axes] == ["unclustered", "batched", "full"]
+    np.testing.assert_array_equal(axes[1].images[0].get_array(), f.distance.sel(order="batched").values)
 
 
 # ------------------------------------------------------------------ errors name the argument

@@ -6,7 +6,7 @@ procedure as a lazy stage, its quality, and the data of the paper's Figure 2.
     cluster_quality(points, k=10) -> Dataset: mean intra-cluster FS distance, fraction of each
         point's k nearest neighbours in its own cluster, cluster sizes
     figure2_data(points, n=1000, clusters=10, batches=5) -> Dataset: a subsample's distance
-        matrix in unclustered, batched and full-clustering order; plot_figure2 draws it
+        matrix in unclustered, batched and full-clustering order (mfarray.plots draws it)
         (matplotlib, optional)
 
 Modules: ``linkage`` (one mini-batch: condensed FS distances, average linkage, the cut into C
@@ -24,7 +24,7 @@ from .batched import (
     cluster_labels,
     plan_batches,
 )
-from .figure import figure2_data, plot_figure2
+from .figure import figure2_data
 from .linkage import average_linkage_labels
 from .merge import MERGE_RULES, max_distances, merge_assignment, merge_paper
 from .quality import cluster_quality, k_nearest
@@ -32,5 +32,5 @@ from .quality import cluster_quality, k_nearest
 __all__ = [
     "cluster", "cluster_labels", "ClusterConfig", "BatchPlan", "plan_batches", "CLUSTER_STREAM",
     "average_linkage_labels", "MERGE_RULES", "max_distances", "merge_paper", "merge_assignment",
-    "cluster_quality", "k_nearest", "figure2_data", "plot_figure2",
+    "cluster_quality", "k_nearest", "figure2_data",
 ]

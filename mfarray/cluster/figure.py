@@ -1,13 +1,11 @@
-"""The data of the paper's Figure 2 and a plot of it: a subsample's FS distance matrix (3.2) in
-unclustered, batched-clustering and full-clustering order.
+"""The data of the paper's Figure 2: a subsample's FS distance matrix (3.2) in unclustered,
+batched-clustering and full-clustering order (drawn by :func:`mfarray.plots.plot_figure2`).
 
 Paper: 1000 points, 10 clusters, 5 batches for the batched clustering.  Ordered by cluster, a
 good clustering shows dark (small-distance) blocks on the diagonal.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import dask
 import numpy as np
@@ -18,7 +16,7 @@ from ..geometry.distance import fs_distance
 from ..pointset.charts import _require_point_set
 from .batched import cluster
 
-__all__ = ["figure2_data", "plot_figure2", "FIGURE2_STREAM", "ORDERS"]
+__all__ = ["figure2_data", "FIGURE2_STREAM", "ORDERS"]
 
 FIGURE2_STREAM = 0x46494732  # "FIG2": the subsample's random stream
 ORDERS = ("unclustered", "batched", "full")
@@ -71,21 +69,3 @@ def figure2_data(points: xr.Dataset, n: int = 1000, clusters: int = 10, batches:
                "title": "paper Figure 2: FS distances with no, batched and full clustering"},
     )
 
-
-def plot_figure2(data: xr.Dataset, axes: Any = None) -> Any:
-    """Three panels of ``data.distance`` (from :func:`figure2_data`), one per order; returns the
-    axes.  Needs matplotlib (optional, not a dependency): ImportError saying so without it."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_figure2 needs matplotlib (pip install matplotlib); figure2_data gives "
-                          "the same data as an xarray Dataset") from err
-    if axes is None:
-        _, axes = plt.subplots(1, len(data["order"]), figsize=(4 * len(data["order"]), 4))
-    for ax, order in zip(np.atleast_1d(axes), data["order"].values):
-        im = ax.imshow(data["distance"].sel(order=order).values, cmap="viridis", vmin=0, vmax=np.pi / 2)
-        ax.set_title(str(order))
-        ax.set_xticks([])
-        ax.set_yticks([])
-    plt.colorbar(im, ax=axes, label="FS distance")
-    return axes

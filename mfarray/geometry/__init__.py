@@ -5,7 +5,7 @@ from .charts import (chart_transition, elim_index, embedding_jacobian, local_ind
 from .distance import fs_distance, fs_distance_block, nearest, unit_vectors
 from .fubini_study import fs_metric_ambient, fs_metric_chart, hermitian_det, pullback
 from .hypersurface import (Hypersurface, cubic_curve, dwork_quintic, fermat, fermat_quintic,
-                           quartic_k3)
+                           quartic_k3, surface_named)
 from .local import ChartGeometry, chart_geometry
 from . import measures
 

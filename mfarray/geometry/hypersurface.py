@@ -373,3 +373,30 @@ def dwork_quintic(psi: complex) -> Hypersurface:
     if psi == 0:
         m, c = m[:5], c[:5]
     return Hypersurface(m, c, name=f"Dwork quintic psi={psi:g}")
+
+
+SURFACE_NAMES = "quintic, cubic, k3, fermat:N or dwork:PSI (e.g. dwork:0.5)"
+
+
+def surface_named(spec: str) -> Hypersurface:
+    """A surface by name, as in config files and on the command line: ``'quintic'``
+    (Fermat), ``'cubic'``, ``'k3'`` (Fermat quartic), ``'fermat:N'`` (degree N+1 in P^N),
+    ``'dwork:PSI'`` (the Dwork quintic at psi, complex allowed, e.g. ``'dwork:0.5+0.1j'``)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a surface name must be a string ({SURFACE_NAMES}); got {spec!r}")
+    name, _, arg = spec.partition(":")
+    name = name.strip().lower().replace("-", "_")
+    try:
+        if name in ("quintic", "fermat_quintic"):
+            return fermat_quintic()
+        if name in ("cubic", "cubic_curve"):
+            return cubic_curve()
+        if name in ("k3", "quartic", "quartic_k3"):
+            return quartic_k3()
+        if name == "fermat":
+            return fermat(int(arg))
+        if name == "dwork":
+            return dwork_quintic(complex(arg.replace(" ", "")))
+    except ValueError as exc:
+        raise ValueError(f"surface {spec!r}: {exc}") from None
+    raise ValueError(f"unknown surface {spec!r}; use {SURFACE_NAMES}")

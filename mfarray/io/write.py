@@ -109,6 +109,9 @@ def to_zarr(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False,
     ds = ds.copy()
     for name in ds.variables:  # xarray refuses to write chunk-encoding left over from a read
         ds[name].encoding = {}
+    # text as Zarr v3 variable-length strings: fixed-width unicode has no v3 specification yet
+    ds = ds.assign({n: v.astype(object) for n, v in ds.data_vars.items() if v.dtype.kind == "U"})
+    ds = ds.assign_coords({n: v.astype(object) for n, v in ds.coords.items() if v.dtype.kind == "U"})
     ds.attrs = {k: v for k, v in ds.attrs.items() if k not in MARKS}
     fp = fingerprint(ds, kind)
     done = None
