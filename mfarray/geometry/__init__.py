@@ -7,6 +7,7 @@ from .fubini_study import fs_metric_ambient, fs_metric_chart, hermitian_det, pul
 from .hypersurface import (Hypersurface, cubic_curve, dwork_quintic, fermat, fermat_quintic,
                            quartic_k3, surface_named)
 from .local import ChartGeometry, chart_geometry
+from .projection import Projection, fs_distance_rows, project_to_hypersurface
 from . import measures
 
 __all__ = [name for name in dir() if not name.startswith("_")]
