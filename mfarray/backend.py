@@ -10,12 +10,18 @@ Parallelism, one policy for every threaded kernel computation (kernel operator t
 empirical and ReLU NTK row blocks): :func:`cores` threads by default, each holding BLAS to
 one thread (:func:`one_blas_thread`), and kernel matrices cut into :data:`TILE` x
 :data:`TILE` tiles.
+
+Scheduler, one setting for every lazy (Dask) computation: :func:`use_scheduler` (an address,
+``"local"``, a number of worker processes or ``"threads"``; by default the environment variable
+:data:`SCHEDULER_ENV`, ``MFARRAY_SCHEDULER``); docs/distributed.md has the recipes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import array_api_compat
@@ -147,3 +153,149 @@ def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
         else:
             _BLAS = ThreadpoolController()  # scanning the loaded libraries once, not per use
     return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- scheduler
+
+SCHEDULER_ENV = "MFARRAY_SCHEDULER"
+"""The environment variable read by ``use_scheduler()`` (no address) and ``mfarray sample``
+without ``--scheduler``.  Importing mfarray never reads it, so worker processes that inherit the
+environment (LocalCluster, batch jobs) never connect anywhere by themselves."""
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds :func:`use_scheduler` waits for a remote scheduler to answer (distributed's own
+default is 30 s)."""
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d+$")
+_FORMS = ("'tcp://host:8786' (or 'host:8786', any dask.distributed address), 'local' (a LocalCluster "
+          "of one worker process per core), a number N of local worker processes, or 'threads' "
+          "(Dask's threaded scheduler in this process)")
+_ACTIVE: Scheduler | None = None
+
+
+@dataclass
+class Scheduler:
+    """The scheduler :func:`use_scheduler` made the default: ``address`` ("threads" or the
+    dask.distributed scheduler's address), its ``client`` (``distributed.Client``, None for
+    threads) and the ``cluster`` it started itself (a ``LocalCluster``, else None).
+
+    ``close()`` (or leaving a ``with`` block) disconnects, shuts down a cluster it started and
+    restores the scheduler that was the default before; a remote scheduler and its workers are
+    left running."""
+
+    address: str
+    client: Any = None
+    cluster: Any = None
+    _config: Any = field(default=None, repr=False)  # the dask.config setting of "threads"
+
+    def close(self) -> None:
+        global _ACTIVE
+        if _ACTIVE is self:
+            _ACTIVE = None
+        client, cluster, config = self.client, self.cluster, self._config
+        self.client = self.cluster = self._config = None
+        if client is not None:
+            client.close()  # also restores the config its set_as_default changed
+        if cluster is not None:
+            cluster.close()
+        if config is not None:
+            config.__exit__(None, None, None)
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_address(address: str | int, setting: str) -> str | int:
+    """"threads", "local", a worker count (int >= 1) or a distributed address; ValueError
+    (TypeError) naming ``setting`` otherwise."""
+    if isinstance(address, bool) or not isinstance(address, (str, int)):
+        raise TypeError(f"{setting} must be a string or an int: {_FORMS}; got {address!r}")
+    if isinstance(address, str):
+        text = address.strip()
+        if text.lower() in ("", "threads"):
+            return "threads"
+        if text.lower() == "local":
+            return cores()
+        if text.isdigit():
+            address = int(text)
+        elif "://" in text or _HOST_PORT.match(text):
+            return text
+        else:
+            raise ValueError(f"{setting} = {address!r} is not a scheduler address; use {_FORMS}")
+    if address < 1:
+        raise ValueError(f"{setting} = {address!r}: a LocalCluster needs at least 1 worker process; use {_FORMS}")
+    return address
+
+
+def use_scheduler(address: str | int | None = None, *, timeout: float | None = None) -> Scheduler:
+    """Make one Dask scheduler the default for every lazy mfarray computation (point-sampling
+    chunks, Zarr writes, kernel tile graphs, per-cluster flows): the one setting of
+    docs/distributed.md.
+
+    ``address``:
+      ``"tcp://host:8786"`` (or ``"host:8786"``, any dask.distributed address) -- connect a
+                 ``distributed.Client`` to a running scheduler (``dask scheduler``,
+                 ``SSHCluster``, dask-jobqueue's ``cluster.scheduler_address``);
+      ``"local"`` -- start a ``LocalCluster`` of :func:`cores` worker processes, one thread each;
+      ``N`` (an int, or its digits) -- a ``LocalCluster`` of N worker processes, one thread each;
+      ``"threads"`` (or ``""``) -- Dask's threaded scheduler in this process (Dask's default);
+      ``None`` -- the environment variable ``MFARRAY_SCHEDULER`` (any of the above; "threads"
+                 when unset).
+    ``timeout``: seconds to wait for a remote scheduler (default :data:`CONNECT_TIMEOUT`).
+
+    Takes effect at once, for the whole process, until :meth:`Scheduler.close` (or the end of a
+    ``with use_scheduler(...):`` block) or the next call, which closes this one first (one
+    scheduler at a time).  Results do not depend on the scheduler (tested: the same bits on a
+    LocalCluster as on threads).
+
+    Raises ValueError for a malformed address (TypeError for one neither str nor int),
+    ImportError where dask.distributed is not installed, ConnectionError where no scheduler
+    answers within ``timeout``; each names the setting (``address`` or ``MFARRAY_SCHEDULER``)
+    and the fix.  A failed call leaves Dask's default scheduler (the previous one is closed
+    first).
+    """
+    if address is None:
+        address, setting = os.environ.get(SCHEDULER_ENV, ""), SCHEDULER_ENV
+    else:
+        setting = "address"
+    target = _parse_address(address, setting)
+    timeout = CONNECT_TIMEOUT if timeout is None else float(timeout)
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
+    if _ACTIVE is not None:
+        _ACTIVE.close()
+    if target == "threads":
+        import dask
+
+        return _activate(Scheduler("threads", _config=dask.config.set(scheduler="threads")))
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"{setting} = {address!r} needs dask.distributed, which is not installed: "
+                          f"`pip install \"mfarray[distributed]\"`, or use 'threads'") from exc
+    if isinstance(target, int):
+        cluster = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0")  # a free port (not 8787 or a warning)
+        try:
+            client = distributed.Client(cluster, set_as_default=True)
+        except BaseException:
+            cluster.close()
+            raise
+        return _activate(Scheduler(cluster.scheduler_address, client, cluster))
+    try:
+        client = distributed.Client(target, timeout=timeout, set_as_default=True)
+    except OSError as exc:
+        raise ConnectionError(
+            f"{setting} = {address!r}: no dask scheduler answered there within {timeout:g} s.  Start one "
+            f"(`dask scheduler`, docs/distributed.md), correct the address, or use 'local' / 'threads'"
+        ) from exc
+    return _activate(Scheduler(client.scheduler.address, client))
+
+
+def _activate(scheduler: Scheduler) -> Scheduler:
+    global _ACTIVE
+    _ACTIVE = scheduler
+    return scheduler

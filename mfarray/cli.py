@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from . import backend
+
 if TYPE_CHECKING:
     from .geometry import Hypersurface
 
@@ -18,27 +20,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 def parse_surface(spec: str) -> Hypersurface:
-    """'quintic' | 'cubic' | 'k3' | 'fermat:N' | 'dwork:PSI' -> Hypersurface."""
-    from . import geometry
+    """'quintic' | 'cubic' | 'k3' | 'fermat:N' | 'dwork:PSI' -> Hypersurface (a usage error otherwise)."""
+    from .geometry import surface_named
 
-    name, _, arg = spec.partition(":")
-    name = name.strip().lower().replace("-", "_")
     try:
-        if name in ("quintic", "fermat_quintic"):
-            return geometry.fermat_quintic()
-        if name in ("cubic", "cubic_curve"):
-            return geometry.cubic_curve()
-        if name in ("k3", "quartic", "quartic_k3"):
-            return geometry.quartic_k3()
-        if name == "fermat":
-            return geometry.fermat(int(arg))
-        if name == "dwork":
-            return geometry.dwork_quintic(complex(arg.replace(" ", "")))
+        return surface_named(spec)
     except ValueError as exc:
-        raise typer.BadParameter(f"{spec!r}: {exc}") from None
-    raise typer.BadParameter(
-        f"unknown surface {spec!r}; use quintic, cubic, k3, fermat:N or dwork:PSI (e.g. dwork:0.5)"
-    )
+        raise typer.BadParameter(str(exc)) from None
 
 
 def sample_command(*, n: int, seed: int, out: str | os.PathLike, surface: str, chunk_size: int) -> str:
@@ -49,6 +37,21 @@ def sample_command(*, n: int, seed: int, out: str | os.PathLike, surface: str, c
     argv = ["mfarray", "sample", "--n", str(n), "--seed", str(seed), "--out", os.fspath(out),
             "--surface", surface, "--chunk-size", str(chunk_size)]
     return shlex.join(argv)
+
+
+SCHEDULER_HELP = ("Dask scheduler for the lazy computations: tcp://host:8786 (a running dask scheduler), "
+                  "'local' (a LocalCluster, one worker process per core), a number of local worker processes, "
+                  "or 'threads'; default $MFARRAY_SCHEDULER, else threads (docs/distributed.md)")
+
+
+def use_scheduler_option(scheduler: str | None) -> backend.Scheduler:
+    """``backend.use_scheduler`` for a ``--scheduler`` option (None: ``MFARRAY_SCHEDULER``), its
+    errors turned into a usage error naming the option or the variable.  Use it as a context
+    manager around the command's work (a LocalCluster it starts is closed at the end)."""
+    try:
+        return backend.use_scheduler(scheduler)
+    except (ValueError, ImportError, ConnectionError) as exc:  # the message names MFARRAY_SCHEDULER if it was that
+        raise typer.BadParameter(str(exc), param_hint="--scheduler" if scheduler is not None else None) from None
 
 
 @app.callback()
@@ -65,6 +68,7 @@ def sample(
     chunk_size: int = typer.Option(50_000, min=1, help="points per Dask chunk (memory per task)"),
     overwrite: bool = typer.Option(False, help="replace an existing point-set store written by mfarray "
                                                 "(anything else at --out is refused)"),
+    scheduler: str | None = typer.Option(None, help=SCHEDULER_HELP),
 ) -> None:
     """Sample Shiffman-Zelditch points with weights and g_FS, write them to a Zarr store.
 
@@ -73,8 +77,11 @@ def sample(
     the same command again after an interruption resumes the store from the chunks it had
     written (the result equals an uninterrupted run); a complete store is left alone.  The store
     records this command (attribute ``command``, every option spelt out) besides the Python
-    call (``call``) and the other attributes of ``mfarray.sample_points``."""
-    from . import io, pointset
+    call (``call``) and the other attributes of ``mfarray.sample_points``.  ``--scheduler`` (or
+    ``MFARRAY_SCHEDULER``) runs the chunks on a dask.distributed cluster (the same store; not
+    recorded in ``command``, like ``--overwrite``); ``--out`` must then be a path or URL every
+    worker can write to."""
+    from . import io
 
     X = parse_surface(surface)
     if overwrite:  # --overwrite replaces only a point-set store mfarray wrote (checked before sampling)
@@ -82,6 +89,16 @@ def sample(
             io.check_replaceable(out, "pointset")
         except FileExistsError as exc:
             raise typer.BadParameter(str(exc), param_hint="--out") from None
+    with use_scheduler_option(scheduler) as sched:
+        if sched.client is not None:
+            typer.echo(f"scheduler {sched.address} ({len(sched.client.scheduler_info()['workers'])} workers)")
+        _sample(X, n=n, seed=seed, out=out, surface=surface, chunk_size=chunk_size, overwrite=overwrite)
+
+
+def _sample(X: Hypersurface, *, n: int, seed: int, out: Path, surface: str, chunk_size: int,
+            overwrite: bool) -> None:
+    from . import io, pointset
+
     typer.echo(f"sampling {n} points on {X.label} (seed {seed}, chunks of {chunk_size}) -> {out}")
     start = time.perf_counter()
     ds = pointset.sample_points(X, n, seed=seed, chunk_size=chunk_size)
@@ -98,6 +115,43 @@ def sample(
     typer.echo(f"charts used: {len(counts)}; most populated (patch, elim) = {best} with {counts[best]} points")
     if X.is_calabi_yau:
         typer.echo(f"sigma of the Fubini-Study metric (B.11): {pointset.sigma_measure(stored):.4f}")
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Option(None, "--config", help="a study.toml (see --print-config); default: the built-in study"),
+    out: Path = typer.Option(Path("mfarray-study"), help="output folder: a Zarr store per stage, report.md and PNGs"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the default config (TOML) and exit"),
+    scheduler: str | None = typer.Option(None, help=SCHEDULER_HELP + "; overrides [compute] scheduler"),
+) -> None:
+    """Run the paper's study (§3): tuning, train/test gains of the Table 1 kernels and tuned ones,
+    the noise study (Figure 3 left), the distance scaling (Figure 3 right) and Figure 2, into
+    --out with a Markdown report.
+
+    With no options: the built-in study on the Fermat quintic (a few minutes on 2 cores).  Rerun
+    with the same config after an interruption, it resumes from the stages already stored; a
+    changed section recomputes only its stage."""
+    import dataclasses
+
+    from . import study
+
+    if print_config:
+        typer.echo(study.DEFAULT_TOML, nl=False)
+        return
+    try:
+        cfg = study.load_config(config)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    if scheduler is not None:
+        use_scheduler_option(scheduler).close()  # a usage error now, not after the first stages
+        cfg = dataclasses.replace(cfg, compute=dataclasses.replace(cfg.compute, scheduler=scheduler))
+    typer.echo(f"mfarray run: {cfg.surface}, seed {cfg.seed} -> {out}")
+    start = time.perf_counter()
+    try:
+        results = study.run_study(cfg, out, progress=True)
+    except FileExistsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from None
+    typer.echo(f"done in {time.perf_counter() - start:.0f} s; report: {results['report']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

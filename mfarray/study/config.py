@@ -1,0 +1,207 @@
+"""The study's configuration: one frozen dataclass per section, read from TOML.
+
+``mfarray run --print-config`` prints :data:`DEFAULT_TOML`, the built-in default (the Fermat
+quintic, minutes on 2 cores); ``mfarray run --config study.toml`` reads a file of the same form,
+where every key is optional and unknown keys are refused by name.  Each stage's section is
+recorded in its stored Dataset, so a rerun with the same section resumes from the store and a
+changed section recomputes that stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["StudyConfig", "Gains", "Tuning", "Noise", "Spacing", "Figure2", "Compute", "load_config", "DEFAULT_TOML",
+           "to_toml"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gains:
+    """Train/test gains of frozen-kernel flows: Table 1 presets (``kernels``) on ``n_test`` test
+    points, ``steps`` per flow; ``cluster_size`` > 0 clusters the train points (§3.1)."""
+
+    kernels: tuple = ("relu", "gaussian", "delta")
+    n_test: int = 1000
+    steps: int = 100
+    cluster_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """Bayesian optimisation per kernel (mfarray.tune): ``init`` random + ``iterations`` guided
+    evaluations on ``n_train``/``n_test`` points with ``steps``, fresh points per evaluation
+    when ``fresh``; the tuned presets join the gains table.  ``spaces``: per Table 1 kernel,
+    parameter -> [low, high] searched in log10 (or a list of choices)."""
+
+    enabled: bool = True
+    init: int = 3
+    iterations: int = 5
+    batch: int = 1
+    n_train: int = 500
+    n_test: int = 500
+    steps: int = 30
+    fresh: bool = True
+    spaces: Mapping = dataclasses.field(default_factory=lambda: {
+        "relu": {"sigma_w": [0.1, 10.0], "sigma_b": [0.01, 100.0], "lr": [0.01, 1.0]},
+        "gaussian": {"sigma": [0.005, 30.0], "lr": [0.01, 1.0]},
+        "delta": {"lr": [0.01, 1.0]},
+    })
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """Figure 3 left: test = train + complex Gaussian noise of each ``scale``, both variants
+    (off X as in the paper, and projected back onto X); each kernel's tuned preset where
+    ``tuned`` and the tuning ran, else Table 1's."""
+
+    enabled: bool = True
+    kernels: tuple = ("relu", "gaussian", "delta")
+    tuned: bool = True
+    n_train: int = 1000
+    steps: int = 100
+    scales: tuple = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spacing:
+    """Figure 3 right: nearest-train FS distance of ``n_test`` test points against N = ``sizes``."""
+
+    enabled: bool = True
+    sizes: tuple = (100, 300, 1000, 3000, 10000)
+    n_test: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure2:
+    """Figure 2: distance matrices of ``n`` points, ``clusters`` clusters, ``batches`` batches."""
+
+    enabled: bool = True
+    n: int = 1000
+    clusters: int = 10
+    batches: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """Where it runs: ``scheduler`` a dask.distributed address ("" = threads here); ``gpu``."""
+
+    scheduler: str = ""
+    gpu: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """The whole study: the surface (``quintic``, ``dwork:0.5``, ``k3``, ...), the seed and one
+    section per stage."""
+
+    surface: str = "quintic"
+    seed: int = 0
+    gains: Gains = Gains()
+    tuning: Tuning = Tuning()
+    noise: Noise = Noise()
+    spacing: Spacing = Spacing()
+    figure2: Figure2 = Figure2()
+    compute: Compute = Compute()
+
+    def section(self, name: str) -> dict:
+        """A stage's settings with the study-wide ones, as JSON-ready data (what its store records)."""
+        return {"surface": self.surface, "seed": self.seed, name: _plain(getattr(self, name))}
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, data: Mapping, where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in [{where}] of the study config; known: {sorted(fields)}")
+    default = cls()
+    values = {}
+    for name, value in data.items():
+        current = getattr(default, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"[{name}] of the study config must be a table; got {value!r}")
+            values[name] = _build(type(current), value, name)
+        elif isinstance(current, tuple):
+            if not isinstance(value, list):
+                raise ValueError(f"{where}.{name} must be a list; got {value!r}")
+            values[name] = tuple(value)
+        elif isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}.{name} must be true or false; got {value!r}")
+            values[name] = value
+        elif isinstance(current, (int, float)) and not isinstance(current, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(current, int) and not isinstance(value, int)):
+                raise ValueError(f"{where}.{name} must be {'an integer' if isinstance(current, int) else 'a number'}; "
+                                 f"got {value!r}")
+            values[name] = value
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def load_config(source: str | Mapping | None = None) -> StudyConfig:
+    """The study config from a TOML file path, a mapping, or None (the default)."""
+    if source is None:
+        return StudyConfig()
+    if isinstance(source, Mapping):
+        data = source
+    else:
+        with open(source, "rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"the study config {str(source)!r} is not valid TOML: {exc}") from None
+    return _build(StudyConfig, data, "study")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(config: StudyConfig) -> str:
+    """The config as TOML text that :func:`load_config` reads back to an equal config."""
+    data = config.to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            continue
+        doc = (type(getattr(config, section)).__doc__ or "").split("\n\n")[0]
+        lines += ["", "# " + " ".join(doc.replace("``", "").split()), f"[{section}]"]
+        for k, v in values.items():
+            if isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()):
+                for sub, table in v.items():
+                    lines.append(f"{k}.{sub} = {_toml_value(table)}")
+            else:
+                lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+DEFAULT_TOML = to_toml(StudyConfig())

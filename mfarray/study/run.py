@@ -1,0 +1,192 @@
+"""The study pipeline behind ``mfarray run``: stages, each a Dataset in a Zarr store, resumable.
+
+Stages, in order (each enabled by its config section, :mod:`.config`)::
+
+    tuning    Bayesian optimisation per Table 1 kernel (mfarray.tune), state saved per batch
+    gains     train/test gains of the Table 1 presets and of the tuned ones (experiments.gains)
+    noise     Figure 3 left (experiments.noise)
+    spacing   Figure 3 right (experiments.spacing)
+    figure2   Figure 2's distance matrices (mfarray.cluster.figure2_data)
+
+then the report (:mod:`.report`).  Each stage writes ``<out>/<stage>.zarr`` with its config
+section in the attrs (``study_section``); a rerun with the same config reads every complete
+store whose section matches and recomputes the others, so an interrupted run resumes (a
+stage's store is refused on open while incomplete, :func:`mfarray.open_zarr`, and rewritten).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import xarray as xr
+
+from .. import backend, io
+from ..cluster import figure2_data
+from ..experiments import presets as P
+from ..experiments.gains import gains
+from ..geometry import surface_named
+from ..pointset import sample_chart, sample_points
+from ..tune import GainObjective, as_space, best_params, real, tune
+from .config import StudyConfig
+
+__all__ = ["run_study", "STAGES", "stage_path"]
+
+STAGES = ("tuning", "gains", "noise", "spacing", "figure2")
+
+
+def stage_path(out: str | os.PathLike, stage: str) -> str:
+    """Where a stage's Dataset is stored."""
+    return os.path.join(os.fspath(out), f"{stage}.zarr")
+
+
+def _space(config: StudyConfig, name: str) -> dict:
+    space = {}
+    for k, v in config.tuning.spaces.get(name, {}).items():
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) \
+                and not isinstance(v[0], bool):
+            space[k] = real(float(v[0]), float(v[1]), log=True)
+        else:
+            space[k] = v
+    return as_space(space)
+
+
+def _tuning(config: StudyConfig, out: str, progress: bool) -> xr.Dataset:
+    t = config.tuning
+    parts = []
+    for name in config.gains.kernels:
+        base = P.TABLE1[name]
+        space = _space(config, name)
+        fixed = {k: v for k, v in base.hyper.items() if k not in space}
+        flow = {"steps": t.steps, "lr": base.lr, "loss": base.loss}
+        objective = GainObjective(base.kernel, surface=surface_named(config.surface), n_train=t.n_train,
+                                  n_test=t.n_test, fresh=t.fresh, points_seed=config.seed, flow=flow, fixed=fixed)
+        state = os.path.join(out, f"tuning-{name}.json")
+        ds = tune(objective, space, init=t.init, iterations=t.iterations, batch=t.batch, seed=config.seed,
+                  state=state, progress=progress)
+        keep = [v for v in ds.data_vars if v not in space]
+        part = ds[keep].expand_dims(kernel=[name])
+        part["best_params"] = ("kernel", [ds.attrs.get("best_params", "{}")])
+        part["best_params"].attrs["description"] = "the best parameters found (JSON)"
+        for key in ("holdout_gain_test", "holdout_gain_train"):
+            part[key] = ("kernel", [ds.attrs.get(key, float("nan"))])
+            part[key].attrs["description"] = f"{key[8:]} of the best parameters on points never used in tuning"
+        parts.append(part)
+    out_ds = xr.concat(parts, dim="kernel", join="outer")
+    out_ds.attrs = {k: v for k, v in parts[0].attrs.items() if k in ("mfarray_version",)}
+    return out_ds
+
+
+def tuned_presets(config: StudyConfig, tuning: xr.Dataset | None) -> dict[str, P.Preset]:
+    """The Table 1 presets of the study's kernels, plus ``<name>-tuned`` from the tuning stage."""
+    out = {name: P.TABLE1[name].replace(steps=config.gains.steps) for name in config.gains.kernels}
+    if tuning is not None:
+        for name in config.gains.kernels:
+            if name in tuning.kernel.values:
+                best = json.loads(str(tuning.best_params.sel(kernel=name).values))
+                if best:
+                    p = out[name].replace(**best)
+                    out[f"{name}-tuned"] = P.Preset(p.kernel, p.hyper, lr=p.lr, n_train=p.n_train, loss=p.loss,
+                                                    steps=p.steps, source="mfarray.tune")
+    return out
+
+
+def _gains(config: StudyConfig, tuning: xr.Dataset | None, progress: bool) -> xr.Dataset:
+    g = config.gains
+    return gains(tuned_presets(config, tuning), surface=surface_named(config.surface), n_test=g.n_test,
+                 seed=config.seed, cluster_size=g.cluster_size or None, progress=progress)
+
+
+def _noise(config: StudyConfig, tuning: xr.Dataset | None, progress: bool) -> xr.Dataset:
+    from ..experiments.noise import noise_study
+
+    n = config.noise
+    presets = tuned_presets(config, tuning) if n.tuned else {}
+    train = sample_chart(surface_named(config.surface), n.n_train, seed=config.seed)
+    parts = []
+    for name in n.kernels:
+        p = presets.get(f"{name}-tuned") or presets.get(name) or P.TABLE1[name].replace(steps=n.steps)
+        parts.append(noise_study(train, {name: p.spec()}, scales=n.scales, steps=n.steps, seed=config.seed,
+                                 flow_options={"lr": p.lr, "loss": p.loss}, progress=print if progress else None))
+    by_kernel = [v for v in parts[0].data_vars if "kernel" in parts[0][v].dims]
+    joined = xr.concat([part[by_kernel] for part in parts], dim="kernel", data_vars="all", coords="minimal",
+                       join="exact", compat="override")
+    out = parts[0].drop_vars([*by_kernel, "kernel"]).assign(joined.data_vars)
+    out.attrs = parts[0].attrs
+    return out
+
+
+def _spacing(config: StudyConfig, progress: bool) -> xr.Dataset:
+    from ..experiments.spacing import nearest_distance_scaling
+
+    s = config.spacing
+    return nearest_distance_scaling(surface_named(config.surface), sizes=s.sizes, n_test=s.n_test,
+                                    seed=config.seed)
+
+
+def _figure2(config: StudyConfig, progress: bool) -> xr.Dataset:
+    f = config.figure2
+    pts = sample_points(surface_named(config.surface), max(f.n, 2000), seed=config.seed)
+    return figure2_data(pts, n=f.n, clusters=f.clusters, batches=f.batches, seed=config.seed)
+
+
+def _stage(name: str, config: StudyConfig, out: str, compute: Callable[[], xr.Dataset], progress: bool,
+           timings: dict) -> xr.Dataset:
+    path = stage_path(out, name)
+    section = json.dumps(config.section(name), sort_keys=True)
+    if os.path.exists(path):
+        with contextlib.suppress(Exception):  # an incomplete or foreign store: recomputed below
+            stored = io.open_zarr(path)
+            if stored.attrs.get("study_section") == section:
+                timings[name] = float(stored.attrs.get("study_seconds", float("nan")))
+                if progress:
+                    print(f"[{name}] resumed from {path}", flush=True)
+                return stored
+    if progress:
+        print(f"[{name}] running ...", flush=True)
+    t = time.perf_counter()
+    ds = compute()
+    seconds = time.perf_counter() - t
+    ds.attrs.update({"study_section": section, "study_seconds": seconds})
+    io.to_zarr(ds, path, overwrite=os.path.exists(path))
+    timings[name] = seconds
+    if progress:
+        print(f"[{name}] done in {seconds:.1f} s -> {path}", flush=True)
+    return io.open_zarr(path)
+
+
+def run_study(config: StudyConfig | None = None, out: str | os.PathLike = "mfarray-study", *,
+              progress: bool = True) -> dict[str, Any]:
+    """Run every enabled stage into ``out`` (created if missing), then write the report.
+
+    Returns the stage Datasets by name and ``"report"``, the report's path.  Rerun with the same
+    config, it reads what is stored and computes only what is missing or changed.
+    """
+    from .report import write_report
+
+    config = StudyConfig() if config is None else config
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"out={out!r} is a file; pass a folder for the study's stores and report")
+    os.makedirs(out, exist_ok=True)
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {}
+    with backend.use_scheduler(config.compute.scheduler or None):
+        tuning = None
+        if config.tuning.enabled:
+            tuning = results["tuning"] = _stage("tuning", config, out, lambda: _tuning(config, out, progress),
+                                                progress, timings)
+        results["gains"] = _stage("gains", config, out, lambda: _gains(config, tuning, progress), progress, timings)
+        if config.noise.enabled:
+            results["noise"] = _stage("noise", config, out, lambda: _noise(config, tuning, progress), progress, timings)
+        for name, fn in (("spacing", _spacing), ("figure2", _figure2)):
+            if getattr(config, name).enabled:
+                results[name] = _stage(name, config, out, lambda fn=fn: fn(config, progress), progress, timings)
+    results["report"] = write_report(config, results, out, timings)
+    if progress:
+        print(f"report: {results['report']}", flush=True)
+    return results

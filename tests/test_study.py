@@ -1,0 +1,137 @@
+"""The study pipeline (mfarray.study): config in and out, stages stored and resumed, the report."""
+
+import dataclasses
+import os
+import tomllib
+
+import pytest
+
+import mfarray as mf
+from mfarray.experiments.presets import TABLE1, Preset
+from mfarray.study import DEFAULT_TOML, StudyConfig, load_config, run_study
+from mfarray.study import run as run_module
+from mfarray.study.config import to_toml
+
+TINY = {"tuning": {"init": 2, "iterations": 0, "steps": 3, "n_train": 60, "n_test": 40,
+                   "spaces": {"gaussian": {"sigma": [0.05, 1.0], "lr": [0.05, 0.5]}}},
+        "gains": {"kernels": ["gaussian"], "steps": 5, "n_test": 50},
+        "noise": {"kernels": ["delta"], "n_train": 60, "steps": 3, "scales": [1e-3, 0.1]},
+        "spacing": {"sizes": [50, 100, 200], "n_test": 30},
+        "figure2": {"n": 100, "clusters": 2, "batches": 2}}
+
+
+def test_default_config_round_trips_through_toml():
+    assert load_config(tomllib.loads(DEFAULT_TOML)) == StudyConfig()
+    c = load_config({**TINY, "surface": "dwork:0.5"})
+    assert load_config(tomllib.loads(to_toml(c))) == c
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"gains": {"stepz": 3}}, r"unknown key\(s\) \['stepz'\] in \[gains\]"),
+    ({"colour": 1}, "unknown key"),
+    ({"gains": {"steps": 2.5}}, "gains.steps must be an integer"),
+    ({"tuning": {"enabled": "yes"}}, "tuning.enabled must be true or false"),
+    ({"gains": 3}, r"\[gains\] .* must be a table"),
+])
+def test_bad_config_is_refused_by_name(bad, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(bad)
+
+
+def test_config_file(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text('surface = "k3"\n[gains]\nsteps = 7\n')
+    c = load_config(path)
+    assert c.surface == "k3" and c.gains.steps == 7 and c.tuning == StudyConfig().tuning
+    path.write_text("surface = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_run_stores_every_stage_resumes_and_reports(tmp_path, monkeypatch):
+    config = load_config({**TINY, "gains": {**TINY["gains"], "kernels": ["gaussian"]}})
+    out = tmp_path / "study"
+    first = run_study(config, out, progress=False)
+    for stage in ("tuning", "gains", "noise", "spacing", "figure2"):
+        assert os.path.isdir(run_module.stage_path(out, stage))
+    assert set(first["gains"].kernel.values) == {"gaussian", "gaussian-tuned"}
+    report = open(first["report"]).read()
+    assert "| gaussian (gaussian_fs) |" in report and "gains.png" in report and "figure2.png" in report
+    for figure in ("gains", "noise", "spacing", "figure2"):
+        assert os.path.getsize(out / f"{figure}.png") > 1000
+    assert "## Noise study" in report and "## Distance scaling" in report
+    assert first["noise"].gain_test.dims == ("kernel", "variant", "scale")
+
+    # a rerun with the same config computes nothing
+    def boom(*a, **k):
+        raise AssertionError("recomputed a stored stage")
+
+    monkeypatch.setattr(run_module, "gains", boom)
+    monkeypatch.setattr(run_module, "tune", boom)
+    monkeypatch.setattr(run_module, "figure2_data", boom)
+    monkeypatch.setattr(run_module, "_noise", boom)
+    monkeypatch.setattr(run_module, "_spacing", boom)
+    again = run_study(config, out, progress=False)
+    assert float(again["gains"].gain_test.sel(kernel="gaussian")) == float(first["gains"].gain_test.sel(kernel="gaussian"))
+    # a changed section recomputes that stage only
+    changed = dataclasses.replace(config, figure2=dataclasses.replace(config.figure2, clusters=4))
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_study(changed, out, progress=False)
+
+
+def test_an_interrupted_stage_is_recomputed(tmp_path):
+    config = load_config({**TINY, "tuning": {"enabled": False}, "figure2": {"enabled": False},
+                          "noise": {"enabled": False}, "spacing": {"enabled": False}})
+    out = tmp_path / "study"
+    run_study(config, out, progress=False)
+    # make the gains store look interrupted: open_zarr refuses it, the rerun rewrites it
+    import zarr
+
+    zarr.open_group(run_module.stage_path(out, "gains"), mode="r+").attrs["mfarray_complete"] = False
+    with pytest.raises(Exception):
+        mf.open_zarr(run_module.stage_path(out, "gains"))
+    again = run_study(config, out, progress=False)
+    assert mf.open_zarr(run_module.stage_path(out, "gains")).sizes["kernel"] == 1
+    assert again["gains"].sizes["kernel"] == 1
+
+
+def test_out_must_be_a_folder(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(FileExistsError, match="out="):
+        run_study(load_config(TINY), f, progress=False)
+
+
+def test_presets_are_table_1_and_refuse_bad_values():
+    assert TABLE1["relu"].hyper == {"depth": 1, "sigma_w": 5.716, "sigma_b": 80.52} and TABLE1["relu"].n_train == 2500
+    assert TABLE1["gaussian"].hyper["sigma"] == 30.0 and TABLE1["gaussian"].lr == 0.1583
+    assert TABLE1["delta"].n_train == 1000 and TABLE1["delta"].lr == 0.3162
+    assert TABLE1["gaussian"].replace(sigma=0.1).hyper["sigma"] == 0.1
+    with pytest.raises(ValueError, match="sigma"):
+        Preset("gaussian_fs", {"sigma": -1.0})
+    with pytest.raises(ValueError, match="kernel must name"):
+        Preset("laplace")
+
+
+def test_cli_run_print_config_and_a_config_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from mfarray.cli import app
+
+    runner = CliRunner()
+    printed = runner.invoke(app, ["run", "--print-config"])
+    assert printed.exit_code == 0 and printed.output == DEFAULT_TOML
+    path = tmp_path / "study.toml"
+    path.write_text(to_toml(load_config({**TINY, "tuning": {"enabled": False}, "figure2": {"enabled": False},
+                                         "noise": {"enabled": False}, "spacing": {"enabled": False}})))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--config", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "[gains] done" in result.output and (out / "report.md").exists()
+    again = runner.invoke(app, ["run", "--config", str(path), "--out", str(out)])
+    assert "[gains] resumed" in again.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gains]\nstepz = 3\n")
+    refused = runner.invoke(app, ["run", "--config", str(bad)])
+    assert refused.exit_code != 0 and "stepz" in refused.output
+    assert runner.invoke(app, ["run", "--scheduler", "tcp://"]).exit_code != 0
