@@ -92,6 +92,8 @@ def evaluate(result: xr.Dataset, train: xr.Dataset | None = None, test: xr.Datas
     ``sigma_test_final``.  Every variable is described (:data:`EVALUATION_DOCS`); attributes:
     the result's flow, model, loss, chart, surface, n, seeds and steps, ``result_call`` (the
     flow call) and the provenance shared with point sets and results (``call``, versions).
+    A Dask-backed result (:func:`~mfarray.flows.clustered.clustered_flow`) gives a lazy summary:
+    one task on the result's graph, computed when asked.
     """
     if not isinstance(result, xr.Dataset) or "g_train" not in result:
         raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow)")
@@ -99,23 +101,44 @@ def evaluate(result: xr.Dataset, train: xr.Dataset | None = None, test: xr.Datas
     _check_same(result, test, "test_point", "test")
     if "omega2_train" not in result:
         raise ValueError("this result has no |Omega|^2 (the surface has no Calabi-Yau form): sigma is not defined")
-    out = {}
-    for name in ("train", "test"):
-        if f"g_{name}" not in result:
-            continue
-        omega2, weight = result[f"omega2_{name}"].values, result[f"weight_{name}"].values
-        s0 = sigma_of(result[f"g_{name}_initial"].values, omega2, weight, f"g_{name}_initial")
-        s1 = sigma_of(result[f"g_{name}"].values, omega2, weight, f"g_{name}")
-        out[f"sigma_{name}_initial"] = s0
-        out[f"sigma_{name}_final"] = s1
-        out[f"gain_{name}"] = s0 / s1 if s1 > 0 else np.inf
-        out[f"positive_fraction_{name}"] = float(np.mean(linalg.valid(result[f"g_{name}"].values)))
+    parts = [name for name in ("train", "test") if f"g_{name}" in result]
+    arrays = {f"{v}_{name}": result[f"{v}_{name}"].data for name in parts for v in ("g", "omega2", "weight")}
+    arrays.update({f"g_{name}_initial": result[f"g_{name}_initial"].data for name in parts})
+    if any(backend.is_dask(a) for a in arrays.values()):  # a lazy result (clustered_flow): a lazy summary
+        import dask
+        import dask.array as da
+
+        summary = dask.delayed(_summary, pure=True)(arrays, parts)
+        out = {key: da.from_delayed(summary[key], shape=(), dtype=np.float64) for key in _summary_keys(parts)}
+    else:
+        out = _summary(arrays, parts)
     attrs = {key: result.attrs[key] for key in KEPT_ATTRS if key in result.attrs}
     attrs = json_attrs({"title": f"mfarray evaluation of a flow result: {result.attrs.get('flow', 'metric flow')}",
                         **attrs, "result_call": result.attrs.get("call", "unknown"),
                         **provenance(format_call("mfarray.evaluate", result,
                                                  *(() if train is None and test is None else (train, test))))})
     return describe(xr.Dataset({k: ((), v) for k, v in out.items()}, attrs=attrs), EVALUATION_DOCS)
+
+
+def _summary_keys(parts: list[str]) -> list[str]:
+    """evaluate's variables, in order, for the parts ("train", "test") a result has."""
+    return [key for name in parts for key in (f"sigma_{name}_initial", f"sigma_{name}_final", f"gain_{name}",
+                                              f"positive_fraction_{name}")]
+
+
+def _summary(arrays: dict[str, Any], parts: list[str]) -> dict[str, float]:
+    """evaluate's numbers from the result's arrays (NumPy; a Dask task for a lazy result)."""
+    out = {}
+    for name in parts:
+        omega2, weight = backend.to_numpy(arrays[f"omega2_{name}"]), backend.to_numpy(arrays[f"weight_{name}"])
+        g = backend.to_numpy(arrays[f"g_{name}"])
+        s0 = sigma_of(arrays[f"g_{name}_initial"], omega2, weight, f"g_{name}_initial")
+        s1 = sigma_of(g, omega2, weight, f"g_{name}")
+        out[f"sigma_{name}_initial"] = s0
+        out[f"sigma_{name}_final"] = s1
+        out[f"gain_{name}"] = s0 / s1 if s1 > 0 else np.inf
+        out[f"positive_fraction_{name}"] = float(np.mean(linalg.valid(g)))
+    return out
 
 
 def _kernel_of(result: xr.Dataset, kernel: Any) -> Any:
