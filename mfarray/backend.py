@@ -19,6 +19,7 @@ Scheduler, one setting for every lazy (Dask) computation: :func:`use_scheduler` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 from dataclasses import dataclass, field
@@ -271,6 +272,8 @@ def use_scheduler(address: str | int | None = None, *, timeout: float | None = N
         import dask
 
         return _activate(Scheduler("threads", _config=dask.config.set(scheduler="threads")))
+    import dask
+
     try:
         import distributed
     except ImportError as exc:
@@ -285,9 +288,23 @@ def use_scheduler(address: str | int | None = None, *, timeout: float | None = N
             cluster.close()
             raise
         return _activate(Scheduler(cluster.scheduler_address, client, cluster))
+    saved = copy.deepcopy(dask.config.config)  # a Client sets scheduler="dask.distributed" before connecting
+    from distributed.client import _global_clients
+
+    clients = set(_global_clients)
     try:
         client = distributed.Client(target, timeout=timeout, set_as_default=True)
-    except OSError as exc:
+    except BaseException as exc:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+        from distributed.client import _global_clients
+
+        for key in set(_global_clients) - clients:  # the failed Client registered itself: unregister
+            _global_clients.pop(key).close()
+        if isinstance(exc, ValueError):
+            raise ValueError(f"{setting} = {address!r} is not a scheduler address ({exc}); use {_FORMS}") from exc
+        if not isinstance(exc, OSError):
+            raise
         raise ConnectionError(
             f"{setting} = {address!r}: no dask scheduler answered there within {timeout:g} s.  Start one "
             f"(`dask scheduler`, docs/distributed.md), correct the address, or use 'local' / 'threads'"

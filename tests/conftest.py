@@ -24,3 +24,26 @@ def random_polynomial(n, degree, seed, dense=True):
     monos = np.array(monos)
     coeffs = rng.standard_normal(len(monos)) + 1j * rng.standard_normal(len(monos))
     return mf.Hypersurface(monos, coeffs, name=f"random degree-{degree} in P^{n}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_dask_client():
+    """A test must close every dask.distributed Client it opens: a leaked one becomes the default
+    scheduler of every later dask.compute (and hangs them once its cluster is gone); nor may it
+    leave dask's scheduler setting changed."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    after = dask.config.get("scheduler", None)
+    if after is not before and after != before:
+        dask.config.set(scheduler=before)
+        raise AssertionError(f"the test left dask's scheduler setting at {after!r} (was {before!r})")
+    try:
+        from distributed.client import _global_clients
+    except ImportError:  # pragma: no cover - distributed is in the test extra
+        return
+    leaked = [c for c in list(_global_clients.values()) if c.status not in ("closed", "closing")]
+    for c in leaked:
+        c.close()
+    assert not leaked, f"the test left {len(leaked)} dask.distributed Client(s) open: {leaked}"

@@ -222,3 +222,13 @@ def test_without_distributed_the_error_names_the_extra(monkeypatch):
         backend.use_scheduler("tcp://h:8786")
     with backend.use_scheduler("threads") as sched:  # threads need nothing
         assert sched.address == "threads"
+
+
+@pytest.mark.parametrize("address", ["tcp://", "tcp://127.0.0.1:1"])
+def test_a_failed_connection_leaves_the_scheduler_setting_alone(address):
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    with pytest.raises((ValueError, ConnectionError), match="address"):
+        mf.backend.use_scheduler(address, timeout=1)
+    assert dask.config.get("scheduler", None) == before
