@@ -196,3 +196,5 @@ def test_invalid_predictions_are_counted_not_scored(study, train):
     np.testing.assert_array_equal(g[valid], mf.predict(result, kept).values)  # exactly predict's metrics
     with pytest.raises(ValueError, match="predicted metrics"):
         mf.predict(result, ds)
+    with pytest.raises(ValueError, match="invalid must be"):
+        mf.predict(result, ds, invalid="drop")

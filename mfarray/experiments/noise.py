@@ -460,31 +460,11 @@ def noise_study(train: xr.Dataset, kernels: Any, *, scales: Sequence[float] = DE
 
 def _predict_valid(result: xr.Dataset, ds: xr.Dataset, kernel: Any,
                    features: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(g (N, k, k), valid (N,) bool): the flow's metrics predicted at ds, and which are valid.
-
-    :func:`mfarray.predict` refuses a set where any predicted metric is invalid (far from the
-    train set the kernel's update can overshoot g_FS).  Each point's prediction depends on that
-    point alone (pairwise kernels and the Delta kernel's nearest train point), so the refused
-    set is halved until the invalid points are isolated: the valid predictions are exactly
-    predict's, the invalid ones are marked (their g is NaN).
-    """
-    n = ds.sizes["point"]
-    k = ds.sizes["row"]
+    """(g (N, k, k), valid (N,) bool): the flow's metrics predicted at ds (far from the train set
+    the kernel's update can overshoot g_FS: those metrics are NaN and marked invalid)."""
     ds = ds[[v for v in ("z", "patch", "elim", "g_fs", "weight", "omega2") if v in ds]]  # what predict reads
-    g = np.full((n, k, k), np.nan + 0j)
-    valid = np.zeros(n, dtype=bool)
-    pending = [np.arange(n)]
-    while pending:
-        idx = pending.pop()
-        try:
-            g[idx] = predict(result, ds.isel(point=idx), kernel=kernel, features=features).values
-            valid[idx] = True
-        except ValueError as exc:
-            if "predicted metrics" not in str(exc):
-                raise
-            if idx.size > 1:
-                pending.extend(np.array_split(idx, 2))
-    return g, valid
+    g = predict(result, ds, kernel=kernel, features=features, invalid="nan")
+    return g.values, g.valid.values
 
 
 def _json_safe(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -161,16 +161,20 @@ def _kernel_of(result: xr.Dataset, kernel: Any) -> Any:
 
 
 def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
-            features: Callable | None = None) -> xr.DataArray:
+            features: Callable | None = None, invalid: str = "raise") -> xr.DataArray:
     """Metrics (point, row, col) of a finished flow at the points of ``points``.
 
     ``points`` must be in the flow's chart (``mfarray.select_chart(points, like=train)``).  Kernel
     flows rebuild their kernel from the result's record (pass ``kernel=`` for a rescaled or
     user-wrapped kernel, and ``features=`` if the flow had custom features); the operator is
     built as the flow built its test operator, so the prediction equals ``g_test`` of a flow
-    run with ``test=points``.  Raises ValueError if a predicted metric is not valid (pass those
-    points as ``test=`` to the flow: its step control keeps test metrics valid).
+    run with ``test=points``.  A predicted metric that is not valid (:mod:`mfarray.linalg`)
+    raises ValueError (``invalid="raise"``; pass those points as ``test=`` to the flow: its step
+    control keeps test metrics valid), or with ``invalid="nan"`` comes back as NaN, flagged
+    False in the ``valid`` (point,) coordinate -- never passed on as a metric.
     """
+    if invalid not in ("raise", "nan"):
+        raise ValueError(f"invalid must be 'raise' or 'nan'; got invalid={invalid!r}")
     from ..kernels.features import patch_features
     from ..kernels.operators import METHOD_OPTIONS, as_operator
     from .frozen import kernel_inputs
@@ -210,12 +214,20 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
         g = linalg.from_rows(rows, sites.k)
     else:
         raise ValueError(f"unknown flow model {result.attrs['model']!r}")
-    linalg.require_valid(g, "the predicted metrics")
-    out = xr.DataArray(backend.to_numpy(g), dims=("point", "row", "col"), coords={"point": sites.point}, name="g",
+    g = backend.to_numpy(g)
+    if invalid == "raise":
+        linalg.require_valid(g, "the predicted metrics")
+        ok = np.ones(g.shape[0], dtype=bool)
+    else:
+        ok = backend.to_numpy(linalg.metrics(g).valid).astype(bool)
+        g = np.where(ok[:, None, None], g, np.nan)
+    out = xr.DataArray(g, dims=("point", "row", "col"), coords={"point": sites.point, "valid": ("point", ok)}, name="g",
                        attrs={"description": "metrics predicted by the flow at the given points, in its chart "
                                              "(attribute chart = [patch, elim])",
                               "convention": G_CONVENTION, "chart": list(chart),
                               "result_call": result.attrs.get("call", "unknown"),
                               **provenance(format_call("mfarray.predict", result, points))})
     return describe(out, {"point": {"description": "index of the point in the sample it was drawn from (the "
-                                                   "given points' point coordinate)", "convention": "0-based"}})
+                                                   "given points' point coordinate)", "convention": "0-based"},
+                          "valid": {"description": "whether the predicted metric is valid (mfarray.linalg); "
+                                                   "invalid ones are NaN (predict(..., invalid='nan'))"}})
