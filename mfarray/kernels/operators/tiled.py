@@ -11,11 +11,18 @@ the policy of :mod:`mfarray.backend` (:func:`~mfarray.backend.cores` threads, on
 thread each), with an optional cache of computed tiles, and a symmetric kernel on one point
 set computes only the tiles on and above the diagonal.  Dask inputs give lazy results
 (:mod:`.graph`).
+
+The mat-vec is deterministic: the same bits for any number of threads, any thread timing and
+any cache state, because every sum has one fixed order (:meth:`BlockwiseOperator.matvec`) and
+every product runs on one BLAS thread (cached tiles too: OpenBLAS's products change bits with
+its thread count).  Threads compute tile products ahead, in the fixed tile order; the calling
+thread adds them into the output strictly in that order (:func:`_in_order`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,12 +47,51 @@ from .protocol import (
     kernel_block,
     kernel_spec,
     result_dtype,
-    sum_parts,
     tile_text,
     unflatten,
 )
 
 Array = Any  # a NumPy, CuPy or Dask array
+
+AHEAD = 4
+"""Tiles each thread may compute ahead of the in-order consumer of :func:`_in_order`: at most
+``AHEAD * workers`` tile results, running or waiting to be added, whatever the number of
+tiles.  For a mat-vec that is two ``(block, m)`` products a tile, ``2 * AHEAD * workers *
+block * m`` numbers: 9.4 MB for 16 threads, block 1024, m = 9 in float64 (per-thread
+accumulators of the whole output would be ``workers * n_out * m``, 115 MB at N = 10^5)."""
+
+
+def _in_order(task: Callable, consume: Callable, tiles: list, workers: int) -> None:
+    """``consume(rows, cols, task(rows, cols))`` for each tile of ``tiles``, consumed in the
+    order of ``tiles`` in the calling thread; ``task`` runs on ``workers`` threads, at most
+    ``AHEAD * workers`` tiles ahead of the consumer (a bounded window of pending results).
+
+    Whatever the threads' timing, ``consume`` sees the same results in the same order, so
+    sums it forms are reproducible bit for bit.  The first error (of a task or of
+    ``consume``) is raised after the tiles not yet started are cancelled and the running ones
+    finished.  BLAS is held to one thread throughout (:func:`mfarray.backend.one_blas_thread`),
+    also for ``workers == 1``: OpenBLAS's products change bits with its thread count.  (That
+    setting is process-wide: another thread leaving its own ``one_blas_thread`` meanwhile
+    would restore BLAS threads and may change the bits of the products computed after.)"""
+    with backend.one_blas_thread():
+        if workers <= 1:
+            for rows, cols in tiles:
+                consume(rows, cols, task(rows, cols))
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            pending = deque()
+            try:
+                for rows, cols in tiles:
+                    pending.append((rows, cols, pool.submit(task, rows, cols)))
+                    if len(pending) >= AHEAD * workers:
+                        rows_, cols_, fut = pending.popleft()
+                        consume(rows_, cols_, fut.result())
+                while pending:
+                    rows_, cols_, fut = pending.popleft()
+                    consume(rows_, cols_, fut.result())
+            finally:
+                for *_, fut in pending:
+                    fut.cancel()
 
 
 @dataclass(frozen=True)
@@ -88,12 +134,14 @@ class BlockwiseOperator:
         means ``x_out is x_in`` and the kernel's spec says it is symmetric
         (``as_kernel(kernel).symmetric``); pass False for a kernel that is not symmetric.
     workers : threads over tiles for NumPy inputs (kernel evaluation and BLAS release the
-        GIL); None = all usable cores (:func:`mfarray.backend.cores`).  Each thread holds its
-        own output accumulator.
+        GIL), each holding BLAS to one thread; None = all usable cores
+        (:func:`mfarray.backend.cores`).  The result does not depend on it (see
+        :meth:`matvec`).
     cache_bytes : keep computed tiles up to this many bytes and reuse them in later
         mat-vecs (a kernel cache, as in SVM solvers: the flow applies the same frozen kernel
         every step).  0 (default) recomputes every tile every time; tiles beyond the budget
-        are recomputed.  The cache lives as long as the operator.
+        are recomputed.  The cache lives as long as the operator; cached or recomputed, a
+        tile gives the same bits.
     """
 
     kernel: Callable
@@ -148,33 +196,28 @@ class BlockwiseOperator:
             self._cache.offer(key, K)
         return K
 
-    def _each_tile(self, task, like):
-        """Run ``acc = task(rows, cols, acc)`` over every tile, on ``workers`` threads (one
-        for CuPy) pulling tiles from a shared queue; returns the threads' final ``acc``s."""
-        tiles = self._tiles()
-        workers = 1 if backend.is_cupy(like) else min(self.workers or backend.cores(), len(tiles))
-        if all((r[0], c[0]) in self._cache.tiles for r, c in tiles):
-            # products only: BLAS's own threads do them; Python threads with one BLAS thread
-            # each ran 2x slower right after any multi-threaded BLAS call, whose idle
-            # OpenBLAS threads keep spinning on a core for a while (measured)
-            workers = 1
-        queue, lock = iter(tiles), threading.Lock()
-
-        def run():
-            acc = None
-            while True:
-                with lock:
-                    rows, cols = next(queue, (None, None))
-                if rows is None:
-                    return acc
-                acc = task(rows, cols, acc)
-
-        if workers == 1:
-            return [run()]
-        with backend.one_blas_thread(), ThreadPoolExecutor(workers) as pool:
-            return [f.result() for f in [pool.submit(run) for _ in range(workers)]]
+    def _workers(self, tiles, like) -> int:
+        """Threads for ``tiles``: one for CuPy (the device orders its own work), else
+        ``workers`` (default :func:`mfarray.backend.cores`), at most one per tile."""
+        return 1 if backend.is_cupy(like) else min(self.workers or backend.cores(), len(tiles))
 
     def matvec(self, v: Array) -> Array:
+        """``K @ v`` for ``v (n_in, *trailing)`` -> ``(n_out, *trailing)``, real or complex
+        (lazy Dask if any input is Dask, :mod:`.graph`).
+
+        The same bits on every call, whatever ``workers``, the thread timing and the tile
+        cache: row block ``I`` of the result is the sum, in increasing column block ``J``,
+        ``((c_I0 + c_I1) + c_I2) + ...`` (starting from ``c_I0`` itself), of
+        ``c_IJ = apply_block(K_IJ, v_J)`` -- for a symmetric operator below the diagonal
+        ``c_IJ = apply_block(K_JI, v_J, transpose=True)`` from the computed tile ``K_JI``,
+        the order and products of :func:`.graph.symmetric_kernel_matvec`, so the eager and the
+        lazy symmetric mat-vec agree bit for bit -- each product with one BLAS thread.
+        Tiles are visited row by row (the upper triangle only for a symmetric operator),
+        which brings every row block's contributions in increasing ``J``; threads compute
+        the tile products at most ``AHEAD * workers`` tiles ahead and the calling thread adds
+        them in that order (:func:`_in_order`; extra memory ``2 * AHEAD * workers * block *
+        m`` numbers beside the ``(n_out, m)`` result).
+        """
         n_out, n_in = self.shape
         v2, trailing = flatten(v, n_in)
         if self.lazy or backend.is_dask(v2):
@@ -184,21 +227,34 @@ class BlockwiseOperator:
                 out = graph.kernel_matvec(self.kernel, self.x_out, self.x_in, v2, self.block)
             return unflatten(out, n_out, trailing)
         xp = array_api_compat.array_namespace(v2)
-
-        def task(rows, cols, out):  # out: this thread's own accumulator (n_out, m)
-            K = self._tile(rows, cols)
-            p = apply_block(K, v2[cols[0]:cols[1]])
-            if out is None:
-                out = xp.zeros((n_out, v2.shape[1]), dtype=p.dtype)
-            out[rows[0]:rows[1]] += p
-            if self.symmetric and rows != cols:
-                out[cols[0]:cols[1]] += apply_block(K, v2[rows[0]:rows[1]], transpose=True)
-            return out
-
-        parts = [p for p in self._each_tile(task, v2) if p is not None]
-        if not parts:  # no tiles: an operator with 0 rows or columns
+        tiles = self._tiles()
+        if not tiles:  # an operator with 0 rows or columns
             return unflatten(xp.zeros((n_out, v2.shape[1]), dtype=result_dtype(v2.dtype)), n_out, trailing)
-        return unflatten(sum_parts(*parts), n_out, trailing)
+
+        def products(rows, cols):  # on a worker thread: (c_IJ, c_JI or None) of tile (I, J)
+            K = self._tile(rows, cols)
+            on = apply_block(K, v2[cols[0]:cols[1]])
+            off = apply_block(K, v2[rows[0]:rows[1]], transpose=True) if self.symmetric and rows != cols else None
+            return on, off
+
+        out = None
+
+        def add(block, other, p):  # c_{block, other}: the first term of its sum where other is J = 0
+            if other[0] == 0:
+                out[block[0]:block[1]] = p
+            else:
+                out[block[0]:block[1]] += p
+
+        def consume(rows, cols, pq):  # in the calling thread, in tile order
+            nonlocal out
+            if out is None:  # the first tile, (0, 0)
+                out = xp.empty((n_out, v2.shape[1]), dtype=pq[0].dtype)
+            add(rows, cols, pq[0])
+            if pq[1] is not None:
+                add(cols, rows, pq[1])
+
+        _in_order(products, consume, tiles, self._workers(tiles, v2))
+        return unflatten(out, n_out, trailing)
 
     def diagonal(self) -> Array:
         """``k(x_out[a], x_in[a])`` from the diagonal tiles (cost ~ n * block)."""
@@ -220,13 +276,14 @@ class BlockwiseOperator:
         xp = array_api_compat.array_namespace(first)
         K = xp.empty(self.shape, dtype=first.dtype)
 
-        def task(rows, cols, _):  # tiles write disjoint regions of K
+        def task(rows, cols):  # tiles write disjoint regions of K
             t = first if (rows, cols) == (r0, c0) else self._tile(rows, cols)
             K[rows[0]:rows[1], cols[0]:cols[1]] = t
             if self.symmetric and rows != cols:
                 K[cols[0]:cols[1], rows[0]:rows[1]] = t.T
 
-        self._each_tile(task, first)
+        tiles = self._tiles()
+        _in_order(task, lambda *_: None, tiles, self._workers(tiles, first))
         return K
 
     @property
