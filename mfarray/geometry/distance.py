@@ -19,6 +19,7 @@ the fast tile (one complex GEMM and arccos, the sine form only where d < NEAR_RA
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,19 @@ def fs_distance(z1: Array, z2: Array | None = None, *, block_elements: int = 1 <
     if method not in ("entrywise", "gemm"):
         raise ValueError(f"method must be 'entrywise' or 'gemm'; got method={method!r}")
     block = fs_distance_block if method == "entrywise" else fs_distance_block_gemm
+    return map_unit_pairs(block, z1, z2, block_elements=block_elements)
+
+
+def map_unit_pairs(block: Callable[[Array, Array], Array], z1: Array, z2: Array | None = None, *,
+                   block_elements: int | None = 1 << 21) -> Array:
+    """``block(u, v)`` -> (n1, n2) float64 for the unit vectors u, v of homogeneous points z1
+    (n1, n+1), z2 (n2, n+1) (``None``: z1), lifted as :func:`fs_distance` lifts its blocks.
+
+    The points are validated (2-d, the same P^n, finite and non-zero) and normalised
+    (:func:`unit_vectors`); Dask inputs give a lazy result, one ``block`` per pair of chunks;
+    in-memory inputs are cut into row blocks of about ``block_elements`` entries (``None``: one
+    call, for a block function without (n1, n2) temporaries of its own).
+    """
     if z2 is None:
         z2 = z1
     _validate(z1, "z1")
@@ -194,7 +208,7 @@ def fs_distance(z1: Array, z2: Array | None = None, *, block_elements: int = 1 <
     xp = backend.namespace(z1, z2)
     u = _unit_checked(z1, "z1")
     v = _unit_checked(z2, "z2")
-    rows = _block_rows(v.shape[0], block_elements)
+    rows = u.shape[0] if block_elements is None else _block_rows(v.shape[0], block_elements)
     if rows >= u.shape[0]:
         return block(u, v)
     return xp.concat(

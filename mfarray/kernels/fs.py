@@ -10,13 +10,15 @@ kernel is not pairwise (its k(x, x') depends on the whole second point set) nor 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
 from .. import backend
-from ..geometry.distance import fs_distance, nearest
+from ..geometry.distance import fs_distance, map_unit_pairs, nearest
+from . import fused
 from .checks import Choice, Flag, Real
 from .spec import kernel
 
@@ -24,7 +26,8 @@ from .spec import kernel
 DOMAINS = {
     "sigma": Real(0, low_open=True, doc="the kernel width"),
     "squared": Flag(doc="exp(-d^2 / (2 sigma^2)) if True, exp(-d / (2 sigma)) if False"),
-    "method": Choice(("gemm", "entrywise"), doc="how the FS distances are computed"),
+    "method": Choice(("auto", "fused", "gemm", "entrywise"), doc="how the kernel is computed: 'auto' is 'fused' "
+                     "for NumPy (and NumPy-backed Dask) inputs where numba is installed, else 'gemm'"),
 }
 
 _SQRT2 = math.sqrt(2.0)
@@ -33,7 +36,7 @@ Array = Any  # a NumPy, CuPy or Dask array
 
 
 @kernel("points", domains=DOMAINS)
-def gaussian_fs(z1: Array, z2: Array, *, sigma: float, squared: bool = False, method: str = "gemm") -> Array:
+def gaussian_fs(z1: Array, z2: Array, *, sigma: float, squared: bool = False, method: str = "auto") -> Array:
     """Gaussian kernel of FS distance d = d_FS(z1, z2), shape (n1, n2).
 
     ``squared=False`` is eq. (3.5) exactly as written in the paper, exp(-d / (2 sigma)) (a
@@ -42,15 +45,29 @@ def gaussian_fs(z1: Array, z2: Array, *, sigma: float, squared: bool = False, me
     space need not be positive semi-definite (see docs/paper-notes.md for measured spectra).
     Dask inputs give a lazy result.
 
-    ``method="gemm"`` (the default: kernels are what must scale to 10^5 points) computes the
-    distances with a complex GEMM (:func:`~mfarray.geometry.distance.fs_distance_block_gemm`);
-    its entries agree with ``method="entrywise"`` to a few ulps of d, and identical points still
-    give exactly 1.  ``"entrywise"`` gives distances bit-identical across blocks and chunks.
+    ``method`` (kernels are what must scale to 10^5 points):
+
+    * ``"fused"``: distance and kernel in one compiled pass per row, without (n1, n2)
+      temporaries (:func:`mfarray.kernels.fused.gaussian_fs_tile`, numba); NumPy inputs, or Dask
+      inputs with NumPy chunks (one fused tile per pair of chunks).  Its distances have the
+      error bound of ``"gemm"`` and its exp a few ulps.
+    * ``"gemm"`` computes the distances with a complex GEMM
+      (:func:`~mfarray.geometry.distance.fs_distance_block_gemm`); NumPy, CuPy or Dask.
+    * ``"entrywise"`` gives distances bit-identical across blocks and chunks.
+    * ``"auto"`` (default): ``"fused"`` where it applies (numba installed, not CuPy), else
+      ``"gemm"``.
+
+    All agree to a few ulps of d (``"fused"`` and ``"gemm"`` with ``"entrywise"``: the GEMM bound
+    2 m eps / sin(NEAR_RADIUS) + 1 ulp), and identical points give exactly 1 with every method.
 
     Every positive finite ``sigma`` is exact, down to the smallest subnormal: the exponent is
     formed as (d / (sqrt(2) sigma))^2 or d / (2 sigma), never with 1/sigma^2, so a tiny width gives
     the delta-like kernel (1 at d = 0, 0 elsewhere) and a huge one the constant 1.
     """
+    method = _resolve_method(method, z1, z2)
+    if method == "fused":
+        return map_unit_pairs(functools.partial(fused.gaussian_fs_tile, sigma=sigma, squared=squared), z1, z2,
+                              block_elements=None)
     d = fs_distance(z1, z2, method=method)
     width = _SQRT2 * sigma if squared else 2.0 * sigma  # no underflow: sigma > 0 is only doubled
     if backend.is_dask(d):
@@ -66,6 +83,27 @@ def gaussian_fs(z1: Array, z2: Array, *, sigma: float, squared: bool = False, me
             d *= d
     xp.negative(d, out=d)
     return xp.exp(d, out=d)
+
+
+def _on_cupy(z: Array) -> bool:
+    """CuPy arrays, or Dask arrays with CuPy chunks."""
+    return backend.is_cupy(z._meta if backend.is_dask(z) else z)
+
+
+def _resolve_method(method: str, z1: Array, z2: Array) -> str:
+    """``"auto"`` -> ``"fused"`` or ``"gemm"``; ``"fused"`` refused (ValueError naming method and
+    the fix) for CuPy inputs or without numba."""
+    cupy = _on_cupy(z1) or (z2 is not None and _on_cupy(z2))
+    if method == "auto":
+        return "fused" if fused.available() and not cupy else "gemm"
+    if method == "fused":
+        if cupy:
+            raise ValueError("gaussian_fs: method='fused' is a CPU (numba) kernel, but the points are CuPy arrays: "
+                             "use method='gemm' (or 'auto', which picks it for CuPy), or pass NumPy arrays")
+        if not fused.available():
+            raise ValueError("gaussian_fs: method='fused' needs numba, which is not installed: pip install numba, "
+                             "or use method='gemm'")
+    return method
 
 
 def nearest_index(z_test: Array, z_train: Array) -> Array:

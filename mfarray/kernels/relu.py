@@ -95,10 +95,20 @@ All functions take the array namespace from their inputs
 (``array_api_compat.array_namespace``); NumPy and CuPy work unchanged.  The
 computation runs over blocks of rows of ``x1`` (cache-sized temporaries); with
 NumPy the blocks can be processed by a small thread pool (``n_threads``).
+
+``method="fused"`` computes the same recursion, in the same order of operations (up to FMA
+contraction), in one compiled pass per row (:func:`mfarray.kernels.fused.relu_tile`, numba: no (n1, n2)
+temporaries, a vectorised atan2), in float64 on NumPy inputs; it agrees with
+``method="numpy"`` to the rounding of the recursion (~1e-15 relative measured, Table-1
+hyper-parameters and depth 3 included, tests/test_fused_kernels.py).  ``"auto"`` (the
+default) is ``"fused"`` for NumPy inputs in float64 where numba is installed, else
+``"numpy"``.  Dask inputs give a lazy result: the in-memory kernels mapped over pairs of
+chunks.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -107,7 +117,8 @@ import array_api_compat
 import numpy as np
 
 from .. import backend
-from .checks import (SQUARED_MAX, FloatDType, Integer, Optional, Real, check_finite_values, check_hyper,
+from . import fused
+from .checks import (SQUARED_MAX, Choice, FloatDType, Integer, Optional, Real, check_finite_values, check_hyper,
                      require_real)
 from .spec import kernel
 
@@ -140,7 +151,13 @@ DOMAINS = {
     "refine_tol": Real(0, 1, doc="a threshold on sin^2(theta)"),
     "block_rows": Optional(Integer(1, doc="rows of x1 per block")),
     "n_threads": Optional(Integer(1, doc="threads over blocks")),
+    "method": Choice(("auto", "numpy", "fused"), doc="'numpy' (array namespace, blocks of rows), 'fused' (numba, "
+                     "NumPy float64 inputs) or 'auto': 'fused' where it applies, else 'numpy'"),
 }
+
+#: a fused computation of at most this many entries runs on the caller's thread (a tile of an
+#: operator is one: the operator's threads are the parallelism)
+FUSED_SERIAL_ENTRIES = 1 << 21
 
 
 def _prepare(x1, x2, dtype, name="relu kernel"):
@@ -345,16 +362,26 @@ def _default_block_rows(n2):
 
 
 def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_threads,
-             want_nngp, want_ntk, name):
+             want_nngp, want_ntk, name, method="auto"):
     h = _check_hyper(name, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=dtype,
-                     refine_tol=refine_tol, block_rows=block_rows, n_threads=n_threads)
+                     refine_tol=refine_tol, block_rows=block_rows, n_threads=n_threads, method=method)
     depth, a, b = h["depth"], h["sigma_w"] ** 2, h["sigma_b"] ** 2
     dtype, refine_tol, block_rows, n_threads = h["dtype"], h["refine_tol"], h["block_rows"], h["n_threads"]
+    if backend.is_dask(x1) or backend.is_dask(x2):
+        return _lazy(x1, x1 if x2 is None else x2, h, want_nngp, want_ntk, name)
     xp, x1, x2 = _prepare(x1, x2, dtype, name)
     n1, d = x1.shape
     n2 = x2.shape[0]
     if d == 0:
         raise ValueError("feature dimension d must be >= 1")
+    label = f"{name}(depth={depth}, sigma_w={h['sigma_w']!r}, sigma_b={h['sigma_b']!r})"
+    if _resolve_method(h["method"], xp, x1.dtype, name) == "fused":
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, by name
+            nngp, ntk = _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk)
+        for K in (nngp, ntk):
+            if K is not None:
+                check_finite_values(K, label, (x1, x2))
+        return nngp, ntk
     ops = _Ops(xp)
     sq1 = xp.sum(x1 * x1, axis=-1)
     sq2 = xp.sum(x2 * x2, axis=-1)
@@ -393,16 +420,88 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
             list(ex.map(work, chunks))
     else:
         work(starts)
-    label = f"{name}(depth={depth}, sigma_w={h['sigma_w']!r}, sigma_b={h['sigma_b']!r})"
     for K in (nngp, ntk):
         if K is not None:
             check_finite_values(K, label, (x1, x2))
     return nngp, ntk
 
 
+def _resolve_method(method, xp, dtype, name):
+    """``"auto"`` -> ``"fused"`` or ``"numpy"``; ``"fused"`` refused (ValueError naming method
+    and the fix) where it does not apply."""
+    numpy_in = array_api_compat.is_numpy_namespace(xp)
+    float64 = numpy_in and np.dtype(dtype) == np.float64
+    if method == "auto":
+        return "fused" if float64 and fused.available() else "numpy"
+    if method == "fused":
+        if not numpy_in:
+            raise ValueError(f"{name}: method='fused' is a CPU (numba) kernel, but the inputs are "
+                             f"{xp.__name__} arrays: use method='numpy' (or 'auto', which picks it for them), "
+                             "or pass NumPy arrays")
+        if not float64:
+            raise ValueError(f"{name}: method='fused' computes in float64, but dtype={np.dtype(dtype).name}: use "
+                             "method='numpy' for another dtype")
+        if not fused.available():
+            raise ValueError(f"{name}: method='fused' needs numba, which is not installed: pip install numba, "
+                             "or use method='numpy'")
+    return method
+
+
+def _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk):
+    """Both kernels by :func:`mfarray.kernels.fused.relu_tile` on blocks of rows of x1 on
+    ``n_threads`` threads (default: one up to FUSED_SERIAL_ENTRIES entries, else as _compute)."""
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if n_threads is None:
+        n_threads = 1 if n1 * n2 <= FUSED_SERIAL_ENTRIES else min(backend.cores(), 8)
+    n_threads = max(1, min(int(n_threads), n1))
+    nngp = np.empty((n1, n2)) if want_nngp else None
+    ntk = np.empty((n1, n2)) if want_ntk else None
+    kw = dict(depth=depth, a=a, b=b, refine_tol=refine_tol)
+    if n_threads == 1:
+        fused.relu_tile(x1, x2, out=(nngp, ntk), **kw)
+        return nngp, ntk
+    step = -(-n1 // (4 * n_threads))  # a few blocks a thread, so that they finish together
+
+    def work(i0):
+        rows = slice(i0, min(n1, i0 + step))
+        fused.relu_tile(x1[rows], x2, out=(None if nngp is None else nngp[rows],
+                                           None if ntk is None else ntk[rows]), **kw)
+
+    with ThreadPoolExecutor(max_workers=n_threads) as ex:
+        list(ex.map(work, range(0, n1, step)))
+    return nngp, ntk
+
+
+def _lazy(x1, x2, h, want_nngp, want_ntk, name):
+    """Dask inputs: the in-memory kernels (with the checked keywords ``h``) over pairs of chunks."""
+    import dask.array as da
+
+    x1 = da.asarray(x1).rechunk({1: -1})
+    x2 = da.asarray(x2).rechunk({1: -1})
+    require_real(x1, "x1", name)
+    require_real(x2, "x2", name)
+    if h["method"] == "fused" and (backend.is_cupy(x1._meta) or backend.is_cupy(x2._meta)):
+        raise ValueError(f"{name}: method='fused' is a CPU (numba) kernel, but the inputs have CuPy chunks: use "
+                         "method='numpy' (or 'auto', which picks it for them)")
+    dtype = np.float64 if h["dtype"] is None else np.dtype(h["dtype"])
+    fn = functools.partial(_chunk_kernels, name=name, **{k: h[k] for k in _KEYWORDS})
+    meta = backend.namespace(x1._meta).empty((0, 0, 0), dtype=dtype)
+    both = da.blockwise(fn, "sij", x1, "ik", x2, "jk", new_axes={"s": 2}, dtype=dtype, concatenate=True, meta=meta)
+    return (both[0] if want_nngp else None), (both[1] if want_ntk else None)
+
+
+_KEYWORDS = ("depth", "sigma_w", "sigma_b", "dtype", "refine_tol", "block_rows", "n_threads", "method")
+
+
+def _chunk_kernels(x1, x2, *, name, **kw):
+    """(2, n1, n2): the NNGP and NTK of one pair of chunks."""
+    nngp, ntk = _compute(x1, x2, want_nngp=True, want_ntk=True, name=name, **kw)
+    return backend.namespace(nngp).stack([nngp, ntk])
+
+
 def relu_kernels(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
                  dtype: DTypeLike | None = None, refine_tol: float = DEFAULT_REFINE_TOL, block_rows: int | None = None,
-                 n_threads: int | None = None) -> tuple[Array, Array]:
+                 n_threads: int | None = None, method: str = "auto") -> tuple[Array, Array]:
     """Infinite-width NNGP and NTK of a ReLU MLP in one pass.
 
     Parameters
@@ -424,7 +523,12 @@ def relu_kernels(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w:
     block_rows : int, optional
         Rows of ``x1`` per block (default: ~64k elements per block).
     n_threads : int, optional
-        Threads over blocks (NumPy only; default: available cores, <= 8).
+        Threads over blocks (NumPy only; default: available cores, <= 8; with
+        ``method="fused"`` one thread up to ``FUSED_SERIAL_ENTRIES`` entries).
+    method : ``"auto"``, ``"numpy"`` or ``"fused"``
+        ``"fused"``: the compiled one-pass tile (numba; NumPy float64 inputs, ValueError
+        otherwise); ``"numpy"``: array-namespace code in blocks of rows (any namespace and
+        dtype); ``"auto"`` (default): ``"fused"`` where it applies, else ``"numpy"``.
 
     Returns
     -------
@@ -432,33 +536,33 @@ def relu_kernels(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w:
         :math:`K^L(x_1, x_2)` and :math:`\\Theta^L(x_1, x_2)`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, True, True, "relu_kernels")
+                    n_threads, True, True, "relu_kernels", method)
 
 
 @kernel("features", domains=DOMAINS)
 def relu_ntk(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
              dtype: DTypeLike | None = None, refine_tol: float = DEFAULT_REFINE_TOL, block_rows: int | None = None,
-             n_threads: int | None = None) -> Array:
+             n_threads: int | None = None, method: str = "auto") -> Array:
     """Infinite-width NTK :math:`\\Theta^L(x_1, x_2)` of a ReLU MLP, shape (n1, n2).
 
     ``x1``: (n1, d), ``x2``: (n2, d) (default ``x1``).  Convention, recursion,
     numerics and keywords: see the module docstring and :func:`relu_kernels`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, False, True, "relu_ntk")[1]
+                    n_threads, False, True, "relu_ntk", method)[1]
 
 
 @kernel("features", domains=DOMAINS)
 def relu_nngp(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
               dtype: DTypeLike | None = None, refine_tol: float = DEFAULT_REFINE_TOL, block_rows: int | None = None,
-              n_threads: int | None = None) -> Array:
+              n_threads: int | None = None, method: str = "auto") -> Array:
     """Infinite-width NNGP kernel :math:`K^L(x_1, x_2) = E[f(x_1) f(x_2)]`, shape (n1, n2).
 
     ``x1``: (n1, d), ``x2``: (n2, d) (default ``x1``).  See the module
     docstring and :func:`relu_kernels`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, True, False, "relu_nngp")[0]
+                    n_threads, True, False, "relu_nngp", method)[0]
 
 
 def relu_kernels_diag(x: Array, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
