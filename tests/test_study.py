@@ -148,3 +148,8 @@ def test_gains_per_cluster_as_the_paper_did():
     # the Delta kernel is block-diagonal in any clustering: per-cluster steps change only the step control
     assert float(clustered.gain_train.sel(kernel="delta")) > 1 and float(whole.gain_train.sel(kernel="delta")) > 1
     np.testing.assert_array_equal(clustered.sigma_test_initial.values, whole.sigma_test_initial.values)
+
+
+def test_gpu_is_refused_until_a_device_path_is_tested(tmp_path):
+    with pytest.raises(ValueError, match="gpu = true"):
+        run_study(load_config({"compute": {"gpu": True}}), tmp_path / "x", progress=False)

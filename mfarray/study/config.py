@@ -87,7 +87,8 @@ class Figure2:
 
 @dataclasses.dataclass(frozen=True)
 class Compute:
-    """Where it runs: ``scheduler`` a dask.distributed address ("" = threads here); ``gpu``."""
+    """Where it runs: ``scheduler`` a dask.distributed address ("" = threads here, or
+    MFARRAY_SCHEDULER); ``gpu`` (not yet: the study runs on NumPy, true is refused)."""
 
     scheduler: str = ""
     gpu: bool = False

@@ -55,7 +55,20 @@ def _tuning_table(tuning: Any) -> str:
     return "\n".join(rows)
 
 
-def _spacing_section(ds: Any) -> list[str]:
+def _measured_relation(noise: Any, kernel: str, variant: str = "paper") -> tuple[list, list]:
+    """The noise study's (distance to train, test gain) for one kernel: the points with gain > 1
+    while the gain still falls strictly (what a read-off along Figure 3 left needs)."""
+    d = noise.distance_to_train.sel(variant=variant).values
+    g = noise.gain_test.sel(kernel=kernel, variant=variant).values
+    order = d.argsort()
+    d, g = d[order], g[order]
+    keep = 1
+    while keep < len(g) and g[keep] < g[keep - 1] and g[keep] > 1:
+        keep += 1
+    return d[:keep].tolist(), g[:keep].tolist()
+
+
+def _spacing_section(ds: Any, noise: Any = None) -> list[str]:
     from ..experiments import spacing as sp
 
     fit = sp.fit_power_law(ds)
@@ -73,7 +86,32 @@ def _spacing_section(ds: Any) -> list[str]:
             f"{float(fit.exponent_se):.4f}); the paper's (3.6): 0.968 N^-0.184; -1/m = "
             f"{-1 / ds.attrs['real_dimension'] if ds.attrs.get('real_dimension') else float('nan'):.3f}.", "",
             "Points a kernel would need (the paper's gain-distance statements, experiments.spacing):", "",
-            *rows, ""]
+            *rows, "", *_measured_needs(fit, noise)]
+
+
+def _measured_needs(fit: Any, noise: Any) -> list[str]:
+    """Points needed for a test gain of 100, from this study's own noise curves (paper variant)."""
+    from ..experiments import spacing as sp
+
+    if noise is None:
+        return []
+    rows = ["| kernel | relation points | distance for gain 100 | extrapolated | points needed (1 sigma range) |",
+            "|---|---|---|---|---|"]
+    for k in noise.kernel.values:
+        d, g = _measured_relation(noise, str(k))
+        if len(d) < 2:
+            rows.append(f"| {k} | {len(d)} | - | - | the test gain never falls from above 1: no read-off |")
+            continue
+        train_gain = float(noise.gain_train.sel(kernel=k))
+        if train_gain < 100:
+            rows.append(f"| {k} | {len(d)} | - | - | not with this flow: its train gain {_fmt(train_gain)} "
+                        f"< 100 is the test gain's limit at distance 0 |")
+            continue
+        e = sp.points_for_gain(fit, 100.0, d, g).isel(target=0)
+        rows.append(f"| {k} | {len(d)} | {_fmt(float(e.target_distance))} | {bool(e.extrapolated)} | "
+                    f"{_fmt(float(e.points))} [{_fmt(float(e.points_low))}, {_fmt(float(e.points_high))}] |")
+    return ["The same from this study's own noise curves (test gain against mean nearest-train distance, the "
+            "paper's off-X variant, the part above gain 1 where it falls):", "", *rows, ""]
 
 
 def _noise_section(ds: Any) -> list[str]:
@@ -126,7 +164,7 @@ def write_report(config: StudyConfig, results: Mapping[str, Any], out: str | os.
                   "best parameters on point sets never used during tuning (the paper saw its optimiser overfit one set).",
                   "", _tuning_table(results["tuning"]), ""]
     if "spacing" in results:
-        lines += _spacing_section(results["spacing"])
+        lines += _spacing_section(results["spacing"], results.get("noise"))
     if "noise" in results:
         lines += _noise_section(results["noise"])
     if "figure2" in results:

@@ -169,6 +169,9 @@ def run_study(config: StudyConfig | None = None, out: str | os.PathLike = "mfarr
     from .report import write_report
 
     config = StudyConfig() if config is None else config
+    if config.compute.gpu:
+        raise ValueError("[compute] gpu = true: the study's stages run on NumPy; running them on CuPy awaits a "
+                         "tested device path (benchmarks/gpu_check.py checks the kernel operators); set gpu = false")
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"out={out!r} is a file; pass a folder for the study's stores and report")
