@@ -22,6 +22,8 @@ import contextlib
 import copy
 import os
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -136,24 +138,84 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-_BLAS = None
+_BLAS = None  # the BLAS libraries' threadpoolctl controllers, scanned once (() without threadpoolctl)
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0  # contexts of one_blas_thread entered and not yet left, all threads together
+_BLAS_SAVED: list[tuple[Any, Any]] = []  # (library, its thread count before the first entrant)
 
 
-def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """Context holding BLAS to one thread where our own threads already run one per core
-    (tile threads, row-block threads, Dask's threaded scheduler): nested BLAS threads
-    oversubscribe the cores (1.8-2.2x slower mat-vecs measured on 2 cores).  Process-global,
-    so overlapping users may briefly restore it: a speed matter only.  (dask.distributed
-    workers start with one BLAS thread anyway.)  A no-op without threadpoolctl."""
+def _blas_libraries() -> tuple:
+    """threadpoolctl's controllers of the BLAS libraries loaded (scanned once, not per use);
+    () without threadpoolctl."""
     global _BLAS
     if _BLAS is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            _BLAS = False
+            _BLAS = ()
         else:
-            _BLAS = ThreadpoolController()  # scanning the loaded libraries once, not per use
-    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+            _BLAS = tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
+    return _BLAS
+
+
+def _set_blas_threads(lib: Any, n: Any) -> None:
+    """``lib.set_num_threads(n)`` from whichever thread calls it (under ``_BLAS_LOCK``).
+
+    threadpoolctl >= 3.8 lets only one "controlling" thread change the process-wide thread
+    count of a pthreads OpenBLAS and silently ignores the others, so a count set by one
+    thread and restored by another stayed at 1 for the rest of the process.  Control is
+    taken for the call and given back (``clear_controlling_thread(force=True)``, also
+    releasing another caller's control: its next change takes it back)."""
+    release = getattr(type(lib), "clear_controlling_thread", None)  # threadpoolctl >= 3.8
+    if release is not None:
+        release(force=True)
+    try:
+        lib.set_num_threads(n)
+    finally:
+        if release is not None:
+            release(force=True)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Context holding BLAS to one thread, for the whole process, while any thread is inside it.
+
+    For our own threads that already run one per core (tile threads, row-block threads, Dask's
+    threaded scheduler): nested BLAS threads oversubscribe the cores (1.8-2.2x slower mat-vecs
+    measured on 2 cores).  Also for reproducible bits: OpenBLAS's products change bits with
+    its thread count (the deterministic tile mat-vecs depend on it).
+
+    Reference-counted over all threads: the first entrant records each BLAS library's thread
+    count and sets 1, the last to leave restores the recorded counts, whichever threads these
+    are; nested and overlapping use (tile threads of several operators, per-cluster tasks on
+    Dask's threaded scheduler, cluster batches) keeps one thread until the last user leaves.
+    Thread-safe (one lock around the count and the settings).  Only mfarray's users are
+    counted: code changing BLAS threads itself meanwhile (threadpoolctl in another thread) is
+    not.  (dask.distributed workers start with one BLAS thread anyway.)  A no-op without
+    threadpoolctl."""
+    global _BLAS_USERS, _BLAS_SAVED
+    libraries = _blas_libraries()
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            saved = [(lib, n) for lib in libraries if (n := lib.get_num_threads()) is not None]
+            try:
+                for lib, _ in saved:
+                    _set_blas_threads(lib, 1)
+            except BaseException:
+                for lib, n in saved:
+                    _set_blas_threads(lib, n)
+                raise
+            _BLAS_SAVED = saved
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                saved, _BLAS_SAVED = _BLAS_SAVED, []
+                for lib, n in saved:
+                    _set_blas_threads(lib, n)
 
 
 # ----------------------------------------------------------------------------- scheduler

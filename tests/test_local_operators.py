@@ -227,3 +227,155 @@ def test_bad_options_are_refused_by_name(z):
         as_operator(gaussian_fs.bind(sigma=0.3), z[:300], method="local", sparse=True, sparse_max_bytes=10_000)
     fallback = as_operator(gaussian_fs.bind(sigma=0.3), z[:300], method="local", sparse_max_bytes=10_000)
     assert not fallback.sparse
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.fixture
+def jitter(monkeypatch):
+    """Kernel tiles of the local operator after a random pause (up to 1 ms, own generator): the
+    threads finish them in another order every mat-vec."""
+    import threading
+    import time
+
+    from mfarray.kernels.operators import local
+
+    rng, lock, tile = np.random.default_rng(0), threading.Lock(), local.kernel_block
+
+    def jittered(*args, **kw):
+        with lock:
+            pause = rng.uniform(0.0, 1e-3)
+        time.sleep(pause)
+        return tile(*args, **kw)
+
+    monkeypatch.setattr(local, "kernel_block", jittered)
+
+
+def _local_pair(z, shape):
+    """(x_out, x_in) of a symmetric or a rectangular local operator (block 32: many tile pairs,
+    some skipped at sigma = 0.05)."""
+    return (z[:600], z[:600]) if shape == "symmetric" else (z[:300], z[1000:1500])
+
+
+def _local_serial_order(op, v):
+    """LocalGaussianOperator.matvec's documented order of the tile path, one tile at a time in
+    this thread with one BLAS thread: in tile order, row tile a is ((c_ab1 + c_ab2) + ...) over
+    the kept pairs in increasing b (zeros if none), c_ab = apply_block(K_ab, v_b), and for a
+    symmetric operator below the diagonal c_ab = apply_block(K_ba, v_b, transpose=True); then
+    the rows back in the original order."""
+    from mfarray import backend
+    from mfarray.kernels.operators.protocol import apply_block
+
+    v2 = v.reshape(v.shape[0], -1)
+    xo, xi, vp = op.x_out[op.perm_out], op.x_in[op.perm_in], v2[op.perm_in]
+    kept = set(op.kept)
+    pieces = []
+    with backend.one_blas_thread():
+        for a, (r0, r1) in enumerate(op.rows):
+            acc = np.zeros((r1 - r0, v2.shape[1]), dtype=np.result_type(v2.dtype, np.float64))
+            first = True
+            for b, (c0, c1) in enumerate(op.cols):
+                if op.symmetric and b < a:
+                    if (b, a) not in kept:
+                        continue
+                    c = apply_block(np.asarray(op.kernel(xi[c0:c1], xo[r0:r1])), vp[c0:c1], transpose=True)
+                elif (a, b) in kept:
+                    c = apply_block(np.asarray(op.kernel(xo[r0:r1], xi[c0:c1])), vp[c0:c1])
+                else:
+                    continue
+                acc, first = (c.copy() if first else acc + c), False
+            pieces.append(acc)
+    out = np.empty((op.shape[0], v2.shape[1]), dtype=pieces[0].dtype)
+    out[op.perm_out] = np.concatenate(pieces)
+    return out.reshape((op.shape[0], *v.shape[1:]))
+
+
+def _csr_serial_order(op, v):
+    """The sparse path's documented order: row i of K v is ((K_ij1 v_j1 + K_ij2 v_j2) + ...) over
+    its stored entries in increasing column j (SciPy's serial CSR product)."""
+    csr, v2 = op._csr, v.reshape(v.shape[0], -1)
+    assert csr.has_sorted_indices
+    out = np.zeros((op.shape[0], v2.shape[1]), dtype=np.result_type(v2.dtype, csr.dtype))
+    for i in range(op.shape[0]):
+        acc = out[i].copy()
+        for jj in range(csr.indptr[i], csr.indptr[i + 1]):
+            acc = acc + csr.data[jj] * v2[csr.indices[jj]]
+        out[i] = acc
+    return out.reshape((op.shape[0], *v.shape[1:]))
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "tiles"])
+@pytest.mark.parametrize("shape", ["symmetric", "rect"])
+@pytest.mark.parametrize("kind", ["real", "complex"])
+@pytest.mark.parametrize("run", [1, 5], ids=["1-tile-tasks", "5-tile-tasks"])
+def test_local_matvec_same_bits_every_run_and_thread_count(z, jitter, monkeypatch, sparse, shape, kind, run):
+    """Repeated mat-vecs, any workers option and any default thread count (backend.cores), jittered
+    tile timing, tasks of 1 or 5 tile pairs: the same bits, the documented serial order (and for
+    the sparse path the same CSR matrix and error bound)."""
+    from mfarray import backend
+    from mfarray.kernels.operators import local
+
+    monkeypatch.setattr(local, "TASK_ENTRIES", run * 32**2)
+
+    x_out, x_in = _local_pair(z, shape)
+    k = gaussian_fs.bind(sigma=0.05, squared=True)
+    make = lambda **kw: LocalGaussianOperator(k, x_out, x_out if shape == "symmetric" else x_in, block=32,
+                                              sparse=sparse, **kw)
+    v = _v(len(x_in), seed=3, complex_=kind == "complex")
+    one = make(workers=1)
+    assert one.sparse == sparse and one.symmetric == (shape == "symmetric")
+    assert 0 < len(one.kept) < len(one.rows) * len(one.cols)  # some tile pairs skipped, some kept
+    ref = one.matvec(v)
+    serial = _csr_serial_order(one, v) if sparse else _local_serial_order(one, v)
+    assert _same_bits(ref, serial)
+    ops = [make(workers=w) for w in (2, 3, 7)]
+    for ncores in (1, 4):  # the default thread count follows backend.cores()
+        monkeypatch.setattr(backend, "cores", lambda n=ncores: n)
+        ops.append(make())
+    for op in ops:
+        for _ in range(3):
+            assert _same_bits(op.matvec(v), ref), f"workers={op.workers}"
+        if sparse:
+            for name in ("data", "indices", "indptr"):
+                assert _same_bits(getattr(op._csr, name), getattr(one._csr, name)), name
+            assert op.error_factor == one.error_factor and op.nnz == one.nnz
+
+
+def test_local_tile_cache_and_to_dense_give_the_same_bits(z, jitter):
+    """Tiles cached (every one, or a few) or first computed by to_dense: the same bits as
+    recomputed tiles; a mat-vec from a full cache runs on the tile threads too."""
+    x = z[:600]
+    k = gaussian_fs.bind(sigma=0.05, squared=True)
+    v = _v(600, seed=4, complex_=True)
+    ref = LocalGaussianOperator(k, x, block=32, sparse=False, workers=1).matvec(v)
+    full = LocalGaussianOperator(k, x, block=32, sparse=False, workers=3, cache_bytes=1 << 30)
+    part = LocalGaussianOperator(k, x, block=32, sparse=False, workers=3, cache_bytes=3 * 32 * 32 * 8)
+    dense_first = LocalGaussianOperator(k, x, block=32, sparse=False, workers=3, cache_bytes=1 << 30)
+    dense_first.to_dense()
+    for op in (full, part, dense_first):
+        for _ in range(3):
+            assert _same_bits(op.matvec(v), ref)
+    assert len(full._cache.tiles) == len(full.kept) and len(part._cache.tiles) == 3
+
+
+def test_local_row_tiles_without_a_kept_pair_are_zero(z, jitter):
+    """Rows whose tiles meet no kept pair (64 copies of one point, far from every point of x_in,
+    at sigma = 0.01) are exact zeros; the other rows follow the documented order."""
+    from mfarray.geometry.distance import fs_distance_block
+
+    far = fs_distance_block(z[:1], z[1000:1500])[0] > 0.2
+    x_in = z[1000:1500][far]
+    phases = np.exp(2j * np.pi * np.random.default_rng(1).random(64))[:, None]
+    x_out = np.concatenate([z[:1] * phases, z[100:164]])
+    k = gaussian_fs.bind(sigma=0.01, squared=True)
+    v = _v(len(x_in), seed=6)
+    for workers in (1, 3):
+        op = LocalGaussianOperator(k, x_out, x_in, block=32, sparse=False, workers=workers)
+        out = op.matvec(v)
+        assert np.all(out[:64] == 0) and np.any(out[64:] != 0)
+        assert _same_bits(out, _local_serial_order(op, v))

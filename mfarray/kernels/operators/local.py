@@ -20,14 +20,16 @@ without visiting the whole ``(n_out, n_in)`` matrix:
 :class:`LocalGaussianOperator` skips a tile pair when ``k(L_ab) < tol`` (k decreasing in d, and
 k <= 1 = k(0)) and computes every kept tile exactly (:func:`~.protocol.kernel_block`, the tile
 code of :class:`~.tiled.BlockwiseOperator`; threads with one BLAS thread each, the upper
-triangle only for a symmetric kernel on one point set).  ``sparse`` (default "auto"): the kept
-tiles are computed once and their entries >= tol kept in a SciPy CSR matrix (in the original
-point order), while it fits in ``sparse_max_bytes``; otherwise (``sparse=False``) the kept tiles
-are recomputed every mat-vec, optionally from a byte-budgeted tile cache.  Measured on quintic
-points of one chart (6 real dimensions, benchmarks/RESULTS.md): tiles of even 64 points have
-FS radii ~0.6-0.8, so tile skipping alone removes a modest fraction of a sigma = 0.05 heat
-kernel, while the entries >= 1e-12 are ~0.3% of the matrix: the sparse form is the one that
-pays.  Either way a rigorous bound on what was left out is stated::
+triangle only for a symmetric kernel on one point set), deterministically: the same bits for
+any number of threads, thread timing and cache state (:meth:`LocalGaussianOperator.matvec`:
+the calling thread adds the tile products in one fixed order, :func:`.tiled._in_order`).
+``sparse`` (default "auto"): the kept tiles are computed once and their entries >= tol kept in
+a SciPy CSR matrix (in the original point order), while it fits in ``sparse_max_bytes``;
+otherwise (``sparse=False``) the kept tiles are recomputed every mat-vec, optionally from a
+byte-budgeted tile cache.  Measured on quintic points of one chart (6 real dimensions,
+benchmarks/RESULTS.md): tiles of even 64 points have FS radii ~0.6-0.8, so tile skipping alone
+removes a modest fraction of a sigma = 0.05 heat kernel, while the entries >= 1e-12 are ~0.3%
+of the matrix: the sparse form is the one that pays.  Either way a rigorous bound on what was left out is stated::
 
     |(K - K_local) v|_inf <= error_factor * |v|_inf <= tol * max_skipped_per_row * |v|_inf
 
@@ -54,7 +56,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import array_api_compat
@@ -75,10 +76,10 @@ from .protocol import (
     kernel_block,
     kernel_spec,
     result_dtype,
-    sum_parts,
     tile_text,
     unflatten,
 )
+from .tiled import _in_order
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -100,6 +101,11 @@ DEFAULT_TOL = 1e-12
 #: points per tile of the local Gaussian operator (smaller tiles have smaller balls, so more
 #: of them are skipped, but cost more per entry; benchmarks/RESULTS.md)
 DEFAULT_BLOCK = 256
+#: kernel entries a task of the tile threads covers at least (a run of consecutive kept tile
+#: pairs): 4 tiles of 256 points, 64 of 64 points.  Each task costs a future handed to the
+#: in-order consumer; measured at 10^4 points on 2 cores, one 256-point tile a task was 5-27%
+#: slower than the former per-thread sums, 2^18 entries a task within 0-10%
+TASK_ENTRIES = 2**18
 #: points per tile of the nearest-neighbour search of the Delta kernel
 NEAREST_BLOCK = 128
 #: subtracted from every distance lower bound: covers the rounding of d(c_a, c_b), r_a and
@@ -276,8 +282,8 @@ class LocalGaussianOperator:
         tiles every mat-vec; "auto" (default): sparse while it fits and keeps at most a quarter
         of the entries visited, else tiles (at once when k(pi/2) >= tol: nothing to drop).
     symmetric, workers, cache_bytes : as :class:`~.tiled.BlockwiseOperator` (symmetric:
-        default ``x_out is x_in``; workers: threads, default all usable cores; cache_bytes:
-        keep computed tiles up to this many bytes).
+        default ``x_out is x_in``; workers: threads, default all usable cores, which the
+        results do not depend on; cache_bytes: keep computed tiles up to this many bytes).
 
     Attributes: ``perm_out`` (n_out,), ``perm_in`` (n_in,) the tile orders; ``kept`` the list
     of kept tile pairs (a, b) (a <= b when symmetric); ``lower`` (T_out, T_in) distance lower
@@ -371,41 +377,43 @@ class LocalGaussianOperator:
         import scipy.sparse
 
         n_out, n_in = self.shape
-        count, lock = [0, 0], threading.Lock()  # entries kept, entries visited
         limit = self.sparse_max_bytes // 20  # CSR: value, column (8 + 8 bytes), and the COO build's row
         auto = self.sparse == "auto"
+        count = [0, 0]  # entries kept, entries visited
+        rows, cols, vals = [], [], []
+        dropped = np.zeros(n_out)  # per row (tile order): the sum of the dropped entries, each < tol
 
-        def task(a, b, acc):
-            acc = acc or ([], [], [], np.zeros(n_out))
-            (r0, r1), (c0, c1) = self.rows[a], self.cols[b]
+        def task(a, b):  # on a worker thread: tile (a, b)'s entries >= tol and its dropped sums
+            r0, c0 = self.rows[a][0], self.cols[b][0]
             K = backend.to_numpy(self._tile(a, b))
             keep = K >= self.tol
             i, j = np.nonzero(keep)
-            with lock:
-                count[0] += len(i) * (2 if self.symmetric and a != b else 1)
-                count[1] += K.size * (2 if self.symmetric and a != b else 1)
-                if count[0] > limit:
-                    raise _TooLarge(f"the entries >= tol = {self.tol:g} exceed sparse_max_bytes = "
-                                    f"{self.sparse_max_bytes} (more than {limit} entries)")
-                if auto and count[1] >= 16 * self.block**2 and count[0] > count[1] // 4:
-                    raise _TooLarge("more than a quarter of the entries are >= tol")  # not worth a sparse matrix
-            acc[0].append(i + r0)
-            acc[1].append(j + c0)
-            acc[2].append(K[i, j])
             drop = np.where(keep, 0.0, K)
-            acc[3][r0:r1] += drop.sum(axis=1)
-            if self.symmetric and a != b:
-                acc[0].append(j + c0)
-                acc[1].append(i + r0)
-                acc[2].append(K[i, j])
-                acc[3][c0:c1] += drop.sum(axis=0)
-            return acc
+            mirror = self.symmetric and a != b
+            return i + r0, j + c0, K[i, j], drop.sum(axis=1), drop.sum(axis=0) if mirror else None, K.size
 
-        parts = [p for p in self._each_tile(task, self._xo) if p is not None]
-        cat = lambda k, dt: np.concatenate([x for p in parts for x in p[k]]) if parts else np.zeros(0, dt)
-        rows, cols, vals = cat(0, np.int64), cat(1, np.int64), cat(2, np.float64)
-        dropped = sum(p[3] for p in parts) if parts else np.zeros(n_out)
+        def consume(a, b, t):  # in the calling thread, in the order of self.kept
+            i, j, k, drop_rows, drop_cols, size = t
+            twice = 2 if drop_cols is not None else 1
+            count[0] += len(i) * twice
+            count[1] += size * twice
+            if count[0] > limit:
+                raise _TooLarge(f"the entries >= tol = {self.tol:g} exceed sparse_max_bytes = "
+                                f"{self.sparse_max_bytes} (more than {limit} entries)")
+            if auto and count[1] >= 16 * self.block**2 and count[0] > count[1] // 4:
+                raise _TooLarge("more than a quarter of the entries are >= tol")  # not worth a sparse matrix
+            (r0, r1), (c0, c1) = self.rows[a], self.cols[b]
+            rows.append(i), cols.append(j), vals.append(k)
+            dropped[r0:r1] += drop_rows
+            if drop_cols is not None:
+                rows.append(j), cols.append(i), vals.append(k)
+                dropped[c0:c1] += drop_cols
+
+        self._each_kept(task, consume, self._xo)
+        cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)
+        rows, cols, vals = cat(rows, np.int64), cat(cols, np.int64), cat(vals, np.float64)
         self._csr = scipy.sparse.csr_matrix((vals, (self.perm_out[rows], self.perm_in[cols])), shape=self.shape)
+        self._csr.sort_indices()  # (COO -> CSR sorts them already) each row's entries by column: one summation order
         self.nnz = int(self._csr.nnz)
         self.max_skipped_per_row = int(n_in - np.diff(self._csr.indptr).min()) if n_out else 0
         self.error_factor = float((dropped + self._skipped_rows).max()) if n_out else 0.0
@@ -449,30 +457,47 @@ class LocalGaussianOperator:
             self._cache.offer((a, b), K)
         return K
 
-    def _each_tile(self, task: Callable, like: Array) -> list:
-        """``acc = task(a, b, acc)`` over the kept tiles on threads; the threads' final accs."""
-        workers = 1 if backend.is_cupy(like) else min(self.workers or backend.cores(), max(len(self.kept), 1))
-        if all(key in self._cache.tiles for key in self.kept):
-            workers = 1  # products only: BLAS's own threads (as BlockwiseOperator)
-        queue, lock = iter(self.kept), threading.Lock()
+    def _each_kept(self, task: Callable, consume: Callable, like: Array) -> None:
+        """``consume(a, b, task(a, b))`` for the kept tile pairs (a, b), consumed in the order
+        of ``kept`` in the calling thread (:func:`.tiled._in_order`, one BLAS thread); ``task``
+        runs on threads, one task a run of consecutive kept pairs of at least
+        :data:`TASK_ENTRIES` kernel entries (one pair from ``block`` 512 up).  Threads: one for
+        CuPy (the device orders its own work), else ``workers`` (default
+        :func:`mfarray.backend.cores`), at most one per run.  At most ``AHEAD * workers`` runs'
+        results wait to be consumed (for a mat-vec ``2 * TASK_ENTRIES / block * m`` numbers a
+        run: 9.4 MB at 16 threads, block 256, m = 9 in float64; 4x that at block 64)."""
+        kept, n = self.kept, len(self.kept)
+        step = max(1, TASK_ENTRIES // self.block**2)
+        runs = [(i, min(i + step, n)) for i in range(0, n, step)]
 
-        def run():
-            acc = None
-            while True:
-                with lock:
-                    ab = next(queue, None)
-                if ab is None:
-                    return acc
-                acc = task(*ab, acc)
+        def run(i0, i1):  # on a worker thread
+            return [task(a, b) for a, b in kept[i0:i1]]
 
-        if workers == 1:
-            return [run()]
-        with backend.one_blas_thread(), ThreadPoolExecutor(workers) as pool:
-            return [f.result() for f in [pool.submit(run) for _ in range(workers)]]
+        def take(i0, i1, results):  # in the calling thread, in order
+            for (a, b), result in zip(kept[i0:i1], results):
+                consume(a, b, result)
+
+        workers = 1 if backend.is_cupy(like) else min(self.workers or backend.cores(), max(len(runs), 1))
+        _in_order(run, take, runs, workers)
 
     def matvec(self, v: Array) -> Array:
         """``K_local @ v`` for v (n_in, *trailing) -> (n_out, *trailing), real or complex; in
-        memory (a Dask v is computed)."""
+        memory (a Dask v is computed).
+
+        The same bits on every call, whatever ``workers``, the thread timing and the tile
+        cache.  Sparse: SciPy's (serial) CSR product, row i the sum over its stored entries in
+        increasing column, ``((K_ij1 v_j1 + K_ij2 v_j2) + ...)``, of a CSR matrix built once
+        in a fixed order.  Tiles: in the tile order of the points (``perm_out``, ``perm_in``),
+        row tile ``a`` of the result is the sum over its kept tile pairs in increasing ``b``,
+        ``((c_ab1 + c_ab2) + c_ab3) + ...`` (starting from ``c_ab1`` itself; zeros where no
+        pair of row tile ``a`` is kept), of ``c_ab = apply_block(K_ab, v_b)`` -- for a
+        symmetric operator below the diagonal ``c_ab = apply_block(K_ba, v_b,
+        transpose=True)`` from the kept tile ``K_ba`` -- each product with one BLAS thread;
+        the rows are then put back in the original order (a copy).  As
+        :meth:`.tiled.BlockwiseOperator.matvec`: threads compute the products of the kept
+        pairs, visited row tile by row tile (in runs of :data:`TASK_ENTRIES` entries), ahead
+        and the calling thread adds them in that order (:meth:`_each_kept`).
+        """
         n_out, n_in = self.shape
         v2, trailing = flatten(v, n_in)
         if backend.is_dask(v2):
@@ -482,20 +507,36 @@ class LocalGaussianOperator:
         xp = array_api_compat.array_namespace(v2)
         vp = v2[self._p_in]
 
-        def task(a, b, out):
+        def products(a, b):  # on a worker thread: (c_ab, c_ba or None) of the kept pair (a, b)
             (r0, r1), (c0, c1) = self.rows[a], self.cols[b]
             K = self._tile(a, b)
-            p = apply_block(K, vp[c0:c1])
-            if out is None:
-                out = xp.zeros((n_out, v2.shape[1]), dtype=p.dtype)
-            out[r0:r1] += p
-            if self.symmetric and a != b:
-                out[c0:c1] += apply_block(K, vp[r0:r1], transpose=True)
-            return out
+            on = apply_block(K, vp[c0:c1])
+            off = apply_block(K, vp[r0:r1], transpose=True) if self.symmetric and a != b else None
+            return on, off
 
-        parts = [p for p in self._each_tile(task, v2) if p is not None]
-        dt = parts[0].dtype if parts else result_dtype(v2.dtype)
-        outp = sum_parts(*parts) if parts else xp.zeros((n_out, v2.shape[1]), dtype=dt)
+        outp, started = None, np.zeros(len(self.rows), dtype=bool)
+
+        def add(a, p):  # c_{a, .}: the first term of row tile a's sum, or the next one
+            r0, r1 = self.rows[a]
+            if started[a]:
+                outp[r0:r1] += p
+            else:
+                outp[r0:r1] = p
+                started[a] = True
+
+        def consume(a, b, pq):  # in the calling thread, in the order of self.kept
+            nonlocal outp
+            if outp is None:
+                outp = xp.empty((n_out, v2.shape[1]), dtype=pq[0].dtype)
+            add(a, pq[0])
+            if pq[1] is not None:
+                add(b, pq[1])
+
+        self._each_kept(products, consume, v2)
+        if outp is None:  # nothing kept (or no rows)
+            outp = xp.zeros((n_out, v2.shape[1]), dtype=result_dtype(v2.dtype))
+        for a in np.flatnonzero(~started):  # row tiles without a kept pair
+            outp[self.rows[a][0]:self.rows[a][1]] = 0
         out = xp.empty_like(outp)
         out[self._p_out] = outp
         return unflatten(out, n_out, trailing)
@@ -526,12 +567,15 @@ class LocalGaussianOperator:
             return self._csr.toarray()
         xp = array_api_compat.array_namespace(self.x_out)
         Kp = np.zeros(self.shape)
-        for a, b in self.kept:
+
+        def put(a, b, t):  # the tiles on threads with one BLAS thread each, as in matvec (they may be cached)
             (r0, r1), (c0, c1) = self.rows[a], self.cols[b]
-            t = backend.to_numpy(self._tile(a, b))
+            t = backend.to_numpy(t)
             Kp[r0:r1, c0:c1] = t
             if self.symmetric and a != b:
                 Kp[c0:c1, r0:r1] = t.T
+
+        self._each_kept(self._tile, put, self.x_out)
         K = np.empty_like(Kp)
         K[np.ix_(self.perm_out, self.perm_in)] = Kp
         return xp.asarray(K)

@@ -70,9 +70,9 @@ def _in_order(task: Callable, consume: Callable, tiles: list, workers: int) -> N
     sums it forms are reproducible bit for bit.  The first error (of a task or of
     ``consume``) is raised after the tiles not yet started are cancelled and the running ones
     finished.  BLAS is held to one thread throughout (:func:`mfarray.backend.one_blas_thread`),
-    also for ``workers == 1``: OpenBLAS's products change bits with its thread count.  (That
-    setting is process-wide: another thread leaving its own ``one_blas_thread`` meanwhile
-    would restore BLAS threads and may change the bits of the products computed after.)"""
+    also for ``workers == 1``: OpenBLAS's products change bits with its thread count (the
+    setting is process-wide and reference-counted: other threads leaving their own
+    ``one_blas_thread`` meanwhile leave it at one thread)."""
     with backend.one_blas_thread():
         if workers <= 1:
             for rows, cols in tiles:
