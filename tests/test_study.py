@@ -33,6 +33,8 @@ def test_default_config_round_trips_through_toml():
     ({"gains": {"steps": 2.5}}, "gains.steps must be an integer"),
     ({"tuning": {"enabled": "yes"}}, "tuning.enabled must be true or false"),
     ({"gains": 3}, r"\[gains\] .* must be a table"),
+    ({"gains": {"kernels": ["laplace"]}}, r"gains.kernels must name presets"),
+    ({"noise": {"kernels": []}}, r"noise.kernels must name presets"),
 ])
 def test_bad_config_is_refused_by_name(bad, match):
     with pytest.raises(ValueError, match=match):

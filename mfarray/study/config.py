@@ -19,15 +19,27 @@ __all__ = ["StudyConfig", "Gains", "Tuning", "Noise", "Spacing", "Figure2", "Com
            "to_toml"]
 
 
+def _known_kernels(names: tuple, section: str) -> None:
+    from ..experiments.presets import PRESETS
+
+    unknown = [k for k in names if k not in PRESETS]
+    if unknown or not names:
+        raise ValueError(f"{section}.kernels must name presets among {sorted(PRESETS)}; got {list(names)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Gains:
-    """Train/test gains of frozen-kernel flows: Table 1 presets (``kernels``) on ``n_test`` test
-    points, ``steps`` per flow; ``cluster_size`` > 0 clusters the train points (§3.1)."""
+    """Train/test gains of frozen-kernel flows: presets (``kernels``: Table 1's relu, gaussian,
+    delta, and cosine) on ``n_test`` test points, ``steps`` per flow; ``cluster_size`` > 0
+    clusters the train points (§3.1)."""
 
-    kernels: tuple = ("relu", "gaussian", "delta")
+    kernels: tuple = ("relu", "gaussian", "delta", "cosine")
     n_test: int = 1000
     steps: int = 100
     cluster_size: int = 0
+
+    def __post_init__(self) -> None:
+        _known_kernels(self.kernels, "gains")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +61,7 @@ class Tuning:
         "relu": {"sigma_w": [0.1, 10.0], "sigma_b": [0.01, 100.0], "lr": [0.01, 1.0]},
         "gaussian": {"sigma": [0.005, 30.0], "lr": [0.01, 1.0]},
         "delta": {"lr": [0.01, 1.0]},
+        "cosine": {"sigma_w": [0.3, 30.0], "lr": [0.01, 1.0]},
     })
 
 
@@ -61,6 +74,10 @@ class Noise:
     enabled: bool = True
     kernels: tuple = ("relu", "gaussian", "delta")
     tuned: bool = True
+
+    def __post_init__(self) -> None:
+        _known_kernels(self.kernels, "noise")
+
     n_train: int = 1000
     steps: int = 100
     scales: tuple = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)

@@ -59,7 +59,7 @@ def _tuning(config: StudyConfig, out: str, progress: bool) -> xr.Dataset:
     t = config.tuning
     parts = []
     for name in config.gains.kernels:
-        base = P.TABLE1[name]
+        base = P.PRESETS[name]
         space = _space(config, name)
         fixed = {k: v for k, v in base.hyper.items() if k not in space}
         flow = {"steps": t.steps, "lr": base.lr, "loss": base.loss}
@@ -82,8 +82,9 @@ def _tuning(config: StudyConfig, out: str, progress: bool) -> xr.Dataset:
 
 
 def tuned_presets(config: StudyConfig, tuning: xr.Dataset | None) -> dict[str, P.Preset]:
-    """The Table 1 presets of the study's kernels, plus ``<name>-tuned`` from the tuning stage."""
-    out = {name: P.TABLE1[name].replace(steps=config.gains.steps) for name in config.gains.kernels}
+    """The presets of the study's kernels (Table 1's and ``cosine``,
+    :data:`~mfarray.experiments.presets.PRESETS`), plus ``<name>-tuned`` from the tuning stage."""
+    out = {name: P.PRESETS[name].replace(steps=config.gains.steps) for name in config.gains.kernels}
     if tuning is not None:
         for name in config.gains.kernels:
             if name in tuning.kernel.values:
@@ -109,7 +110,7 @@ def _noise(config: StudyConfig, tuning: xr.Dataset | None, progress: bool) -> xr
     train = sample_chart(surface_named(config.surface), n.n_train, seed=config.seed)
     parts = []
     for name in n.kernels:
-        p = presets.get(f"{name}-tuned") or presets.get(name) or P.TABLE1[name].replace(steps=n.steps)
+        p = presets.get(f"{name}-tuned") or presets.get(name) or P.PRESETS[name].replace(steps=n.steps)
         parts.append(noise_study(train, {name: p.spec()}, scales=n.scales, steps=n.steps, seed=config.seed,
                                  flow_options={"lr": p.lr, "loss": p.loss}, progress=print if progress else None))
     by_kernel = [v for v in parts[0].data_vars if "kernel" in parts[0][v].dims]
