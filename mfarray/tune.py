@@ -18,7 +18,8 @@ frozen-kernel flow, with the kernel's hyper-parameters and the flow's (``lr``, `
 once more on a point set never seen during tuning (``objective.holdout``), which is the number
 to report.
 
-An evaluation that fails (a :class:`~mfarray.flows.FlowError`, a non-finite target) is recorded
+An evaluation that fails (a :class:`~mfarray.flows.FlowError`, kernel values that are not
+finite, a non-finite target) is recorded
 as failed with target NaN; the optimiser is told a penalty below every finite target seen so far
 (it needs a number), and the record says so (``registered``).
 """
@@ -40,7 +41,7 @@ import xarray as xr
 
 from .flows import FlowError, evaluate, kernel_flow
 from .geometry import Hypersurface, fermat_quintic
-from .kernels import Kernel, as_kernel
+from .kernels import Kernel, NonFiniteKernelError, as_kernel
 from .pointset import sample_chart
 from .pointset.provenance import format_call, provenance
 
@@ -235,7 +236,7 @@ def _evaluate(objective: Callable, params: dict, seed: int) -> dict:
         if not math.isfinite(out["target"]):
             raise FloatingPointError(f"the objective returned target = {out['target']}")
         return {**out, "failed": False, "error": "", "seconds": time.perf_counter() - t}
-    except (FlowError, FloatingPointError, ArithmeticError) as e:
+    except (FlowError, NonFiniteKernelError, ArithmeticError) as e:  # the parameters' fault, not the caller's
         return {"target": math.nan, "failed": True, "error": f"{type(e).__name__}: {e}",
                 "seconds": time.perf_counter() - t}
 

@@ -131,3 +131,15 @@ def test_sample_chart_is_nested_and_exact():
     assert (c.patch.values == 2).all() and (c.elim.values == 3).all()
     with pytest.raises(ValueError, match="n must"):
         mf.sample_chart(n=0)
+
+
+def test_a_kernel_that_overflows_is_a_failed_evaluation_not_a_crash():
+    from mfarray.kernels import NonFiniteKernelError
+
+    def f(params, seed):
+        if params["width"] > 1:
+            raise NonFiniteKernelError("kernel overflow")
+        return bowl(params, seed)
+
+    ds = T.tune(f, SPACE, init=6, iterations=0, seed=5)
+    assert ds.failed.any() and (ds.width.values[ds.failed.values] > 1).all()
