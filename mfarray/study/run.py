@@ -31,7 +31,7 @@ from ..experiments import presets as P
 from ..experiments.gains import gains
 from ..geometry import surface_named
 from ..pointset import sample_chart, sample_points
-from ..tune import GainObjective, as_space, best_params, real, tune
+from ..tune import GainObjective, as_space, real, tune
 from .config import StudyConfig
 
 __all__ = ["run_study", "STAGES", "stage_path"]
@@ -90,9 +90,7 @@ def tuned_presets(config: StudyConfig, tuning: xr.Dataset | None) -> dict[str, P
             if name in tuning.kernel.values:
                 best = json.loads(str(tuning.best_params.sel(kernel=name).values))
                 if best:
-                    p = out[name].replace(**best)
-                    out[f"{name}-tuned"] = P.Preset(p.kernel, p.hyper, lr=p.lr, n_train=p.n_train, loss=p.loss,
-                                                    steps=p.steps, source="mfarray.tune")
+                    out[f"{name}-tuned"] = out[name].replace(**best, source="mfarray.tune")
     return out
 
 
