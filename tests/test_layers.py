@@ -7,8 +7,8 @@ import pathlib
 
 import mfarray
 
-LAYERS = ["backend", "io", "linalg", "geometry", "roots", "sampling", "pointset", "cluster", "networks", "kernels",
-          "losses", "flows", "tune", "experiments", "plots", "study", "cli"]
+LAYERS = ["backend", "io", "linalg", "geometry", "roots", "sampling", "pointset", "cluster", "networks", "optim", "kernels",
+          "losses", "kahler", "flows", "tune", "experiments", "plots", "study", "cli"]
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROOT = REPO / "mfarray"  # the source tree (the installed copy has no docs beside it)
 

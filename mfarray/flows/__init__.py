@@ -2,7 +2,7 @@
 results, evaluation and prediction.
 
 Layer order inside: sites (boundary) <- models <- integrate <- results <- frozen / evolving
-(entry points) <- evaluate (after a flow) <- clustered (per-cluster flows).
+/ kahler (entry points) <- evaluate (after a flow) <- clustered (per-cluster flows).
 """
 
 from ..linalg import positive_definite
@@ -11,8 +11,25 @@ from .evaluate import evaluate, predict
 from .evolving import metric_ntk_operator, network_flow, network_metric
 from .frozen import kernel_flow, kernel_inputs, resolve_loss
 from .integrate import FlowError, StepControl
-from .models import KernelModel, MetricModel, NetworkModel
+from .kahler import kahler_flow
+from .models import KernelModel, MetricModel, NetworkModel, PotentialModel
 
-__all__ = ["clustered_flow", "network_flow", "network_metric", "metric_ntk_operator", "resolve_loss", "kernel_flow",
-           "kernel_inputs", "StepControl", "evaluate", "predict", "FlowError", "positive_definite",
-           "MetricModel", "KernelModel", "NetworkModel"]
+__all__ = [
+           "FlowError",
+           "KernelModel",
+           "MetricModel",
+           "NetworkModel",
+           "PotentialModel",
+           "StepControl",
+           "clustered_flow",
+           "evaluate",
+           "kahler_flow",
+           "kernel_flow",
+           "kernel_inputs",
+           "metric_ntk_operator",
+           "network_flow",
+           "network_metric",
+           "positive_definite",
+           "predict",
+           "resolve_loss",
+]

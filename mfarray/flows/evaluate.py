@@ -21,7 +21,13 @@ import xarray as xr
 from .. import backend, linalg
 from .. import networks as nw
 from ..geometry import measures
-from ..pointset.provenance import G_CONVENTION, describe, format_call, json_attrs, provenance
+from ..pointset.provenance import (
+    G_CONVENTION,
+    describe,
+    format_call,
+    json_attrs,
+    provenance,
+)
 from .sites import materialize, point_index
 
 if TYPE_CHECKING:
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
-__all__ = ["evaluate", "predict", "sigma_of", "EVALUATION_DOCS"]
+__all__ = ["EVALUATION_DOCS", "evaluate", "predict", "sigma_of"]
 
 # result attributes an evaluation keeps: what was flowed, on which surface and points
 KEPT_ATTRS = ("flow", "model", "loss", "chart", "surface_name", "surface_monomials", "surface_coefficients_real",
@@ -181,7 +187,9 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
     from .models import KernelModel, NetworkModel
 
     if not isinstance(result, xr.Dataset) or "model" not in result.attrs:
-        raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow)")
+        raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow, kahler_flow)")
+    if result.attrs["model"] == "kahler":
+        return _checked_prediction(_kahler_prediction(result, points), result, points, invalid)
     sites = materialize(points)[0]
     chart = tuple(result.attrs["chart"])
     if sites.chart != chart:
@@ -214,6 +222,29 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
         g = linalg.from_rows(rows, sites.k)
     else:
         raise ValueError(f"unknown flow model {result.attrs['model']!r}")
+    return _checked_prediction(g, result, points, invalid, chart=list(chart))
+
+
+def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
+    """The metrics of a Kähler-potential flow's final theta at any point set, each point in its chart."""
+    from ..kahler import SectionPotential
+    from ..pointset.charts import surface_of
+    from .kahler import potential_metrics
+
+    info = json.loads(result.attrs["potential"])
+    if info.get("name") != "SectionPotential":
+        raise ValueError(f"predict rebuilds only SectionPotential models; this result has {info.get('name')!r}: "
+                         "use mfarray.flows.kahler.potential_metrics(potential, result['theta'], points)")
+    if surface_of(points) != surface_of(result):
+        raise ValueError("points lie on another surface than the flow's train points: sample them from the same "
+                         "Hypersurface")
+    basis = result["section_basis"].values if "section_basis" in result else None
+    return potential_metrics(SectionPotential(int(info["k"]), basis), result["theta"].values, points)
+
+
+def _checked_prediction(g: Any, result: xr.Dataset, points: xr.Dataset, invalid: str, chart: Any = "own") -> xr.DataArray:
+    """Predicted metrics as a DataArray, invalid ones raised or NaN with the ``valid`` flag."""
+    sites_point = point_index(points)
     g = backend.to_numpy(g)
     if invalid == "raise":
         linalg.require_valid(g, "the predicted metrics")
@@ -221,10 +252,11 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
     else:
         ok = backend.to_numpy(linalg.metrics(g).valid).astype(bool)
         g = np.where(ok[:, None, None], g, np.nan)
-    out = xr.DataArray(g, dims=("point", "row", "col"), coords={"point": sites.point, "valid": ("point", ok)}, name="g",
-                       attrs={"description": "metrics predicted by the flow at the given points, in its chart "
-                                             "(attribute chart = [patch, elim])",
-                              "convention": G_CONVENTION, "chart": list(chart),
+    where = ("in its chart (attribute chart = [patch, elim])" if chart != "own"
+             else "each in its own point's chart (the points' patch and elim)")
+    out = xr.DataArray(g, dims=("point", "row", "col"), coords={"point": sites_point, "valid": ("point", ok)}, name="g",
+                       attrs={"description": f"metrics predicted by the flow at the given points, {where}",
+                              "convention": G_CONVENTION, "chart": chart,
                               "result_call": result.attrs.get("call", "unknown"),
                               **provenance(format_call("mfarray.predict", result, points))})
     return describe(out, {"point": {"description": "index of the point in the sample it was drawn from (the "

@@ -73,12 +73,12 @@ from .results import flow_result
 from .sites import materialize
 
 __all__ = [
-    "network_metric",
-    "network_inputs",
-    "parameter_gradient",
-    "network_flow",
     "RealBasisOperator",
     "metric_ntk_operator",
+    "network_flow",
+    "network_inputs",
+    "network_metric",
+    "parameter_gradient",
 ]
 
 Array = Any  # a NumPy, CuPy or Dask array

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..kernels.operators import KernelOperator
     from ..kernels.spec import Kernel
 
-__all__ = ["kernel_flow", "kernel_inputs", "resolve_loss", "kernel_spec"]
+__all__ = ["kernel_flow", "kernel_inputs", "kernel_spec", "resolve_loss"]
 
 Array = Any  # a NumPy, CuPy or Dask array
 

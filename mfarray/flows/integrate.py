@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .models import MetricModel
     from .sites import Sites
 
-__all__ = ["StepControl", "FlowError", "Trajectory", "integrate"]
+__all__ = ["FlowError", "StepControl", "Trajectory", "integrate"]
 
 
 class FlowError(RuntimeError):

@@ -25,13 +25,16 @@ evaluating ``metrics_at`` for several s is what makes backtracking cheap.
 * :class:`NetworkModel` -- a finite network g_theta = g_ref + R(f_theta(phi(x))) (2.8), or its
   linearisation (2.10).  theta is the flat parameter vector and a step is
   theta <- theta - s J(theta)^T r(G) (the vector-Jacobian product).
-* A Kähler-potential model g = g_FS + i dd-bar phi_theta with global parameters fits the same
-  protocol (issue 12): its ``line`` is a vjp through i dd-bar.
+* :class:`PotentialModel` -- a Kähler potential g = g_FS + i dd-bar phi_theta (B.6) with global
+  parameters (:mod:`mfarray.kahler`): every point's metric in its own chart, a step is
+  theta <- theta - s J^T G (the vjp through i dd-bar); for a linear potential the metrics move
+  along the fixed direction J J^T G (the frozen phi-NTK), so ``metrics_at`` costs an axpy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 
 Array = Any  # a NumPy, CuPy or Dask array
 
-__all__ = ["MetricModel", "KernelModel", "NetworkModel", "metric_matvec"]
+__all__ = ["KernelModel", "MetricModel", "NetworkModel", "PotentialModel", "VelocityModel", "metric_matvec"]
 
 
 @runtime_checkable
@@ -197,6 +200,75 @@ class NetworkModel:
     def line(self, theta: Array, g: Array, G: Array) -> tuple[Callable[[float], Array], Callable[[float], Array]]:
         D = self.pullback(theta, G)
         return (lambda s: self.metrics(theta - s * D)), (lambda s: theta - s * D)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PotentialModel:
+    """g_theta = g_FS + i dd-bar phi_theta (B.6) at train (and test) points, each in its own chart.
+
+    potential : a potential spec of :mod:`mfarray.kahler` (``prepare``, ``metric``, ``ddbar``,
+    ``vjp``, ``linear``); theta0 : initial parameters (P,); data, data_test : what
+    ``potential.prepare`` made of the train / test points.  theta is the flat parameter vector,
+    shared by all points (global): test metrics follow exactly, from any chart.
+    """
+
+    potential: object
+    theta0: object
+    data: object
+    data_test: object = None
+
+    def init(self) -> Array:
+        return self.theta0
+
+    def _rows(self, fn):
+        rows = linalg.to_rows(fn(self.data))
+        if self.data_test is None:
+            return rows
+        return backend.namespace(rows).concat([rows, linalg.to_rows(fn(self.data_test))], axis=1)
+
+    def metrics(self, theta: Array) -> Array:
+        return self._rows(lambda d: self.potential.metric(theta, d))
+
+    def line(self, theta: Array, g: Array, G: Array) -> tuple[Callable[[float], Array], Callable[[float], Array]]:
+        k = math.isqrt(G.shape[0])
+        return self._line(theta, g, self.potential.vjp(theta, self.data, linalg.from_rows(G, k)))
+
+    def _line(self, theta, g, D):
+        """metrics_at(s), theta_at(s) along theta - s D."""
+        if self.potential.linear:  # g(theta - s D) = g(theta) - s i dd-bar phi_D
+            U = self._rows(lambda d: self.potential.ddbar(D, d))
+            return (lambda s: g - s * U), (lambda s: theta - s * D)
+        return (lambda s: self.metrics(theta - s * D)), (lambda s: theta - s * D)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VelocityModel(PotentialModel):
+    """A phi-flow d phi/dt = v(eta) (B.20, B.21) realised through the model's tangent kernel:
+
+        theta <- theta + s mean_x w(x) v(eta(x)) d phi(x)/d theta,
+
+    so phi moves by s Theta_phi (w v) / N, with v centred (v - E_w[v]): a constant in d phi/dt
+    moves no metric in the exact flow, but a kernel maps a constant to a non-constant function,
+    and B.20's v = -eta^(-1/2) is mostly the constant -1 (uncentred, it raised sigma from 0.37 to
+    0.88 in 30 steps; docs/paper-notes.md).  The loss gradient the integrator passes is ignored
+    (the loss only judges steps and is recorded); eta = det g / (kappa |Omega|^2) at the train
+    points, kappa fixed.  velocity : eta -> v; weight, omega2 : (N,); kappa : float.
+    """
+
+    velocity: object = None
+    weight: object = None
+    omega2: object = None
+    kappa: float = 1.0
+
+    def line(self, theta: Array, g: Array, G: Array) -> tuple[Callable[[float], Array], Callable[[float], Array]]:
+        k = math.isqrt(G.shape[0])
+        n = self.weight.shape[0]
+        eta = linalg.metrics_rows(g[:, :n], k).det / (self.kappa * self.omega2)
+        v = self.velocity(eta)
+        xp = backend.namespace(v)
+        v = v - xp.sum(self.weight * v) / xp.sum(self.weight)  # a constant moves no metric (see docstring)
+        D = -self.potential.values_vjp(theta, self.data, self.weight * v / n)
+        return super()._line(theta, g, D)
 
 
 def as_float_params(params: nw.Params) -> nw.Params:

@@ -34,9 +34,19 @@ import numpy as np
 import xarray as xr
 
 from .. import backend
-from ..pointset.provenance import G_CONVENTION, POINTSET_DOCS, describe, json_attrs, provenance, versions
+from ..pointset.provenance import (
+    G_CONVENTION,
+    POINTSET_DOCS,
+    describe,
+    json_attrs,
+    provenance,
+    versions,
+)
 
-__all__ = ["flow_result", "versions", "RESULT_DOCS"]
+__all__ = ["OWN_CHARTS", "RESULT_DOCS", "flow_result", "versions"]
+
+# the ``chart`` attribute of a flow whose metrics are each in their own point's chart (Kähler models)
+OWN_CHARTS = "own"
 
 # attributes of a point set that describe how the set was made: kept as train_<key> / test_<key>
 SET_PROVENANCE = ("call", "command", "chunk_size", "sampler", "split")
@@ -108,7 +118,7 @@ def flow_result(trajectory: Any, train: Any, test: Any, *, model_vars: dict, att
     info.update(json_attrs(_set_provenance(train, "train")))
     info.update(provenance(call))
     info.update(attrs)
-    info.update({"steps": int(steps), "steps_done": int(trajectory.steps_done), "chart": list(train.chart)})
+    info.update({"steps": int(steps), "steps_done": int(trajectory.steps_done), "chart": OWN_CHARTS if train.chart is None else list(train.chart)})
     if test is not None:
         if "seed" in test.attrs:
             info["test_seed"] = test.attrs["seed"]

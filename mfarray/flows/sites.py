@@ -30,7 +30,9 @@ class Sites:
     z : (N, n+1) complex homogeneous points; g_fs, g0 : (N, k, k) pulled-back FS and initial
     metrics; m0 : :class:`~mfarray.linalg.Metrics` of g0; weight : (N,) MC weights;
     omega2 : (N,) |Omega|^2, or None on a surface without a Calabi-Yau form; point : (N,)
-    int64 point index; chart : (patch, elim); attrs : the Dataset's attributes.
+    int64 point index; chart : (patch, elim) shared by all points, or None where each point
+    keeps its own (Kähler-potential flows); patch, elim : (N,) int64 NumPy, each point's chart;
+    attrs : the Dataset's attributes.
     """
 
     z: object
@@ -40,8 +42,10 @@ class Sites:
     weight: object
     omega2: object
     point: np.ndarray
-    chart: tuple
+    chart: tuple | None
     attrs: dict
+    patch: np.ndarray
+    elim: np.ndarray
 
     @property
     def n(self) -> int:
@@ -143,17 +147,20 @@ def _sites(ds, arrays, name, g0, chart):
         g_init = xp.astype(g_init, xp.complex128)
     m0 = linalg.require_valid(g_init, label)
     return Sites(z=xp.astype(arrays["z"], xp.complex128), g_fs=g_fs, g0=m0.g, m0=m0, weight=weight,
-                 omega2=omega2, point=point_index(ds), chart=chart, attrs=dict(ds.attrs))
+                 omega2=omega2, point=point_index(ds), chart=chart, attrs=dict(ds.attrs),
+                 patch=backend.to_numpy(arrays["patch"]).astype(np.int64),
+                 elim=backend.to_numpy(arrays["elim"]).astype(np.int64))
 
 
 def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0: Array | None = None,
-                g0_test: Array | None = None) -> tuple[Sites, Sites | None]:
+                g0_test: Array | None = None, one_chart: bool = True) -> tuple[Sites, Sites | None]:
     """(train Sites, test Sites or None): both sets computed together, checked once.
 
     Refuses (ValueError/TypeError naming the argument): a non-Dataset, a set missing point-set
-    variables, an empty set, points of more than one chart, a test set in another chart or on
-    another surface than train, non-finite points, weights or |Omega|^2, and initial metrics
-    (g_fs, g0, g0_test) that are not valid metrics.
+    variables, an empty set, points of more than one chart (unless ``one_chart=False``: the
+    metric models of Kähler potentials give each point its metric in its own chart), a test set
+    in another chart or on another surface than train, non-finite points, weights or |Omega|^2,
+    and initial metrics (g_fs, g0, g0_test) that are not valid metrics.
     """
     _require_point_set(train, "train")
     sets = [train]
@@ -165,10 +172,10 @@ def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0: Array 
                 raise ValueError("test points lie on another surface than the train points "
                                  f"(attribute {key!r} differs): sample both from the same Hypersurface")
     arrays = _compute_together(*sets)
-    chart = _chart(arrays[0], "train")
+    chart = _chart(arrays[0], "train") if one_chart else None
     out = [_sites(train, arrays[0], "train", g0, chart)]
     if test is not None:
-        test_chart = _chart(arrays[1], "test")
+        test_chart = _chart(arrays[1], "test") if one_chart else None
         if test_chart != chart:
             raise ValueError(
                 f"train and test metrics are in 2 different charts {[chart, test_chart]}: their components "

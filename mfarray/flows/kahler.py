@@ -1,0 +1,146 @@
+r"""Kähler-potential flows (Appendix B): gradient descent of a potential model
+g_theta = g_FS + i dd-bar phi_theta (B.6) on a pointwise loss, through the one integrator.
+
+The parameters theta are global, so every sampled point is used in its own chart (no rejection
+sampling), the metric stays Kähler and in the class of g_FS, and test metrics -- in any chart
+-- follow exactly from theta.  For the linear phi-model (:class:`mfarray.kahler.SectionPotential`)
+the flow is the frozen-kernel flow of the phi-NTK Theta = J J^T (eq. 2.7 with global parameters):
+g <- g - lr J J^T dl/dg.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .. import backend, losses
+from ..kahler import SectionPotential
+from ..kahler.velocities import velocity_named
+from ..pointset.charts import surface_of
+from .frozen import resolve_loss
+from .integrate import FlowError, StepControl, check_steps, integrate
+from .models import PotentialModel, VelocityModel
+from .results import flow_result
+from .sites import materialize
+
+__all__ = ["kahler_flow", "potential_metrics", "potential_of"]
+
+Array = Any
+
+
+def potential_of(model: Any, surface: Any = None, sites: Any = None) -> Any:
+    """A potential spec from ``model``: an int k -- the linear phi-model of degree-k sections made
+    orthonormal on the train points (``sites``; :meth:`SectionPotential.orthonormal`) --, None
+    (k = 3), or a spec with prepare/metric/ddbar/vjp/init/describe, used as it is."""
+    if model is None:
+        model = 3
+    if isinstance(model, (int, np.integer)) and not isinstance(model, bool):
+        if sites is None:
+            return SectionPotential(int(model))
+        return SectionPotential.orthonormal(surface, sites.z, sites.patch, sites.elim, sites.weight, int(model))
+    needed = ("prepare", "metric", "ddbar", "vjp", "init", "describe")
+    if all(hasattr(model, name) for name in needed):
+        return model
+    raise TypeError(f"model must be a Kähler potential spec (e.g. mfarray.kahler.SectionPotential(k=3)) or an integer "
+                    f"degree k; got {model!r}")
+
+
+def potential_metrics(potential: Any, theta: Array, points: xr.Dataset) -> Array:
+    """The metrics (N, kd, kd) of a potential model with parameters theta at a point set, each
+    point in its own chart (the point set's patch and elim)."""
+    sites = materialize(points, one_chart=False)[0]
+    data = potential.prepare(surface_of(points), sites.z, sites.patch, sites.elim)
+    return potential.metric(np.asarray(theta, dtype=np.float64), data)
+
+
+def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float = 0.1,
+                loss: str | losses.Loss = "sigma_squared", test: xr.Dataset | None = None, adaptive: bool = True,
+                normalize: bool = True, clip: float | None = None, grow: float = 1.25, max_halvings: int = 40,
+                theta0: Array | None = None, velocity: str | Callable | None = None, sign: int = 1,
+                callback: Callable[[int, dict], Any] | None = None,
+                progress: bool = False) -> xr.Dataset:
+    """Run a Kähler-potential flow on the train points; test metrics follow exactly.
+
+    Parameters
+    ----------
+    train, test : point sets (``mfarray.sample_points``, lazy or computed) in ANY charts: each
+        point's metric lives in its own chart (patch, elim), sigma (B.11) compares det g with
+        |Omega|^2 in that chart.
+    model : the potential: an int k (default 3) is the linear phi-model of degree-k sections
+        orthonormal in L^2 of the train points' measure (the phi-NTK that keeps converging; the
+        monomial basis, ``mfarray.kahler.SectionPotential(k)``, stalls at k >= 4), or a potential
+        spec of :mod:`mfarray.kahler`.
+    steps, lr, adaptive, grow, normalize, clip, max_halvings, loss, callback, progress : as
+        :func:`mfarray.kernel_flow` (the one integrator), but normalised steps by default: lr is
+        the largest per-point change of the metric in a step (Frobenius), 0.1, then grown by
+        backtracking.  (The gradient is a sum over the train points, so an un-normalised lr = 1
+        starts some 2^30 too large at 3 x 10^4 points, and growing back by 1.25 per step wastes
+        the first ~100 steps.)
+    theta0 : initial parameters (P,), default ``model.init(surface)`` (phi = 0: g_FS).
+    velocity, sign : None (default) for gradient descent on ``loss``; or a phi-flow of Appendix
+        B, "ultralocal" (B.21, d phi/dt = -2 (eta - 1)) or "two_derivative" (B.20, -eta^(-1/2)),
+        or a function eta -> v, realised through the model's tangent kernel
+        (:class:`~mfarray.flows.models.VelocityModel`); ``loss`` then only judges steps
+        (backtracking) and is recorded.  ``sign=-1`` reverses the velocity: B.21 as printed is a
+        backward heat flow for eta (docs/paper-notes.md); use ``adaptive=False`` to follow it.
+
+    Returns the result Dataset of :mod:`mfarray.flows.results` (attribute ``chart = "own"``) with
+    ``theta``/``theta_initial`` (param) and each point's chart ``patch_train``/``elim_train``
+    (``_test``); :func:`mfarray.predict` gives the metric at any point set from it.
+    """
+    steps = check_steps(steps)
+    if model is not None and not isinstance(model, (int, np.integer)):
+        potential_of(model)  # refuse a wrong model before computing the points
+    control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip, grow=grow,
+                          max_halvings=max_halvings)
+    loss_fn = resolve_loss(loss)
+    if loss_fn.name == "mse":
+        raise ValueError("loss='mse' needs target metrics, which kahler_flow does not take: use 'sigma', "
+                         "'sigma_squared' or 'sigma_dynamic'")
+    tr, te = materialize(train, test, one_chart=False)
+    surface = surface_of(train)
+    surface.require_calabi_yau("a Kähler-potential flow towards the Ricci-flat metric")
+    potential = potential_of(model, surface, tr)
+    th0 = potential.init(surface) if theta0 is None else np.array(theta0, dtype=np.float64)
+    if th0.shape != (potential.size(surface),):
+        raise ValueError(f"theta0 must have shape ({potential.size(surface)},) for {potential.describe()['name']}; "
+                         f"got {th0.shape}")
+    data = potential.prepare(surface, tr.z, tr.patch, tr.elim)
+    data_test = None if te is None else potential.prepare(surface, te.z, te.patch, te.elim)
+    xp = backend.namespace(tr.g_fs)
+    g_start = potential.metric(th0, data)
+    loss_data = losses.loss_data(tr.omega2, tr.weight, xp.asarray(g_start))
+    if velocity is None:
+        model_ = PotentialModel(potential, th0, data, data_test)
+        flow = "Kähler-potential flow g = g_FS + i dd-bar phi (B.6), gradient descent on the loss"
+    else:
+        model_ = VelocityModel(potential, th0, data, data_test, velocity=velocity_named(velocity, sign),
+                               weight=tr.weight, omega2=tr.omega2, kappa=loss_data.kappa)
+        flow = (f"phi-flow d phi/dt = {sign:+d} x {getattr(velocity, '__name__', velocity)}(eta) (Appendix B) "
+                "through the model's tangent kernel")
+    attrs = {"flow": flow, "model": "kahler", "velocity": "none" if velocity is None else str(velocity),
+             "velocity_sign": int(sign),
+             "loss": loss_fn.name, "potential": json.dumps(potential.describe()),
+             "step_control": json.dumps(control.describe())}
+
+    def result(trajectory):
+        model_vars = {"theta": ("param", backend.to_numpy(trajectory.theta)),
+                      "theta_initial": ("param", th0),
+                      "patch_train": ("point", tr.patch), "elim_train": ("point", tr.elim)}
+        if getattr(potential, "basis", None) is not None:
+            model_vars["section_basis"] = (("section", "section_in_basis"), backend.to_numpy(potential.basis))
+        if te is not None:
+            model_vars.update({"patch_test": ("test_point", te.patch), "elim_test": ("test_point", te.elim)})
+        return flow_result(trajectory, tr, te, model_vars=model_vars, attrs=attrs, steps=steps)
+
+    try:
+        trajectory = integrate(model_, loss_fn, loss_data, control, steps, tr, te, callback=callback,
+                               progress=progress)
+    except FlowError as err:
+        err.result = result(err.trajectory)
+        raise
+    return result(trajectory)

@@ -1,0 +1,166 @@
+r"""Kähler potentials from sections and their metrics g_{a bbar} = d_a dbar_b K in each
+point's own chart (Appendix B; no finite differences).
+
+With the :class:`~mfarray.kahler.sections.SectionFrame` (s_hat (N, n_s), V = D s_hat (N, kd, n_s),
+g_FS) of degree-k sections and a Hermitian matrix H (n_s, n_s):
+
+* the linear phi-model (B.6 with phi a real function on X):
+
+      phi_H = s^T H conj(s) / |z|^(2k) = s_hat^T H conj(s_hat)     (projectively invariant)
+      g = g_FS + i dd-bar phi_H:   g_ab = g_FS,ab + (V H V^dagger)_ab - k phi_H g_FS,ab      (1)
+
+  linear in H; its real coordinates c = hermitian_to_real(H) are the weights of the features
+  Re/Im(s_hat_c conj(s_hat_d)) (:func:`phi_features`).
+
+The algebraic metrics K = (1/k) log(s^T H conj(s)) are in :mod:`mfarray.kahler.algebraic`.
+
+Shapes: H (n_s, n_s) or a batch (..., n_s, n_s) broadcasting against the points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import backend, linalg
+from .sections import SectionFrame, section_count, section_exponents, section_frame
+
+if TYPE_CHECKING:
+    from ..geometry.hypersurface import Hypersurface
+
+Array = Any
+
+__all__ = ["SectionPotential", "orthonormal_basis", "phi_features", "phi_metric", "phi_metric_vjp", "phi_values"]
+
+
+def phi_values(frame: SectionFrame, H: Array) -> Array:
+    """phi_H = s_hat^T H conj(s_hat) at each point, (N,) real."""
+    xp = backend.namespace(frame.s)
+    return xp.real(xp.sum((frame.s @ H) * xp.conj(frame.s), axis=-1))
+
+
+def phi_metric(frame: SectionFrame, H: Array, g0: Array | None = None) -> Array:
+    """g = g0 + i dd-bar phi_H (eq. 1 above), (N, kd, kd); g0 defaults to g_FS."""
+    xp = backend.namespace(frame.ds)
+    V = frame.ds
+    n, kd, ns = V.shape
+    VH = xp.reshape(xp.reshape(V, (n * kd, ns)) @ H, (n, kd, ns))  # one GEMM
+    ddbar = VH @ xp.conj(xp.matrix_transpose(V)) - frame.k * phi_values(frame, H)[:, None, None] * frame.g_fs
+    return (frame.g_fs if g0 is None else g0) + ddbar
+
+
+def phi_metric_vjp(frame: SectionFrame, G: Array) -> Array:
+    """The adjoint of H -> i dd-bar phi_H under Re tr(A^dagger B): for per-point Hermitian
+    cotangents G (N, kd, kd), sum_x [V^dagger G V - k tr(G g_FS) conj(s_hat) s_hat^T], (n_s, n_s)
+    Hermitian (the gradient of sum_x Re tr(G_x^dagger g_x) with respect to H)."""
+    xp = backend.namespace(frame.ds)
+    V = frame.ds
+    n, kd, ns = V.shape
+    W = xp.reshape(G @ V, (n * kd, ns))  # sum_x V_x^dagger G_x V_x as one GEMM, never (N, n_s, n_s)
+    first = xp.matrix_transpose(xp.conj(xp.reshape(V, (n * kd, ns)))) @ W
+    t = xp.real(xp.sum(G * xp.conj(frame.g_fs), axis=(-2, -1)))  # tr(G g_FS) for Hermitian G, g_FS
+    second = (xp.conj(frame.s) * t[:, None]).T @ frame.s
+    return first - frame.k * second
+
+
+def phi_features(frame: SectionFrame) -> Array:
+    """The real features f_j = Re tr(B_j^dagger (s_hat s_hat^dagger)^T) of the linear model, (N, n_s^2):
+    phi_H = sum_j c_j f_j with c = hermitian_to_real(H) (the basis of :func:`mfarray.linalg.real_basis`)."""
+    xp = backend.namespace(frame.s)
+    outer = xp.conj(frame.s)[:, :, None] * frame.s[:, None, :]  # (conj s_c s_d): phi = sum H_cd s_c conj(s_d)
+    return linalg.hermitian_to_real(outer)
+
+
+def orthonormal_basis(frame: SectionFrame, weight: Array) -> Array:
+    """B (n_s, n_s) with E_w[s'_c conj(s'_d)] = delta_cd for s' = s_hat B: the sections made
+    orthonormal in L^2(h^k, weight) (Cholesky Q = L L^dagger of the Gram Q_cd = E_w[s_c conj(s_d)],
+    B = L^{-T}).  With the MC weights of a sample this is the L^2 product of the CY measure."""
+    xp = backend.namespace(frame.s)
+    w = weight / xp.sum(weight)
+    Q = xp.matrix_transpose(frame.s * w[:, None]) @ xp.conj(frame.s)
+    L = xp.linalg.cholesky(Q)
+    return xp.matrix_transpose(xp.linalg.inv(L))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SectionPotential:
+    """The linear phi-model over degree-k sections: phi = s'^T H conj(s') (eq. 1), s' = s_hat B,
+    with parameters theta = hermitian_to_real(H), P = n_s^2 real numbers (the weights of
+    :func:`phi_features`), theta = 0 at g_FS.
+
+    ``basis`` B (n_s, n_s) complex, or None for the monomials themselves.  The function space is
+    the same for every invertible B, but the phi-NTK Theta = J J^T (eq. 2.7) -- and so the
+    flow -- is not: the monomials' norms spread over orders of magnitude at k >= 4 and
+    gradient descent stalls, where the L^2-orthonormal sections (:meth:`orthonormal`) keep
+    going (docs/paper-notes.md).
+
+    Global parameters: the metric at any point of X, in its own chart, follows from theta, so
+    test prediction is exact and no point is rejected.  ``linear = True``: the model is linear in
+    theta, so its tangent kernel is frozen.
+    """
+
+    k: int = 3
+    basis: Any = None
+    linear = True
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= 12:
+            raise ValueError(f"k must be an integer in [1, 12] (the degree of the sections); got {self.k!r}")
+
+    @classmethod
+    def orthonormal(cls, surface: Hypersurface, z: Array, patch: Array, elim: Array, weight: Array,
+                    k: int = 3) -> SectionPotential:
+        """The model over sections orthonormal in L^2 of the measure sampled by (z, weight)."""
+        frame = section_frame(surface, z, section_exponents(surface, k), patch, elim)
+        return cls(k, orthonormal_basis(frame, weight))
+
+    def exponents(self, surface: Hypersurface) -> np.ndarray:
+        return section_exponents(surface, self.k)
+
+    def size(self, surface: Hypersurface) -> int:
+        """P = n_s^2, the number of real parameters."""
+        return section_count(surface, self.k) ** 2
+
+    def init(self, surface: Hypersurface) -> np.ndarray:
+        """theta = 0 (phi = 0: the flow starts at g_FS), (P,) float64."""
+        return np.zeros(self.size(surface))
+
+    def prepare(self, surface: Hypersurface, z: Array, patch: Array, elim: Array) -> SectionFrame:
+        """Per-point data: the :class:`SectionFrame` of the basis sections in the given charts."""
+        frame = section_frame(surface, z, self.exponents(surface), patch, elim)
+        if self.basis is None:
+            return frame
+        B = backend.namespace(frame.s).asarray(self.basis)
+        return frame._replace(s=frame.s @ B, ds=frame.ds @ B)
+
+    def hermitian(self, theta: Array, frame: SectionFrame) -> Array:
+        return linalg.real_to_hermitian(theta, frame.s.shape[-1])
+
+    def ddbar(self, theta: Array, frame: SectionFrame) -> Array:
+        """i dd-bar phi_theta at each point in its chart, (N, kd, kd)."""
+        return phi_metric(frame, self.hermitian(theta, frame), g0=0.0)
+
+    def metric(self, theta: Array, frame: SectionFrame) -> Array:
+        """g = g_FS + i dd-bar phi_theta, (N, kd, kd)."""
+        return frame.g_fs + self.ddbar(theta, frame)
+
+    def vjp(self, theta: Array, frame: SectionFrame, G: Array) -> Array:
+        """d/dtheta of sum_x Re tr(G_x^dagger g_x) for Hermitian G (N, kd, kd): (P,) float64."""
+        return linalg.hermitian_to_real(phi_metric_vjp(frame, G))
+
+    def values(self, theta: Array, frame: SectionFrame) -> Array:
+        """phi_theta at each point, (N,) real."""
+        return phi_values(frame, self.hermitian(theta, frame))
+
+    def values_vjp(self, theta: Array, frame: SectionFrame, c: Array) -> Array:
+        """d/dtheta of sum_x c_x phi_theta(x) for real c (N,): phi_features^T c, (P,) float64."""
+        xp = backend.namespace(frame.s)
+        outer = xp.matrix_transpose(xp.conj(frame.s) * c[:, None]) @ frame.s  # sum_x c conj(s) s^T
+        return linalg.hermitian_to_real(outer)
+
+    def describe(self) -> dict:
+        return {"name": "SectionPotential", "k": int(self.k),
+                "basis": "monomial" if self.basis is None else "given (variable section_basis)",
+                "phi": "s'^T H conj(s'), s' = s_hat B over degree-k sections modulo p, theta = hermitian_to_real(H)"}

@@ -1,0 +1,97 @@
+"""Kähler-potential flows: the orthonormal section basis, the phi-flows of Appendix B (B.20,
+B.21) through the phi-NTK, and the sign of B.21."""
+
+import functools
+
+import numpy as np
+import pytest
+
+import mfarray as mf
+from mfarray import linalg
+from mfarray.flows.sites import materialize
+from mfarray.kahler import (
+    SectionPotential,
+    orthonormal_basis,
+    phi_features,
+    section_exponents,
+    section_frame,
+)
+
+QUINTIC = mf.fermat_quintic()
+
+
+@functools.cache
+def _points(n, seed):
+    return mf.sample_points(QUINTIC, n, seed=seed).compute()
+
+
+def test_orthonormal_basis_is_orthonormal_and_spans_the_same_phis():
+    ds = _points(2000, 1)
+    frame = section_frame(QUINTIC, ds.z.values, section_exponents(QUINTIC, 3), ds.patch.values, ds.elim.values)
+    B = orthonormal_basis(frame, ds.weight.values)
+    s = frame.s @ B
+    w = ds.weight.values / ds.weight.values.sum()
+    gram = (s * w[:, None]).T @ s.conj()
+    np.testing.assert_allclose(gram, np.eye(35), atol=1e-12)
+    # the same function space: a monomial-basis phi is an orthonormal-basis phi with H' = B^-1 H B^-dagger
+    H = np.diag(np.linspace(0.1, 1, 35)).astype(complex)
+    Binv = np.linalg.inv(B)
+    H2 = Binv @ H @ Binv.conj().T
+    mono, ortho = SectionPotential(3), SectionPotential(3, B)
+    f1, f2 = (m.prepare(QUINTIC, ds.z.values, ds.patch.values, ds.elim.values) for m in (mono, ortho))
+    np.testing.assert_allclose(mono.metric(linalg.hermitian_to_real(H), f1),
+                               ortho.metric(linalg.hermitian_to_real(H2), f2), atol=1e-10)
+
+
+def test_kahler_flow_records_its_basis_and_predicts_with_it():
+    train, test = _points(500, 2), _points(300, 3)
+    r = mf.kahler_flow(train, 3, steps=5, test=test)
+    assert r["section_basis"].shape == (35, 35)
+    np.testing.assert_allclose(mf.predict(r, test).values, r.g_test.values, atol=1e-13)
+
+
+def test_a_velocity_moves_phi_by_the_phi_ntk():
+    """One fixed step of a phi-flow: phi changes at any point x by lr sum_y Theta_phi(x, y) w(y) v_c(y) / N,
+    with Theta_phi(x, y) = f(x) . f(y) (the features) and v_c the centred velocity."""
+    train, test = _points(300, 4), _points(200, 5)
+    v = lambda eta: 3.0 * eta**2 + 7.0
+    lr = 1e-2
+    r = mf.kahler_flow(train, SectionPotential(2), steps=1, test=test, velocity=v, lr=lr, adaptive=False,
+                       normalize=False)
+    tr, te = materialize(train, test, one_chart=False)
+    pot = SectionPotential(2)
+    F, Ft = (phi_features(pot.prepare(QUINTIC, s.z, s.patch, s.elim)) for s in (tr, te))
+    eta = linalg.hermitian_det(tr.g_fs) / tr.omega2
+    eta = eta / np.sum(tr.weight * eta) * np.sum(tr.weight)  # kappa
+    vc = v(eta) - np.sum(tr.weight * v(eta)) / np.sum(tr.weight)
+    dphi = lr * Ft @ (F.T @ (tr.weight * vc)) / tr.n
+    np.testing.assert_allclose(Ft @ r.theta.values, dphi, rtol=1e-10, atol=1e-14)
+    assert np.abs(dphi).max() > 1e-4
+
+
+def test_a_constant_velocity_moves_nothing():
+    train = _points(200, 6)
+    r = mf.kahler_flow(train, 2, steps=3, velocity=lambda eta: 0 * eta + 5.0, adaptive=False, normalize=False)
+    assert np.abs(r.theta.values).max() < 1e-12
+
+
+def test_b21_as_printed_runs_eta_backwards_and_reversed_converges():
+    """(B.21) d phi/dt = -2 (eta - 1) makes d eta/dt = -2 eta Delta eta, a backward heat flow:
+    sigma grows.  Reversed it is a forward one and sigma falls; (B.20) as printed falls too."""
+    train, test = _points(1500, 7), _points(1000, 8)
+    kw = {"steps": 6, "test": test, "adaptive": False, "lr": 0.1}
+    printed = mf.kahler_flow(train, 3, velocity="ultralocal", **kw)
+    reversed_ = mf.kahler_flow(train, 3, velocity="ultralocal", sign=-1, **kw)
+    b20 = mf.kahler_flow(train, 3, velocity="two_derivative", **kw)
+    s0 = printed.sigma_train.values[0]
+    assert printed.sigma_train.values[-1] > 1.5 * s0
+    assert reversed_.sigma_train.values[-1] < 0.5 * s0 and reversed_.sigma_test.values[-1] < 0.6 * s0
+    assert b20.sigma_train.values[-1] < 0.5 * s0
+
+
+def test_velocity_arguments_are_checked():
+    train = _points(50, 9)
+    with pytest.raises(ValueError, match="velocity must be one of"):
+        mf.kahler_flow(train, 1, steps=1, velocity="calabi")
+    with pytest.raises(ValueError, match="sign must be"):
+        mf.kahler_flow(train, 1, steps=1, velocity="B.21", sign=2)
