@@ -95,3 +95,15 @@ def test_velocity_arguments_are_checked():
         mf.kahler_flow(train, 1, steps=1, velocity="calabi")
     with pytest.raises(ValueError, match="sign must be"):
         mf.kahler_flow(train, 1, steps=1, velocity="B.21", sign=2)
+
+
+def test_a_balanced_reference_starts_at_donaldsons_metric_and_predicts_from_it():
+    train, test = _points(2000, 10), _points(1000, 11)
+    r = mf.kahler_flow(train, 2, steps=4, test=test, reference="balanced")
+    bal = mf.kahler.balanced_metric(QUINTIC, train, 2)
+    assert abs(r.sigma_test.values[0] - mf.kahler.algebraic_sigma(QUINTIC, test, bal.H, 2)) < 1e-12
+    assert r.sigma_test.values[0] < 0.33  # k = 2 balanced on 2000 points: 0.305, below g_FS (0.37)
+    assert r.sigma_test.values[-1] < r.sigma_test.values[0]
+    np.testing.assert_allclose(mf.predict(r, test).values, r.g_test.values, atol=1e-13)
+    with pytest.raises(ValueError, match="reference must be"):
+        mf.kahler_flow(train, 2, steps=1, reference="ricci-flat")

@@ -239,7 +239,10 @@ def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
         raise ValueError("points lie on another surface than the flow's train points: sample them from the same "
                          "Hypersurface")
     basis = result["section_basis"].values if "section_basis" in result else None
-    return potential_metrics(SectionPotential(int(info["k"]), basis), result["theta"].values, points)
+    reference = None
+    if "reference_H" in result:
+        reference = (int(info["reference"]["k"]), result["reference_H"].values)
+    return potential_metrics(SectionPotential(int(info["k"]), basis, reference), result["theta"].values, points)
 
 
 def _checked_prediction(g: Any, result: xr.Dataset, points: xr.Dataset, invalid: str, chart: Any = "own") -> xr.DataArray:

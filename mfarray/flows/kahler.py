@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .. import backend, losses
-from ..kahler import SectionPotential
+from ..kahler import SectionPotential, balanced_metric
 from ..kahler.velocities import velocity_named
 from ..pointset.charts import surface_of
 from .frozen import resolve_loss
@@ -32,16 +32,29 @@ __all__ = ["kahler_flow", "potential_metrics", "potential_of"]
 Array = Any
 
 
-def potential_of(model: Any, surface: Any = None, sites: Any = None) -> Any:
+def potential_of(model: Any, surface: Any = None, sites: Any = None, train: Any = None, reference: Any = None) -> Any:
     """A potential spec from ``model``: an int k -- the linear phi-model of degree-k sections made
-    orthonormal on the train points (``sites``; :meth:`SectionPotential.orthonormal`) --, None
-    (k = 3), or a spec with prepare/metric/ddbar/vjp/init/describe, used as it is."""
+    orthonormal on the train points (``sites``; :meth:`SectionPotential.orthonormal`), from the
+    ``reference`` metric ("fs", "balanced": Donaldson's balanced metric of degree k on the
+    ``train`` set, or (k_ref, H_ref)) --, None (k = 3), or a spec with
+    prepare/metric/ddbar/vjp/init/describe, used as it is."""
     if model is None:
         model = 3
     if isinstance(model, (int, np.integer)) and not isinstance(model, bool):
+        k = int(model)
         if sites is None:
-            return SectionPotential(int(model))
-        return SectionPotential.orthonormal(surface, sites.z, sites.patch, sites.elim, sites.weight, int(model))
+            return SectionPotential(k)
+        base = SectionPotential.orthonormal(surface, sites.z, sites.patch, sites.elim, sites.weight, k)
+        if reference in (None, "fs"):
+            return base
+        if isinstance(reference, str) and reference == "balanced":
+            reference = (k, balanced_metric(surface, train, k).H)
+        if not (isinstance(reference, tuple) and len(reference) == 2):
+            raise ValueError(f"reference must be 'fs', 'balanced' or a pair (k_ref, H_ref); got {reference!r}")
+        return SectionPotential(k, base.basis, (int(reference[0]), np.asarray(reference[1], dtype=np.complex128)))
+    if reference not in (None, "fs"):
+        raise ValueError("reference applies to an integer model k; a potential spec carries its own "
+                         "(SectionPotential(k, basis, reference=(k_ref, H_ref)))")
     needed = ("prepare", "metric", "ddbar", "vjp", "init", "describe")
     if all(hasattr(model, name) for name in needed):
         return model
@@ -60,7 +73,8 @@ def potential_metrics(potential: Any, theta: Array, points: xr.Dataset) -> Array
 def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float = 0.1,
                 loss: str | losses.Loss = "sigma_squared", test: xr.Dataset | None = None, adaptive: bool = True,
                 normalize: bool = True, clip: float | None = None, grow: float = 1.25, max_halvings: int = 40,
-                theta0: Array | None = None, velocity: str | Callable | None = None, sign: int = 1,
+                theta0: Array | None = None, reference: Any = None, velocity: str | Callable | None = None,
+                sign: int = 1,
                 callback: Callable[[int, dict], Any] | None = None,
                 progress: bool = False) -> xr.Dataset:
     """Run a Kähler-potential flow on the train points; test metrics follow exactly.
@@ -80,7 +94,10 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
         backtracking.  (The gradient is a sum over the train points, so an un-normalised lr = 1
         starts some 2^30 too large at 3 x 10^4 points, and growing back by 1.25 per step wastes
         the first ~100 steps.)
-    theta0 : initial parameters (P,), default ``model.init(surface)`` (phi = 0: g_FS).
+    theta0 : initial parameters (P,), default ``model.init(surface)`` (phi = 0: the reference).
+    reference : for an int model, the reference metric g_0 of (B.6): "fs" (default, g_FS),
+        "balanced" (Donaldson's balanced metric of degree k, computed on the train points: a
+        better start in the same Kähler class) or (k_ref, H_ref) for an algebraic metric.
     velocity, sign : None (default) for gradient descent on ``loss``; or a phi-flow of Appendix
         B, "ultralocal" (B.21, d phi/dt = -2 (eta - 1)) or "two_derivative" (B.20, -eta^(-1/2)),
         or a function eta -> v, realised through the model's tangent kernel
@@ -104,7 +121,7 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
     tr, te = materialize(train, test, one_chart=False)
     surface = surface_of(train)
     surface.require_calabi_yau("a Kähler-potential flow towards the Ricci-flat metric")
-    potential = potential_of(model, surface, tr)
+    potential = potential_of(model, surface, tr, train, reference)
     th0 = potential.init(surface) if theta0 is None else np.array(theta0, dtype=np.float64)
     if th0.shape != (potential.size(surface),):
         raise ValueError(f"theta0 must have shape ({potential.size(surface)},) for {potential.describe()['name']}; "
@@ -133,6 +150,9 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
                       "patch_train": ("point", tr.patch), "elim_train": ("point", tr.elim)}
         if getattr(potential, "basis", None) is not None:
             model_vars["section_basis"] = (("section", "section_in_basis"), backend.to_numpy(potential.basis))
+        if getattr(potential, "reference", None) is not None:
+            model_vars["reference_H"] = (("reference_section", "reference_section_in"),
+                                         np.asarray(potential.reference[1]))
         if te is not None:
             model_vars.update({"patch_test": ("test_point", te.patch), "elim_test": ("test_point", te.elim)})
         return flow_result(trajectory, tr, te, model_vars=model_vars, attrs=attrs, steps=steps)

@@ -137,6 +137,7 @@ class SectionFrame(NamedTuple):
     ds: Array
     g_fs: Array
     k: int
+    g_ref: Array = None  # the reference metric g_0 of (B.6) where a potential sets one; None: g_FS
 
 
 def section_frame(surface: Hypersurface, z: Array, exponents: np.ndarray, patch: Array | None = None,
