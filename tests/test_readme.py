@@ -172,6 +172,19 @@ def test_blockwise_snippet_is_the_dense_flow(threaded):
     np.testing.assert_allclose(blockwise.sigma_train.values, dense.sigma_train.values, rtol=1e-9)
 
 
+def test_kahler_snippet_claims(threaded):
+    snap = threaded[_index_of("mf.kahler_flow(points, 3")]
+    assert dask.is_dask_collection(snap["points"].z.data)  # lazy, in all charts
+    assert len(mf.chart_counts(snap["points"])) == 20
+    summary = mf.evaluate(snap["phi"])
+    test0, test1 = float(summary.sigma_test_initial), float(summary.sigma_test_final)
+    print(f"README Kähler flow: test sigma {test0:.4g} -> {test1:.4g} (gain {test0 / test1:.3g})")
+    assert abs(test0 - 0.378) < 0.005 and 0.06 < test1 < 0.09, "the README says 0.378 -> 0.074"
+    assert snap["g"].sizes["point"] == 500 and bool(np.all(mf.linalg.valid(snap["g"].values)))
+    sigma_bal = mf.kahler.algebraic_sigma(mf.fermat_quintic(), snap["held_out"], snap["bal"].H, 3)
+    assert 0.18 < sigma_bal < 0.22, f"balanced k = 3 sigma {sigma_bal:.4g}; the README says 0.20"
+
+
 # --------------------------------------------------------------------------- dask.distributed
 
 
@@ -190,3 +203,7 @@ def test_flows_identical_on_a_local_cluster(threaded, distributed_run):
     new_a = threaded[_index_of("mf.predict(result, new)")]["g_new"]
     new_b = distributed_run[_index_of("mf.predict(result, new)")]["g_new"]
     np.testing.assert_array_equal(new_a.values, new_b.values)
+    phi_a = threaded[_index_of("mf.kahler_flow(points, 3")]["phi"]
+    phi_b = distributed_run[_index_of("mf.kahler_flow(points, 3")]["phi"]
+    for name in ("theta", "g_test", "sigma_test"):
+        np.testing.assert_array_equal(phi_a[name].values, phi_b[name].values, err_msg=name)
