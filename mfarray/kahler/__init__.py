@@ -1,11 +1,16 @@
 """Kähler-potential metric models (Appendix B): sections of O(k) in any chart, phi-models
 g = g_FS + i dd-bar phi, algebraic metrics and Donaldson's balanced metrics, phi-networks."""
 
-from . import algebraic, potentials, sections, velocities
-from .algebraic import (algebraic_metric, algebraic_sigma, balanced_metric, optimise_sigma, t_operator)
+from . import algebraic, network, potentials, sections, training, velocities
+from .algebraic import algebraic_metric, algebraic_sigma, balanced_metric, optimise_sigma, t_operator
+from .network import PhiNetwork
 from .potentials import SectionPotential, orthonormal_basis, phi_features, phi_metric, phi_metric_vjp, phi_values
 from .sections import SectionFrame, section_count, section_exponents, section_frame
+from .training import phi_network_metric, train_phi_network
 
-__all__ = ["sections", "potentials", "algebraic", "velocities", "algebraic_metric", "algebraic_sigma",
-           "balanced_metric", "optimise_sigma", "t_operator", "SectionFrame", "section_frame", "section_exponents", "section_count",
-           "SectionPotential", "orthonormal_basis", "phi_values", "phi_metric", "phi_metric_vjp", "phi_features"]
+__all__ = [
+    "PhiNetwork", "SectionFrame", "SectionPotential", "algebraic", "algebraic_metric", "algebraic_sigma",
+    "balanced_metric", "network", "optimise_sigma", "orthonormal_basis", "phi_features", "phi_metric",
+    "phi_metric_vjp", "phi_network_metric", "phi_values", "potentials", "section_count", "section_exponents",
+    "section_frame", "sections", "t_operator", "train_phi_network", "training", "velocities",
+]

@@ -57,8 +57,8 @@ up to 10^5, sigma on 20000 independent points, +- one MC standard error): Fermat
 Sigma optimisation.  :func:`optimise_sigma` descends a pointwise loss of :mod:`mfarray.losses`
 (default the smooth (1 - eta)^2 loss, B.12/B.14) with respect to H, starting from the balanced
 H (Headrick-Nassar's "optimal" algebraic metrics), parametrised as H = L0 M M^dagger L0^dagger with
-L0 = chol(H0) so that H stays positive definite and M ~ I is well scaled, using Adam written
-inline and a fixed number of steps.  The gradient is the chain rule through :func:`algebraic_metric_vjp`.
+L0 = chol(H0) so that H stays positive definite and M ~ I is well scaled, using Adam
+(:mod:`mfarray.optim`) and a fixed number of steps.  The gradient is the chain rule through :func:`algebraic_metric_vjp`.
 
 Bare array code: NumPy or CuPy (point sets are read with their own array kind; dask is computed).
 """
@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .. import backend, linalg
+from .. import backend, linalg, optim
 from .. import losses as _losses
 from ..geometry import measures
 from .sections import SectionFrame, section_exponents, section_frame, sections
@@ -386,8 +386,9 @@ def optimise_sigma(surface: Hypersurface, points: xr.Dataset, H0: Array, k: int 
     every step and well scaled (in the basis orthonormal for H0 the parameters are O(1)).  ``loss``
     defaults to :func:`mfarray.losses.sigma_squared_loss` (smooth, kappa fixed at H0's value: the
     Kähler class, hence the volume, does not depend on H); any :class:`~mfarray.losses.PointwiseLoss`
-    works, e.g. ``sigma_loss_dynamic()`` (the sigma measure itself).  The step is Adam (written
-    inline; learning rate ``lr`` on M), ``steps`` of them, on the full training set.
+    works, e.g. ``sigma_loss_dynamic()`` (the sigma measure itself).  The step is Adam
+    (:func:`mfarray.optim.adam` on the real and imaginary parts of M, learning rate ``lr``),
+    ``steps`` of them, on the full training set.
 
     Gradient: L = mean_x l(x) and G(x) = N dL/dg(x) (``loss.gradient``), so
     dL/dH = algebraic_metric_vjp(frame, H, G)/N and dL/dM = 2 L0^dagger (dL/dH) L0 M.
@@ -408,13 +409,14 @@ def optimise_sigma(surface: Hypersurface, points: xr.Dataset, H0: Array, k: int 
     n = int(z.shape[0])
     L0 = _cholesky(H0, "H0", "pass a Hermitian positive-definite H0 (e.g. the balanced H)")
     data = _losses.loss_data(omega2, weight, algebraic_metric(frame, H0))
+    init, update = optim.adam(lr, *betas, eps=1e-12)
     M = xp.eye(n_s, dtype=xp.complex128)
-    m1 = xp.zeros_like(M)
-    m2 = xp.zeros((n_s, n_s), dtype=xp.float64)
-    b1, b2 = betas
+    theta = xp.concat([xp.reshape(xp.real(M), (-1,)), xp.reshape(xp.imag(M), (-1,))])  # [Re M, Im M]
+    state = init(theta)
     history = []
     H = H0
     for step in range(steps + 1):
+        M = xp.reshape(theta[: n_s * n_s] + 1j * theta[n_s * n_s:], (n_s, n_s))
         L = L0 @ M
         H = L @ xp.conj(L.T)
         g = algebraic_metric(frame, H)
@@ -422,10 +424,8 @@ def optimise_sigma(surface: Hypersurface, points: xr.Dataset, H0: Array, k: int 
         if step == steps:
             break
         A = algebraic_metric_vjp(frame, H, loss.gradient(g, data)) / n
-        grad = 2.0 * (xp.conj(L0.T) @ A @ L)
-        m1 = b1 * m1 + (1 - b1) * grad
-        m2 = b2 * m2 + (1 - b2) * (xp.real(grad) ** 2 + xp.imag(grad) ** 2)
-        t = step + 1
-        M = M - lr * (m1 / (1 - b1**t)) / (xp.sqrt(m2 / (1 - b2**t)) + 1e-12)
+        grad = xp.reshape(2.0 * (xp.conj(L0.T) @ A @ L), (-1,))  # dL/dRe M + i dL/dIm M
+        delta, state = update(xp.concat([xp.real(grad), xp.imag(grad)]), state)
+        theta = theta + delta
     H = (H + xp.conj(H.T)) / 2
     return OptimisedMetric(H=H, losses=history, steps=steps, seconds=time.perf_counter() - start)
