@@ -107,3 +107,12 @@ def test_a_balanced_reference_starts_at_donaldsons_metric_and_predicts_from_it()
     np.testing.assert_allclose(mf.predict(r, test).values, r.g_test.values, atol=1e-13)
     with pytest.raises(ValueError, match="reference must be"):
         mf.kahler_flow(train, 2, steps=1, reference="ricci-flat")
+
+
+def test_a_kahler_result_round_trips_through_zarr_and_still_predicts(tmp_path):
+    train, test = _points(500, 12), _points(300, 13)
+    r = mf.kahler_flow(train, 2, steps=3, test=test, reference="balanced")
+    mf.to_zarr(r, tmp_path / "phi.zarr")
+    back = mf.open_zarr(tmp_path / "phi.zarr").compute()
+    np.testing.assert_allclose(mf.predict(back, test).values, r.g_test.values, atol=1e-13)
+    assert float(mf.evaluate(back).gain_test) == float(mf.evaluate(r).gain_test)
