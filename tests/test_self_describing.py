@@ -76,6 +76,11 @@ def test_every_variable_of_every_product_is_described(lazy, chart, flowed):
         "evaluate": mf.evaluate(result),
         "evaluate (network)": mf.evaluate(network),
         "predict": mf.predict(result, test),
+        "kahler_flow": (kahler := mf.kahler_flow(lazy, 1, steps=2, test=lazy, reference="balanced")),
+        "predict (kahler)": mf.predict(kahler, lazy),
+        "evaluate (kahler)": mf.evaluate(kahler),
+        "train_phi_network": mf.kahler.train_phi_network(lazy, mf.kahler.PhiNetwork(widths=(4,)), 1, 16, 1e-2,
+                                                        test=lazy),
     }
     for name, obj in products.items():
         assert undocumented(obj) == [], name

@@ -170,9 +170,22 @@ RESULT_DOCS: dict[str, dict[str, str]] = {
                             "point x is g(x) = g_initial(x) - sum_y Theta(x, y) A(y) over the train points y, "
                             "with Theta the kernel (attribute kernel) acting on each component (2.23)",
              "convention": "Hermitian complex matrices (point, row, col) in the flow's chart, indexed as g_train"},
-    "theta": {"description": "network parameters at the last recorded step (attribute network: widths, "
-                             "activation, sigma_w, sigma_b), flattened",
-              "convention": "NTK parameterisation, mfarray.networks.flatten order"},
+    "theta": {"description": "model parameters at the last recorded step, flattened: network parameters "
+                             "(attribute network: widths, activation, sigma_w, sigma_b) or, for a Kähler flow, "
+                             "the potential's (attribute potential; SectionPotential: hermitian_to_real(H))",
+              "convention": "networks: NTK parameterisation, mfarray.networks.flatten order; Kähler flows: the "
+                            "order of the potential's parameters (SectionPotential: mfarray.linalg.real_basis)"},
+    **{f"{v}_{part}": {"description": f"each {part} point's chart: the {what} coordinate of the chart in which "
+                                      f"its metric g_{part} is given (Kähler flows: every point in its own chart)",
+                       "convention": "0-based index into z"}
+       for part in ("train", "test") for v, what in (("patch", "patch (z_patch = 1)"), ("elim", "eliminated"))},
+    "section_basis": {"description": "the basis B of the phi-model's sections, s' = s_hat B (mfarray.kahler."
+                                     "SectionPotential; columns: the basis sections in the monomials of "
+                                     "mfarray.kahler.section_exponents)",
+                      "convention": "complex (n_s, n_s); the L^2-orthonormal sections of the train sample"},
+    "reference_H": {"description": "H of the reference metric g_0 = (1/k) dd-bar log(s^T H conj s) of (B.6) "
+                                   "(attribute potential: its degree k)",
+                    "convention": "complex Hermitian positive definite (n_s, n_s) over the monomial sections"},
     "theta_initial": {"description": "network parameters at initialisation, flattened",
                       "convention": "NTK parameterisation, mfarray.networks.flatten order"},
 }

@@ -225,6 +225,9 @@ def _dataset(hist, done, params, state, attrs, with_state):
 
 
 _DOCS = {
+    "epoch": "epochs done (0: the initial metric g_FS, before any step)",
+    "adam_m": "Adam's first-moment estimate (checkpoints only)",
+    "adam_v": "Adam's second-moment estimate (checkpoints only)",
     "loss": "mean training loss over the epoch's batches (NaN at epoch 0)",
     "sigma_train": "sigma (B.11) over the whole train set after the epoch (epoch 0: g_FS)",
     "sigma_test": "sigma (B.11) over the whole test set after the epoch (epoch 0: g_FS)",
