@@ -227,17 +227,21 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
 
 def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
     """The metrics of a Kähler-potential flow's final theta at any point set, each point in its chart."""
-    from ..kahler import SectionPotential
+    from ..kahler import NetworkPotential, PhiNetwork, SectionPotential
     from ..pointset.charts import surface_of
     from .kahler import potential_metrics
 
     info = json.loads(result.attrs["potential"])
-    if info.get("name") != "SectionPotential":
-        raise ValueError(f"predict rebuilds only SectionPotential models; this result has {info.get('name')!r}: "
-                         "use mfarray.flows.kahler.potential_metrics(potential, result['theta'], points)")
     if surface_of(points) != surface_of(result):
         raise ValueError("points lie on another surface than the flow's train points: sample them from the same "
                          "Hypersurface")
+    if info.get("name") == "NetworkPotential":
+        config = PhiNetwork.from_attrs({key: v for key, v in info.items() if key != "name"})
+        return potential_metrics(NetworkPotential(config), result["theta"].values, points)
+    if info.get("name") != "SectionPotential":
+        raise ValueError(f"predict rebuilds SectionPotential and NetworkPotential models; this result has "
+                         f"{info.get('name')!r}: use mfarray.flows.kahler.potential_metrics(potential, "
+                         "result['theta'], points)")
     basis = result["section_basis"].values if "section_basis" in result else None
     reference = None
     if "reference_H" in result:

@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 Array = Any
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PhiNetwork", "layer_widths", "num_params", "init", "unflatten",
-           "Features", "features", "phi", "phi_jets", "metric", "metric_and_pullback", "metric_vjp",
+           "Features", "features", "phi", "phi_jets", "metric", "metric_and_pullback", "metric_vjp", "phi_vjp",
            "Workspace", "default_chunk"]
 
 ACTIVATIONS = ("gelu", "tanh", "softplus")
@@ -757,4 +757,22 @@ def metric_vjp(config: PhiNetwork, params: Array, frame: SectionFrame, G: Array,
         X = _input_channels(_take(frame, sl), lay, xp, ws)
         _, tape = _forward(config, layers, X, lay, True, ws)
         _reverse(config, layers, X, lay, tape, _metric_cotangent(G[sl], lay, xp), grads, ws)
+    return flat
+
+
+def phi_vjp(config: PhiNetwork, params: Array, frame: SectionFrame, c: Array, *, chunk: int | None = None) -> Array:
+    """sum_x c_x d phi(x)/d theta, (P,), for real c (N,): the pull-back of a cotangent on the
+    value channel alone (what a phi-flow d phi/dt = v needs: theta += lr sum_x w v d phi/d theta)."""
+    xp, params, layers, lay = _prepare(config, params, frame)
+    N = frame.s.shape[0]
+    if tuple(c.shape) != (N,):
+        raise ValueError(f"c must have shape ({N},) (one real cotangent per point of the frame); got {tuple(c.shape)}")
+    flat, grads = _zero_grads(config, params, frame.s.shape[1], xp)
+    ws = Workspace()
+    for sl in _chunks(N, chunk):
+        X = _input_channels(_take(frame, sl), lay, xp, ws)
+        _, tape = _forward(config, layers, X, lay, True, ws)
+        Zbar = xp.zeros((lay.C, X.shape[1]), dtype=xp.float64)
+        Zbar[0] = c[sl]
+        _reverse(config, layers, X, lay, tape, Zbar, grads, ws)
     return flat

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import backend, linalg
+from . import network as _network
 from .algebraic import algebraic_metric
 from .sections import SectionFrame, section_count, section_exponents, section_frame
 
@@ -178,3 +179,43 @@ class SectionPotential:
                 "reference": "fubini-study" if self.reference is None else
                 {"k": int(self.reference[0]), "H": "variable reference_H"},
                 "phi": "s'^T H conj(s'), s' = s_hat B over degree-k sections modulo p, theta = hermitian_to_real(H)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkPotential:
+    """A phi-network (:class:`mfarray.kahler.network.PhiNetwork`) as a potential spec, so the one
+    integrator moves it (full-batch gradient descent, the phi-flows B.20/B.21 through its
+    evolving tangent kernel): phi = MLP(s_hat s_hat^dagger), g = g_FS + i dd-bar phi.  Not
+    linear: every trial step re-evaluates the network.  Adam on mini-batches is
+    :func:`mfarray.kahler.train_phi_network`."""
+
+    config: _network.PhiNetwork = dataclasses.field(default_factory=_network.PhiNetwork)
+    linear = False
+
+    def size(self, surface: Hypersurface) -> int:
+        return _network.num_params(self.config, surface)
+
+    def init(self, surface: Hypersurface) -> Array:
+        return _network.init(self.config, surface)
+
+    def prepare(self, surface: Hypersurface, z: Array, patch: Array, elim: Array) -> SectionFrame:
+        return section_frame(surface, z, section_exponents(surface, self.config.k), patch, elim)
+
+    def metric(self, theta: Array, frame: SectionFrame) -> Array:
+        return _network.metric(self.config, theta, frame)
+
+    def ddbar(self, theta: Array, frame: SectionFrame) -> Array:
+        xp = backend.namespace(frame.g_fs)
+        return self.metric(theta, frame) - 0.5 * (frame.g_fs + xp.conj(xp.matrix_transpose(frame.g_fs)))
+
+    def vjp(self, theta: Array, frame: SectionFrame, G: Array) -> Array:
+        return _network.metric_vjp(self.config, theta, frame, G)
+
+    def values(self, theta: Array, frame: SectionFrame) -> Array:
+        return _network.phi(self.config, theta, frame)
+
+    def values_vjp(self, theta: Array, frame: SectionFrame, c: Array) -> Array:
+        return _network.phi_vjp(self.config, theta, frame, c)
+
+    def describe(self) -> dict:
+        return {"name": "NetworkPotential", **self.config.to_attrs()}
