@@ -30,32 +30,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sys
 import time
 
-import numpy as np
+from machine import load, machine_info
 
 import mfarray as mf
 from mfarray import backend
 from mfarray.geometry import hypersurface
 from mfarray.kahler import network, training
-
-
-def load() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:  # pragma: no cover
-        return "?"
-
-
-def machine_info() -> str:
-    from machine import cpu_model
-
-    return (f"CPU: {cpu_model()}; cores available: {backend.cores()}; python {platform.python_version()}, "
-            f"numpy {np.__version__}; load average {load()}")
 
 
 def cpu_seconds() -> float:

@@ -36,3 +36,22 @@ def best_auto(fn, budget=1.0, lo=3, hi=30):
         best = min(best, time.perf_counter() - t)
         k += 1
     return best, k
+
+
+def load() -> str:
+    """The load averages (1, 5, 15 min) from /proc/loadavg, or "?"."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:  # pragma: no cover
+        return "?"
+
+
+def machine_info() -> str:
+    """One line: CPU, cores mfarray uses, Python and NumPy versions, load."""
+    import numpy as np
+
+    from mfarray import backend
+
+    return (f"CPU: {cpu_model()}; cores available: {backend.cores()}; python {platform.python_version()}, "
+            f"numpy {np.__version__}; load average {load()}")

@@ -5,6 +5,7 @@ Dataset with an ``ax=`` (or ``axes=``) argument; each returns what it drew on.
     plot_figure2   Figure 2: distance matrices unclustered / batched / full (cluster.figure2_data)
     plot_noise     Figure 3 left: test gain against distance, per kernel and variant (experiments.noise)
     plot_spacing   Figure 3 right: nearest-train distance against N, fit and paper (experiments.spacing)
+    plot_kernel_evolution  empirical metric-NTK movement against width or epoch (experiments.feature_learning)
 
 matplotlib is imported when a plot is drawn (a dependency of mfarray, imported lazily to keep
 ``import mfarray`` light).
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_gains", "plot_figure2", "plot_noise", "plot_spacing"]
+__all__ = ["plot_figure2", "plot_gains", "plot_kernel_evolution", "plot_noise", "plot_spacing"]
 
 
 def _pyplot() -> Any:
@@ -110,4 +111,48 @@ def plot_noise(ds: xr.Dataset, ax: Any = None, *, distance: str = "distance_to_t
     ax.set_xlabel(distance.replace("_", " ") + " (FS)")
     ax.set_ylabel("test gain")
     ax.legend(fontsize=7)
+    return ax
+
+
+def plot_kernel_evolution(ds: xr.Dataset, ax: Any = None) -> Any:
+    """How far the empirical metric-NTK moved in training (issue 13).
+
+    ``ds`` from :func:`~mfarray.experiments.feature_learning.kernel_evolution` (dim ``width``):
+    final kernel distance and change against width on log-log axes, their fitted rates, and
+    width^(-1/2) and width^(-1) through the first change; or from
+    :func:`~mfarray.experiments.feature_learning.train_metric_network` /
+    :func:`~mfarray.experiments.phi_kernel.phi_kernel_evolution` (dim ``checkpoint``): kernel
+    distance and the kernel-target alignments of Theta_t and Theta_0 against the epoch.
+    """
+    plt = _pyplot()
+    if "width" in ds.dims:
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.8))
+        w = ds.width.values.astype(float)
+        ax.plot(w, ds.kernel_distance.values, "o-", label="kernel distance 1 - cos(Theta_0, Theta_T)")
+        ax.plot(w, ds.kernel_change.values, "s:", label="|Theta_T - Theta_0| / |Theta_0|")
+        grid = np.geomspace(w.min(), w.max(), 50)
+        for key, label in (("rate", "distance"), ("change_rate", "change")):
+            rate, icpt = float(ds.attrs[key]), float(ds.attrs[f"{key}_intercept"])
+            ax.plot(grid, np.exp(icpt) * grid**rate, "k-", lw=0.8, label=f"{label} fit width^{rate:.2f}")
+        c0 = float(ds.kernel_change.values[0])
+        ax.plot(grid, c0 * (grid / w[0]) ** -0.5, "k--", lw=0.8, label="width^-1/2 (lazy bound)")
+        ax.plot(grid, c0 * (grid / w[0]) ** -1.0, "k:", lw=0.8, label="width^-1")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("hidden width")
+        ax.set_ylabel("kernel movement")
+    elif "checkpoint" in ds.dims and "kernel_distance" in ds:
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.8))
+        e = ds.checkpoint.values
+        ax.plot(e, ds.kernel_distance.values, "o-", label="kernel distance to Theta_0")
+        ax.plot(e, ds.alignment.values, "s-", label="alignment of Theta_t")
+        ax.plot(e, ds.alignment_initial_kernel.values, "s:", label="alignment of Theta_0")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("kernel statistic")
+    else:
+        raise ValueError("ds must be a kernel_evolution result (dim 'width') or a train_metric_network / "
+                         "phi_kernel_evolution result with a probe (dim 'checkpoint', 'kernel_distance')")
+    ax.legend(fontsize=8)
     return ax

@@ -22,6 +22,7 @@ from mfarray import networks as nw
 from mfarray.cli import app
 from mfarray.geometry import measures
 from mfarray.kernels import gaussian_fs
+from mfarray.experiments.feature_learning import metric_mlp, train_metric_network
 from mfarray.pointset.provenance import VERSION_KEYS, undocumented
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -79,6 +80,8 @@ def test_every_variable_of_every_product_is_described(lazy, chart, flowed):
         "kahler_flow": (kahler := mf.kahler_flow(lazy, 1, steps=2, test=lazy, reference="balanced")),
         "predict (kahler)": mf.predict(kahler, lazy),
         "evaluate (kahler)": mf.evaluate(kahler),
+        "train_metric_network": train_metric_network(train.isel(point=slice(0, 40)), metric_mlp((4,)), epochs=1,
+                                                      batch=16, test=test, probe=test.isel(point=slice(0, 5))),
         "train_phi_network": mf.kahler.train_phi_network(lazy, mf.kahler.PhiNetwork(widths=(4,)), 1, 16, 1e-2,
                                                         test=lazy),
     }

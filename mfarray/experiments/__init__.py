@@ -1,4 +1,5 @@
-"""The paper's study (§3) as functions returning xarray Datasets (issue 11).
+"""The paper's study (§3) and the feature-learning study (§4) as functions returning xarray
+Datasets (issues 11, 13).
 
 One module per experiment::
 
@@ -8,6 +9,13 @@ One module per experiment::
               points, its power-law fit, and the points a kernel needs for a target gain
     noise     Figure 3 left: test points = train points + complex Gaussian noise (the paper's
               off-X variant and a variant projected back onto X), gain against distance
+    feature_learning   the one-chart metric network trained with Adam / SGD on mini-batches,
+              its empirical metric-NTK on a probe set at checkpoints (distance from Theta_0,
+              alignment), kernel_evolution over widths (the lazy regime's rate)
+    probe_kernel   the probe-set kernel statistics (upper row blocks, y^T Theta y = |J^T y|^2)
+    after_kernel   freeze a trained network's empirical NTK and flow with it; the table of
+              FS, initial NTK, analytic NTK, after-kernel and the network itself
+    phi_kernel     the empirical metric-NTK of the chart-free phi-network, during training
 
 Each takes point sets (lazy or computed) and settings, and returns a Dataset that records
 them; plots (:mod:`mfarray.plots`) and the report read nothing else.

@@ -25,7 +25,7 @@ from ..pointset import sample_chart
 from ..pointset.provenance import format_call, provenance
 from .presets import PAPER_GAINS, TABLE1, Preset
 
-__all__ = ["gains", "GAIN_DOCS"]
+__all__ = ["GAIN_DOCS", "gains"]
 
 GAIN_DOCS = {
     "sigma_train_initial": "sigma (B.11) of g_FS on the train points",

@@ -54,12 +54,17 @@ from ..flows.evaluate import sigma_of
 from ..flows.frozen import kernel_spec
 from ..geometry.distance import nearest
 from ..geometry.local import chart_geometry
-from ..geometry.projection import DEFAULT_STEPS, DEFAULT_TOL, fs_distance_rows, project_to_hypersurface
+from ..geometry.projection import (
+    DEFAULT_STEPS,
+    DEFAULT_TOL,
+    fs_distance_rows,
+    project_to_hypersurface,
+)
 from ..pointset.charts import surface_of
 from ..pointset.offsurface import points_in_chart
 from ..pointset.provenance import describe, format_call, json_attrs, provenance
 
-__all__ = ["noise_study", "noised_points", "noise_draw", "VARIANTS", "DEFAULT_SCALES", "NOISE_STREAM", "NOISE_DOCS"]
+__all__ = ["DEFAULT_SCALES", "NOISE_DOCS", "NOISE_STREAM", "VARIANTS", "noise_draw", "noise_study", "noised_points"]
 
 VARIANTS = ("paper", "projected")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..kernels import Kernel, as_kernel
 
-__all__ = ["Preset", "TABLE1", "PRESETS", "PAPER_GAINS"]
+__all__ = ["PAPER_GAINS", "PRESETS", "TABLE1", "Preset"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,9 +55,22 @@ from ..pointset.construct import sample_points
 from ..pointset.provenance import describe, format_call, json_attrs, provenance
 
 __all__ = [
-    "SIZES", "PAPER_COEFFICIENT", "PAPER_EXPONENT", "PAPER_GAIN_DISTANCE", "PAPER_ESTIMATES", "STATS", "WEIGHTS",
-    "nearest_distance_scaling", "fit_power_law", "power_law", "paper_fit", "distance_for_points",
-    "points_needed", "distance_for_gain", "points_for_gain", "paper_estimates",
+    "PAPER_COEFFICIENT",
+    "PAPER_ESTIMATES",
+    "PAPER_EXPONENT",
+    "PAPER_GAIN_DISTANCE",
+    "SIZES",
+    "STATS",
+    "WEIGHTS",
+    "distance_for_gain",
+    "distance_for_points",
+    "fit_power_law",
+    "nearest_distance_scaling",
+    "paper_estimates",
+    "paper_fit",
+    "points_for_gain",
+    "points_needed",
+    "power_law",
 ]
 
 SIZES = (100, 300, 1000, 3000, 10_000, 30_000, 100_000)

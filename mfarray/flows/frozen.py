@@ -79,9 +79,12 @@ def kernel_inputs(kernel: Callable[..., Array], z: Array, features: Callable[[Ar
 def _operators(kernel, train, test, features, method, options):
     """Train-train and test-train operators, and the JSON record of the kernel."""
     options = dict(options or {})
+    if isinstance(kernel, tuple):
+        return _operator_pair(kernel, train, test)
     if hasattr(kernel, "matvec"):
         if test is not None:
-            raise ValueError("with test points, pass a kernel function (an operator only covers the train points)")
+            raise ValueError("with test points, pass a kernel function or a pair of operators (K_train_train, "
+                             "K_test_train): one operator only covers the train points")
         K = as_operator(kernel)
         if tuple(K.shape) != (train.n, train.n):
             raise ValueError(f"kernel operator has shape {tuple(K.shape)}; the train set needs {(train.n,) * 2}")
@@ -103,10 +106,32 @@ def _operators(kernel, train, test, features, method, options):
     return K, K_test, spec.describe()
 
 
-def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator, *, steps: int, lr: float = 1.0,
-                loss: str | losses.Loss = "sigma_squared", test: xr.Dataset | None = None, adaptive: bool = True,
-                normalize: bool = False, clip: float | None = None, grow: float = 1.25, max_halvings: int = 40,
-                features: Callable[[Array], Array] | None = None, method: str = "dense",
+def _operator_pair(pair, train, test):
+    """``(K_train_train, K_test_train)`` given as operators: checked against the point sets."""
+    if len(pair) != 2 or not all(op is None or hasattr(op, "matvec") for op in pair) or pair[0] is None:
+        raise TypeError("kernel as a tuple must be a pair of operators (K_train_train, K_test_train) with matvec "
+                        f"(K_test_train None without test points); got {tuple(type(op).__name__ for op in pair)}")
+    K, K_test = as_operator(pair[0]), pair[1]
+    if tuple(K.shape) != (train.n, train.n):
+        raise ValueError(f"kernel[0] (K_train_train) has shape {tuple(K.shape)}; the train set needs "
+                         f"{(train.n,) * 2}")
+    if test is None and K_test is not None:
+        raise ValueError("kernel[1] (K_test_train) was given without test points: pass test=, or (K, None)")
+    if test is not None:
+        if K_test is None:
+            raise ValueError("with test points, kernel[1] must be the (n_test, n_train) operator K_test_train; "
+                             "got None")
+        K_test = as_operator(K_test)
+        if tuple(K_test.shape) != (test.n, train.n):
+            raise ValueError(f"kernel[1] (K_test_train) has shape {tuple(K_test.shape)}; the test and train sets "
+                             f"need {(test.n, train.n)}")
+    return K, K_test, {"name": type(K).__name__, "operator": True, "pair": True}
+
+
+def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator | tuple, *, steps: int,
+                lr: float = 1.0, loss: str | losses.Loss = "sigma_squared", test: xr.Dataset | None = None,
+                adaptive: bool = True, normalize: bool = False, clip: float | None = None, grow: float = 1.25,
+                max_halvings: int = 40, features: Callable[[Array], Array] | None = None, method: str = "dense",
                 operator_options: dict | None = None, g0: Array | None = None, g0_test: Array | None = None,
                 target: Array | None = None, callback: Callable[[int, dict], Any] | None = None,
                 progress: bool = False) -> xr.Dataset:
@@ -117,8 +142,12 @@ def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator
     train, test : point sets (``mfarray.sample_points`` ..., lazy or computed) in one chart.
     kernel : a kernel spec (``mfarray.kernels.gaussian_fs``, ``relu_ntk``, ``delta``, ...), with
         hyper-parameters bound (``functools.partial(gaussian_fs, sigma=0.3)`` or ``.bind``), or
-        a kernel operator with ``matvec`` (train points only).  Point kernels see z, feature
-        kernels ``features(z)`` (default: real/imag parts of z in the patch normalisation).
+        a kernel operator with ``matvec`` (train points only), or a pair of operators
+        ``(K_train_train, K_test_train)`` of shapes (n_train, n_train) and (n_test, n_train)
+        (``K_test_train`` None without test points) -- e.g. a frozen empirical metric-NTK
+        (:func:`mfarray.flows.evolving.metric_ntk_operator`) that predicts test points.  Point
+        kernels see z, feature kernels ``features(z)`` (default: real/imag parts of z in the
+        patch normalisation).
     steps : number of steps.
     lr, adaptive, grow, normalize, clip, max_halvings : step control
         (:class:`~mfarray.flows.integrate.StepControl`).  Default: backtracking from lr = 1.
