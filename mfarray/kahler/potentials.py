@@ -20,7 +20,7 @@ Shapes: H (n_s, n_s) or a batch (..., n_s, n_s) broadcasting against the points.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -219,3 +219,84 @@ class NetworkPotential:
 
     def describe(self) -> dict:
         return {"name": "NetworkPotential", **self.config.to_attrs()}
+
+
+class CosineFrame(NamedTuple):
+    """Per-point data of :class:`CosinePotential`: the features' values f (N, M), their
+    i dd-bar (N, kd, kd, M) and g_FS (N, kd, kd)."""
+
+    f: Array
+    ddf: Array
+    g_fs: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CosinePotential:
+    """A linear phi-model over cosine-net features of the projective embedding:
+
+        phi = sum_j c_j f_j,   f_j(z) = sqrt(2/M) cos(omega_j . u(z) + b_j),
+        u = hermitian_to_real(s_hat s_hat^dagger)  (degree-k sections; k = 1: z zbar^T/|z|^2),
+
+    omega_j ~ N(0, scale^2 I), b_j ~ U[0, 2 pi) (random Fourier features of a Gaussian kernel in
+    u, i.e. the cosine-net of 2.32 with fixed first layer).  Projectively invariant; i dd-bar
+    in closed form from the jets of u (:func:`mfarray.kahler.network.features`):
+
+        d_a dbar_b f_j = -sqrt(2/M) [cos(.) (omega_j . d_a u) conj(omega_j . d_b u) + sin(.) omega_j . d_a dbar_b u].
+
+    Linear in c, so its tangent kernel is frozen like :class:`SectionPotential`'s.
+    """
+
+    n_features: int = 1024
+    scale: float = 1.0
+    k: int = 1
+    seed: int = 0
+    linear = True
+
+    def __post_init__(self):
+        if isinstance(self.n_features, bool) or not isinstance(self.n_features, (int, np.integer)) or self.n_features < 1:
+            raise ValueError(f"n_features must be a positive integer; got {self.n_features!r}")
+        if not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number (the frequencies' standard deviation); got {self.scale!r}")
+
+    def _draw(self, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(np.random.SeedSequence(int(self.seed)))
+        return self.scale * rng.standard_normal((n_in, self.n_features)), rng.uniform(0, 2 * np.pi, self.n_features)
+
+    def size(self, surface: Hypersurface) -> int:
+        return int(self.n_features)
+
+    def init(self, surface: Hypersurface) -> np.ndarray:
+        return np.zeros(self.n_features)
+
+    def prepare(self, surface: Hypersurface, z: Array, patch: Array, elim: Array) -> CosineFrame:
+        frame = section_frame(surface, z, section_exponents(surface, self.k), patch, elim)
+        jets = _network.features(frame)
+        xp = backend.namespace(jets.u)
+        omega, b = (xp.asarray(a) for a in self._draw(jets.u.shape[1]))
+        arg = jets.u @ omega + b
+        amp = (2.0 / self.n_features) ** 0.5
+        wd = jets.du @ omega  # (N, kd, M)
+        wdd = jets.ddu @ omega  # (N, kd, kd, M)
+        ddf = -amp * (xp.cos(arg)[:, None, None, :] * wd[:, :, None, :] * xp.conj(wd)[:, None, :, :]
+                      + xp.sin(arg)[:, None, None, :] * wdd)
+        return CosineFrame(f=amp * xp.cos(arg), ddf=ddf, g_fs=frame.g_fs)
+
+    def ddbar(self, theta: Array, data: CosineFrame) -> Array:
+        return data.ddf @ backend.namespace(data.f).asarray(theta, dtype=data.ddf.dtype)
+
+    def metric(self, theta: Array, data: CosineFrame) -> Array:
+        return data.g_fs + self.ddbar(theta, data)
+
+    def vjp(self, theta: Array, data: CosineFrame, G: Array) -> Array:
+        xp = backend.namespace(data.f)
+        return xp.real(xp.sum(xp.conj(G)[..., None] * data.ddf, axis=(0, 1, 2)))
+
+    def values(self, theta: Array, data: CosineFrame) -> Array:
+        return data.f @ theta
+
+    def values_vjp(self, theta: Array, data: CosineFrame, c: Array) -> Array:
+        return c @ data.f
+
+    def describe(self) -> dict:
+        return {"name": "CosinePotential", "n_features": int(self.n_features), "scale": float(self.scale),
+                "k": int(self.k), "seed": int(self.seed)}
