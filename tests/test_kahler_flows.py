@@ -141,3 +141,12 @@ def test_a_phi_network_flows_through_the_one_integrator():
     b20 = mf.kahler_flow(train, pot, steps=5, test=test, velocity="B.20", adaptive=False, lr=0.05)
     assert b20.sigma_train.values[-1] < b20.sigma_train.values[0] - 0.01
     assert network.num_params(pot.config, QUINTIC) == gd.sizes["param"]
+
+
+def test_the_initial_metrics_of_a_result_are_the_flows_start():
+    train, test = _points(1500, 17), _points(500, 18)
+    r = mf.kahler_flow(train, 2, steps=2, test=test, reference="balanced")
+    ev = mf.evaluate(r)
+    assert abs(float(ev.sigma_train_initial) - r.sigma_train.values[0]) < 1e-12
+    assert abs(float(ev.sigma_test_initial) - r.sigma_test.values[0]) < 1e-12
+    assert float(ev.sigma_test_initial) < 0.33  # the balanced start, not g_FS (0.37)

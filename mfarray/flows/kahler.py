@@ -10,6 +10,7 @@ g <- g - lr J J^T dl/dg.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -155,7 +156,10 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
                                          np.asarray(potential.reference[1]))
         if te is not None:
             model_vars.update({"patch_test": ("test_point", te.patch), "elim_test": ("test_point", te.elim)})
-        return flow_result(trajectory, tr, te, model_vars=model_vars, attrs=attrs, steps=steps)
+        # g_*_initial: the model's initial metrics (the reference metric, or theta0's), not g_FS
+        tr0 = dataclasses.replace(tr, g0=g_start)
+        te0 = None if te is None else dataclasses.replace(te, g0=potential.metric(th0, data_test))
+        return flow_result(trajectory, tr0, te0, model_vars=model_vars, attrs=attrs, steps=steps)
 
     try:
         trajectory = integrate(model_, loss_fn, loss_data, control, steps, tr, te, callback=callback,
