@@ -743,36 +743,39 @@ def metric_and_pullback(config: PhiNetwork, params: Array, frame: SectionFrame, 
     return g, pullback
 
 
+def _chunked_pullback(config, params, frame, cotangent, chunk):
+    """sum over blocks of points of the pull-back of the output-channel cotangent
+    ``cotangent(sl, lay, xp) -> (C, B)`` for the block ``sl``, (P,)."""
+    xp, params, layers, lay = _prepare(config, params, frame)
+    flat, grads = _zero_grads(config, params, frame.s.shape[1], xp)
+    ws = Workspace()
+    for sl in _chunks(frame.s.shape[0], chunk):
+        X = _input_channels(_take(frame, sl), lay, xp, ws)
+        _, tape = _forward(config, layers, X, lay, True, ws)
+        _reverse(config, layers, X, lay, tape, cotangent(sl, lay, xp), grads, ws)
+    return flat
+
+
 def metric_vjp(config: PhiNetwork, params: Array, frame: SectionFrame, G: Array, *,
                chunk: int | None = None) -> Array:
     """sum_x Re tr(G_x^dagger dg_x/dtheta), (P,): the parameter gradient of a loss with per-point
     metric gradients G (N, kd, kd) (:mod:`mfarray.losses` convention), in blocks of ``chunk``."""
-    xp, params, layers, lay = _prepare(config, params, frame)
     N, kd = frame.s.shape[0], frame.ds.shape[1]
     if tuple(G.shape) != (N, kd, kd):
         raise ValueError(f"G must have shape {(N, kd, kd)} (one cotangent per point of the frame); got {tuple(G.shape)}")
-    flat, grads = _zero_grads(config, params, frame.s.shape[1], xp)
-    ws = Workspace()
-    for sl in _chunks(N, chunk):
-        X = _input_channels(_take(frame, sl), lay, xp, ws)
-        _, tape = _forward(config, layers, X, lay, True, ws)
-        _reverse(config, layers, X, lay, tape, _metric_cotangent(G[sl], lay, xp), grads, ws)
-    return flat
+    return _chunked_pullback(config, params, frame, lambda sl, lay, xp: _metric_cotangent(G[sl], lay, xp), chunk)
 
 
 def phi_vjp(config: PhiNetwork, params: Array, frame: SectionFrame, c: Array, *, chunk: int | None = None) -> Array:
     """sum_x c_x d phi(x)/d theta, (P,), for real c (N,): the pull-back of a cotangent on the
     value channel alone (what a phi-flow d phi/dt = v needs: theta += lr sum_x w v d phi/d theta)."""
-    xp, params, layers, lay = _prepare(config, params, frame)
     N = frame.s.shape[0]
     if tuple(c.shape) != (N,):
         raise ValueError(f"c must have shape ({N},) (one real cotangent per point of the frame); got {tuple(c.shape)}")
-    flat, grads = _zero_grads(config, params, frame.s.shape[1], xp)
-    ws = Workspace()
-    for sl in _chunks(N, chunk):
-        X = _input_channels(_take(frame, sl), lay, xp, ws)
-        _, tape = _forward(config, layers, X, lay, True, ws)
-        Zbar = xp.zeros((lay.C, X.shape[1]), dtype=xp.float64)
+
+    def value_cotangent(sl, lay, xp):
+        Zbar = xp.zeros((lay.C, sl.stop - sl.start), dtype=xp.float64)
         Zbar[0] = c[sl]
-        _reverse(config, layers, X, lay, tape, Zbar, grads, ws)
-    return flat
+        return Zbar
+
+    return _chunked_pullback(config, params, frame, value_cotangent, chunk)
