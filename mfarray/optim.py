@@ -38,7 +38,7 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["AdamState", "adam", "epoch_batches", "minibatches", "n_batches"]
+__all__ = ["AdamState", "adam", "epoch_batches", "minibatches", "n_batches", "require_finite_epoch"]
 
 Array = Any  # a NumPy or CuPy array
 
@@ -179,3 +179,11 @@ def minibatches(n: int, batch: int, seed: int, epochs: int, start: int = 0,
     for epoch in range(int(start), int(epochs)):
         for idx in epoch_batches(n, batch, seed, epoch, drop_last):
             yield epoch, idx
+
+
+def require_finite_epoch(what: str, epoch: int, loss: float, params: Array, lr: float) -> None:
+    """FloatingPointError naming the epoch and the fix when an epoch's mean loss or the
+    parameters after it are not finite (a diverged training)."""
+    xp = backend.namespace(params)
+    if not math.isfinite(loss) or not bool(xp.all(xp.isfinite(params))):
+        raise FloatingPointError(f"{what} training diverged in epoch {epoch} (loss {loss}): lower lr (now {lr})")

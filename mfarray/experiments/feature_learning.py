@@ -409,9 +409,7 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         hist["time"][epoch] = time.perf_counter() - t0
         hist["loss"][epoch] = total / tr.n
         hist["skipped"][epoch] = skipped
-        if not math.isfinite(hist["loss"][epoch]) or not np.all(np.isfinite(theta)):
-            raise FloatingPointError(f"metric-network training diverged in epoch {epoch} (loss "
-                                     f"{hist['loss'][epoch]}): lower lr (now {lr})")
+        optim.require_finite_epoch("metric-network", epoch, hist["loss"][epoch], theta, lr)
         record_eval(epoch)
         record_kernel(epoch)
         if progress:

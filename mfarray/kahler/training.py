@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import sys
 import threading
@@ -373,9 +372,7 @@ def train_phi_network(train: xr.Dataset, config: network.PhiNetwork, epochs: int
             hist["cpu_time"][epoch] = time.process_time() - c0
             hist["loss"][epoch] = total / tr.n
             hist["skipped"][epoch] = skipped
-            if not math.isfinite(hist["loss"][epoch]) or not np.all(np.isfinite(params)):
-                raise FloatingPointError(f"phi-network training diverged in epoch {epoch} (loss {hist['loss'][epoch]}): "
-                                         f"lower lr (now {lr})")
+            optim.require_finite_epoch("phi-network", epoch, hist["loss"][epoch], params, lr)
             _record_eval(hist, epoch, pool, local, config, params, tr, te)
             if checkpoint is not None:
                 ds = _dataset(hist, epoch, params, state, attrs, with_state=True)
