@@ -769,3 +769,24 @@ def test_zero_vector_raises():
     ):
         with pytest.raises(ValueError, match="zero vector"):
             call()
+
+
+def test_fs_distance_pairs_equals_the_block_entries_bit_for_bit(monkeypatch):
+    """fs_distance_pairs(u[i], v[j]) is fs_distance_block(u, v)[i, j] bit for bit (the screening
+    of the local operators decides nearest points with it), in any chunking; shapes refused."""
+    rng = np.random.default_rng(11)
+    u = unit_vectors(rng.standard_normal((70, 5)) + 1j * rng.standard_normal((70, 5)))
+    v = unit_vectors(rng.standard_normal((50, 5)) + 1j * rng.standard_normal((50, 5)))
+    v[:5] = u[:5]  # identical points: distance exactly 0
+    v[10:15] = u[10:15] * np.exp(0.7j)  # the same points of P^n up to rounding
+    v[5:10] = unit_vectors(u[5:10] + 1e-9 * rng.standard_normal((5, 5)))  # near pairs
+    D = fs_distance_block(u, v)
+    i, j = np.meshgrid(np.arange(70), np.arange(50), indexing="ij")
+    got = distmod.fs_distance_pairs(u[i.ravel()], v[j.ravel()]).reshape(70, 50)
+    assert np.array_equal(got.view(np.uint64), D.view(np.uint64))
+    monkeypatch.setattr(distmod, "_chunk_entries", lambda x: 7)
+    again = distmod.fs_distance_pairs(u[i.ravel()], v[j.ravel()]).reshape(70, 50)
+    assert np.array_equal(again.view(np.uint64), D.view(np.uint64))
+    assert np.all(got[np.arange(5), np.arange(5)] == 0) and np.all(got[np.arange(10, 15), np.arange(10, 15)] < 1e-15)
+    with pytest.raises(ValueError, match="paired unit vectors"):
+        distmod.fs_distance_pairs(u[:3], v[:4])

@@ -18,9 +18,12 @@ from mfarray.kernels import delta, gaussian_fs, relu_ntk
 from mfarray.kernels.operators import (
     LocalGaussianOperator,
     NearestOperator,
+    SparseGaussianOperator,
     as_operator,
 )
-from mfarray.kernels.operators.local import coherent_order, nearest_local
+from mfarray.kernels.operators.local import coherent_order
+from mfarray.kernels.operators.screen import host_units, nearest_screened, screen_pairs
+from mfarray.kernels.operators.sparse import gaussian_radius
 
 EPS = np.finfo(np.float64).eps
 
@@ -66,8 +69,13 @@ def _rounding(op, v):
 @pytest.mark.parametrize("sparse", [True, False])
 def test_gaussian_matvec_within_its_stated_bound(z, dense_ops, sigma, squared, sparse):
     k = gaussian_fs.bind(sigma=sigma, squared=squared)
+    local = gaussian_radius(1e-12, sigma, squared) < math.pi / 2  # only the heat kernel at 0.05
+    if sparse and not local:  # every entry is >= tol: a sparse copy of the full matrix is refused by name
+        with pytest.raises(ValueError, match="sparse=True.*nothing can be dropped"):
+            as_operator(k, z, z, method="local", block=128, sparse=True)
+        return
     op = as_operator(k, z, z, method="local", block=128, sparse=sparse)
-    assert isinstance(op, LocalGaussianOperator) and op.sparse == sparse
+    assert isinstance(op, SparseGaussianOperator if sparse else LocalGaussianOperator) and op.sparse == sparse
     v = _v(len(z), complex_=squared)
     err = np.abs(op.matvec(v) - dense_ops(sigma, squared).matvec(v)).max()
     assert err <= op.error_bound(v) + _rounding(op, v)
@@ -79,11 +87,12 @@ def test_gaussian_matvec_within_its_stated_bound(z, dense_ops, sigma, squared, s
 
 
 def test_sigma_005_heat_kernel_bound_is_not_vacuous(z, dense_ops):
-    """Measured at 2504 points: 14.9% of the 64-point tile pairs skipped, 0.34% of the entries
-    kept (>= 1e-12); error_factor ~ 7.6e-11, against a measured error of ~4e-12."""
+    """Measured at 2504 points: 0.34% of the entries kept (>= 1e-12) by the sparse form (the
+    default), its error_factor ~1e-10 against a measured error of ~4e-12; the tiles skip 14.9% of
+    the 64-point tile pairs."""
     k = gaussian_fs.bind(sigma=0.05, squared=True)
-    op = as_operator(k, z, z, method="local", block=64)
-    assert op.skipped_tile_fraction > 0.10
+    op = as_operator(k, z, z, method="local")
+    assert isinstance(op, SparseGaussianOperator)
     assert op.nnz < 0.01 * len(z) ** 2
     assert 0 < op.error_factor < 1e-9
     v = _v(len(z), seed=3)
@@ -91,10 +100,45 @@ def test_sigma_005_heat_kernel_bound_is_not_vacuous(z, dense_ops):
     err = np.abs(op.matvec(v) - ref).max()
     assert err <= op.error_bound(v) + _rounding(op, v)
     assert err > 0  # entries really were left out, and the bound covers them
-    # tiles only: the same skipped tiles, bound from them alone
+    # tiles only: the skipped tiles, bound from them alone
     tiles = as_operator(k, z, z, method="local", block=64, sparse=False)
-    assert tiles.skipped_tile_fraction == op.skipped_tile_fraction
+    assert tiles.skipped_tile_fraction > 0.10
     assert np.abs(tiles.matvec(v) - ref).max() <= tiles.error_bound(v) + _rounding(tiles, v)
+
+
+@pytest.mark.parametrize("squared", [True, False])
+def test_sparse_keeps_exactly_the_entries_at_least_tol(z, squared):
+    """The screening loses nothing: the CSR pattern is exactly {K_ij >= tol} of the dense matrix
+    (at a tol where the paper's form is local too), and the values are the kernel's to rounding:
+    a few ulps of the distance, times the exponent's size (<= ln(1/tol) ~ 28) in exp."""
+    sigma, tol = (0.05, 1e-12) if squared else (0.02, 1e-9)
+    k = gaussian_fs.bind(sigma=sigma, squared=squared)
+    zz = z[:1500]
+    K = np.asarray(k(zz, zz))
+    op = SparseGaussianOperator(k, zz, tol=tol, block=256)
+    D = op.to_dense()
+    np.testing.assert_array_equal(D != 0, K >= tol)
+    np.testing.assert_allclose(D[D != 0], K[D != 0], rtol=16 * EPS * math.log(1 / tol), atol=0)
+    rect = SparseGaussianOperator(k, zz[:600], zz[600:], tol=tol, block=200, workers=3)
+    np.testing.assert_array_equal(rect.to_dense() != 0, K[:600, 600:] >= tol)
+
+
+def test_screen_pairs_finds_every_pair_and_counts_rows(z):
+    """screen_pairs against |<u, v>|^2 of the whole matrix: the pairs (i <= j for one set) with
+    c2 >= c2_min, the row counts (mirrored pairs too) with c2 >= c2_count; any block, workers."""
+    u = host_units(z[:1200], "z")
+    c2 = np.abs(np.conj(u) @ u.T) ** 2
+    lo, hi = math.cos(0.4) ** 2, math.cos(0.6) ** 2
+    want = set(zip(*np.nonzero(np.triu(c2 >= lo + 1e-9)))), set(zip(*np.nonzero(np.triu(c2 >= lo - 1e-9))))
+    for block, workers in ((100, 1), (512, 3), (4096, None)):
+        s = screen_pairs(u, None, lo, hi, block=block, workers=workers)
+        got = set(zip(s.i.tolist(), s.j.tolist()))
+        assert want[0] <= got <= want[1] and len(got) == len(s.i)
+        assert np.all(np.abs(s.counts - (c2 >= hi).sum(axis=1)) <= ((np.abs(c2 - hi) < 1e-9).sum(axis=1)))
+    r = screen_pairs(u[:500], u[500:], lo, hi, block=128)
+    got = set(zip(r.i.tolist(), r.j.tolist()))
+    assert set(zip(*np.nonzero(c2[:500, 500:] >= lo + 1e-9))) <= got
+    assert got <= set(zip(*np.nonzero(c2[:500, 500:] >= lo - 1e-9)))
 
 
 def test_not_local_kernels_are_exact(z):
@@ -180,8 +224,10 @@ def test_delta_with_duplicates_and_phases(z):
     among equally near points, as the dense kernel."""
     base = z[:600]
     zz = np.concatenate([base, base[:50], -base[50:80], base[80:100] * np.exp(0.3j), base[100:120] * (1 + 1e-12)])
-    for block in (16, 128):
-        np.testing.assert_array_equal(nearest_local(zz, zz, block), mf.kernels.nearest_index(zz, zz))
+    for block in (16, 128, 4096):
+        np.testing.assert_array_equal(nearest_screened(zz, zz, block=block), mf.kernels.nearest_index(zz, zz))
+    np.testing.assert_array_equal(nearest_screened(zz[::3], zz, block=100, workers=3),
+                                  mf.kernels.nearest_index(zz[::3], zz))
     op = as_operator(delta, zz, zz, method="local")
     np.testing.assert_array_equal(op.to_dense(), as_operator(delta, zz, zz, method="dense").to_dense())
     v = _v(len(zz), seed=2)
@@ -223,10 +269,11 @@ def test_bad_options_are_refused_by_name(z):
             as_operator(k, z[:50], method="local", **options)
     with pytest.raises(ValueError, match="only block"):
         as_operator(delta, z[:50], method="local", tol=1e-9)
+    heat = gaussian_fs.bind(sigma=0.05, squared=True)
     with pytest.raises(ValueError, match="sparse_max_bytes"):
-        as_operator(gaussian_fs.bind(sigma=0.3), z[:300], method="local", sparse=True, sparse_max_bytes=10_000)
-    fallback = as_operator(gaussian_fs.bind(sigma=0.3), z[:300], method="local", sparse_max_bytes=10_000)
-    assert not fallback.sparse
+        as_operator(heat, z[:300], method="local", sparse=True, sparse_max_bytes=1_000)
+    fallback = as_operator(heat, z[:300], method="local", sparse_max_bytes=1_000)
+    assert isinstance(fallback, LocalGaussianOperator) and not fallback.sparse
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -309,14 +356,12 @@ def _csr_serial_order(op, v):
     return out.reshape((op.shape[0], *v.shape[1:]))
 
 
-@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "tiles"])
 @pytest.mark.parametrize("shape", ["symmetric", "rect"])
 @pytest.mark.parametrize("kind", ["real", "complex"])
 @pytest.mark.parametrize("run", [1, 5], ids=["1-tile-tasks", "5-tile-tasks"])
-def test_local_matvec_same_bits_every_run_and_thread_count(z, jitter, monkeypatch, sparse, shape, kind, run):
+def test_local_matvec_same_bits_every_run_and_thread_count(z, jitter, monkeypatch, shape, kind, run):
     """Repeated mat-vecs, any workers option and any default thread count (backend.cores), jittered
-    tile timing, tasks of 1 or 5 tile pairs: the same bits, the documented serial order (and for
-    the sparse path the same CSR matrix and error bound)."""
+    tile timing, tasks of 1 or 5 tile pairs: the same bits, the documented serial order."""
     from mfarray import backend
     from mfarray.kernels.operators import local
 
@@ -324,15 +369,13 @@ def test_local_matvec_same_bits_every_run_and_thread_count(z, jitter, monkeypatc
 
     x_out, x_in = _local_pair(z, shape)
     k = gaussian_fs.bind(sigma=0.05, squared=True)
-    make = lambda **kw: LocalGaussianOperator(k, x_out, x_out if shape == "symmetric" else x_in, block=32,
-                                              sparse=sparse, **kw)
+    make = lambda **kw: LocalGaussianOperator(k, x_out, x_out if shape == "symmetric" else x_in, block=32, **kw)
     v = _v(len(x_in), seed=3, complex_=kind == "complex")
     one = make(workers=1)
-    assert one.sparse == sparse and one.symmetric == (shape == "symmetric")
+    assert not one.sparse and one.symmetric == (shape == "symmetric")
     assert 0 < len(one.kept) < len(one.rows) * len(one.cols)  # some tile pairs skipped, some kept
     ref = one.matvec(v)
-    serial = _csr_serial_order(one, v) if sparse else _local_serial_order(one, v)
-    assert _same_bits(ref, serial)
+    assert _same_bits(ref, _local_serial_order(one, v))
     ops = [make(workers=w) for w in (2, 3, 7)]
     for ncores in (1, 4):  # the default thread count follows backend.cores()
         monkeypatch.setattr(backend, "cores", lambda n=ncores: n)
@@ -340,10 +383,33 @@ def test_local_matvec_same_bits_every_run_and_thread_count(z, jitter, monkeypatc
     for op in ops:
         for _ in range(3):
             assert _same_bits(op.matvec(v), ref), f"workers={op.workers}"
-        if sparse:
-            for name in ("data", "indices", "indptr"):
-                assert _same_bits(getattr(op._csr, name), getattr(one._csr, name)), name
-            assert op.error_factor == one.error_factor and op.nnz == one.nnz
+
+
+@pytest.mark.parametrize("shape", ["symmetric", "rect"])
+@pytest.mark.parametrize("kind", ["real", "complex"])
+def test_sparse_matvec_same_bits_every_run_and_thread_count(z, monkeypatch, shape, kind):
+    """The sparse form: the same CSR matrix, error bound and mat-vec bits for any workers, screening
+    block and default thread count, and the documented serial order of the product."""
+    from mfarray import backend
+
+    x_out, x_in = _local_pair(z, shape)
+    k = gaussian_fs.bind(sigma=0.05, squared=True)
+    make = lambda **kw: SparseGaussianOperator(k, x_out, None if shape == "symmetric" else x_in, **kw)
+    v = _v(len(x_in), seed=3, complex_=kind == "complex")
+    one = make(workers=1)
+    assert one.symmetric == (shape == "symmetric") and 0 < one.nnz < one.shape[0] * one.shape[1]
+    ref = one.matvec(v)
+    assert _same_bits(ref, _csr_serial_order(one, v))
+    ops = [make(workers=w, block=b) for w, b in ((2, 64), (3, 100), (7, 4096))]
+    for ncores in (1, 4):
+        monkeypatch.setattr(backend, "cores", lambda n=ncores: n)
+        ops.append(make(block=50))
+    for op in ops:
+        for _ in range(2):
+            assert _same_bits(op.matvec(v), ref), f"workers={op.workers}"
+        for name in ("data", "indices", "indptr"):
+            assert _same_bits(getattr(op._csr, name), getattr(one._csr, name)), name
+        assert op.error_factor == one.error_factor and op.nnz == one.nnz
 
 
 def test_local_tile_cache_and_to_dense_give_the_same_bits(z, jitter):
@@ -352,10 +418,10 @@ def test_local_tile_cache_and_to_dense_give_the_same_bits(z, jitter):
     x = z[:600]
     k = gaussian_fs.bind(sigma=0.05, squared=True)
     v = _v(600, seed=4, complex_=True)
-    ref = LocalGaussianOperator(k, x, block=32, sparse=False, workers=1).matvec(v)
-    full = LocalGaussianOperator(k, x, block=32, sparse=False, workers=3, cache_bytes=1 << 30)
-    part = LocalGaussianOperator(k, x, block=32, sparse=False, workers=3, cache_bytes=3 * 32 * 32 * 8)
-    dense_first = LocalGaussianOperator(k, x, block=32, sparse=False, workers=3, cache_bytes=1 << 30)
+    ref = LocalGaussianOperator(k, x, block=32, workers=1).matvec(v)
+    full = LocalGaussianOperator(k, x, block=32, workers=3, cache_bytes=1 << 30)
+    part = LocalGaussianOperator(k, x, block=32, workers=3, cache_bytes=3 * 32 * 32 * 8)
+    dense_first = LocalGaussianOperator(k, x, block=32, workers=3, cache_bytes=1 << 30)
     dense_first.to_dense()
     for op in (full, part, dense_first):
         for _ in range(3):
@@ -375,7 +441,7 @@ def test_local_row_tiles_without_a_kept_pair_are_zero(z, jitter):
     k = gaussian_fs.bind(sigma=0.01, squared=True)
     v = _v(len(x_in), seed=6)
     for workers in (1, 3):
-        op = LocalGaussianOperator(k, x_out, x_in, block=32, sparse=False, workers=workers)
+        op = LocalGaussianOperator(k, x_out, x_in, block=32, workers=workers)
         out = op.matvec(v)
         assert np.all(out[:64] == 0) and np.any(out[64:] != 0)
         assert _same_bits(out, _local_serial_order(op, v))

@@ -115,6 +115,20 @@ def fs_distance_block(u: Array, v: Array) -> Array:
     return xp.concat([_sine_form(u[i : i + rows, None, :], v[None, :, :]) for i in chunks], axis=0)
 
 
+def fs_distance_pairs(u: Array, v: Array) -> Array:
+    """Distances between the pairs of unit vectors u[k], v[k] (both (n, m)) -> (n,), in [0, pi/2]:
+    the entrywise sine form of :func:`fs_distance_block`, so ``fs_distance_pairs(u[i], v[j])``
+    equals ``fs_distance_block(u, v)[i, j]`` bit for bit (for gathered pairs, e.g. candidates of
+    a screening pass)."""
+    if u.shape != v.shape or u.ndim != 2:
+        raise ValueError(f"u and v must be paired unit vectors of one shape (n, m); got {tuple(u.shape)} and "
+                         f"{tuple(v.shape)}")
+    xp = backend.namespace(u, v)
+    step = _chunk_entries(u)
+    chunks = range(0, max(u.shape[0], 1), step)  # one (empty) chunk when n = 0
+    return xp.concat([_sine_form(u[i : i + step], v[i : i + step]) for i in chunks], axis=0)
+
+
 def fs_distance_block_gemm(u: Array, v: Array, *, near: float = NEAR_RADIUS) -> Array:
     """Distances between unit vectors u (n1, m) and v (n2, m) -> (n1, n2) float64, in [0, pi/2].
 
@@ -255,7 +269,7 @@ def nearest(z_query: Array, z_ref: Array, *, block_elements: int = 1 << 21) -> t
     v = _unit_checked(z_ref, "z_ref")
     if backend.is_dask(z_query):
         zq = z_query.rechunk({1: -1})
-        rows_of = lambda n: _block_rows(n, block_elements)  # noqa: E731
+        rows_of = lambda n: _block_rows(n, block_elements)
 
         def one(block):
             u = _unit_checked(block, "z_query")

@@ -20,8 +20,10 @@ One module per concept::
     stored     ZarrOperator            (on disk, resumable build)
     record     what a stored matrix records about itself (points, kernel identity)
     factored   FactoredOperator        (Phi_out Phi_in^T)
+    screen     which pairs are close in FS distance (|<u, v>|^2 in one fused pass per tile)
     local      LocalGaussianOperator   (gaussian_fs: tile pairs provably below tol skipped, error bound)
                NearestOperator         (delta: the nearest-neighbour gather, exact)
+    sparse     SparseGaussianOperator  (gaussian_fs: the entries >= tol by screening, CSR, error bound)
     lowrank    LowRankOperator         (pivoted Cholesky L L^T; test x train by Nystrom on the same
                                         pivots; residual-trace bound)
 
@@ -42,6 +44,7 @@ from ... import backend
 from .dense import DenseOperator
 from .factored import FactoredOperator
 from .local import GAUSSIAN_OPTIONS, LocalGaussianOperator, NearestOperator, local_operator
+from .sparse import SparseGaussianOperator
 from .lowrank import LowRankOperator, LowRankWarning, lowrank_operator
 from .protocol import KernelOperator, check_pair, check_positive, is_complex_dtype, kernel_block, kernel_spec
 from .stored import ZarrOperator
@@ -55,6 +58,7 @@ __all__ = [
     "FactoredOperator",
     "LocalGaussianOperator",
     "NearestOperator",
+    "SparseGaussianOperator",
     "LowRankOperator",
     "LowRankWarning",
     "METHOD_OPTIONS",
@@ -75,7 +79,8 @@ def acts_componentwise(op: KernelOperator) -> bool:
         return op.components is None and not is_complex_dtype(op.matrix.dtype)
     if isinstance(op, FactoredOperator):
         return not (is_complex_dtype(op.phi_out.dtype) or is_complex_dtype(op.phi_in.dtype))
-    return isinstance(op, (BlockwiseOperator, ZarrOperator, LocalGaussianOperator, NearestOperator))
+    return isinstance(op, (BlockwiseOperator, ZarrOperator, LocalGaussianOperator, SparseGaussianOperator,
+                           NearestOperator))
 
 
 _METHODS = ("auto", "dense", "blockwise", "zarr", "factored", "local", "lowrank")
@@ -137,11 +142,13 @@ def as_operator(
       ``"factored"``  ``kernel_or_operator`` is a feature map ``phi(x) -> (n, rank)``:
                       :class:`FactoredOperator` ``(phi(x_out), phi(x_in))``; a kernel
                       ``k(x1, x2)`` (any spec) is refused with TypeError;
-      ``"local"``     local kernels only: gaussian_fs -> :class:`LocalGaussianOperator` (tile pairs
-                      whose entries are all provably < ``tol``, default 1e-12, skipped; ``block``
-                      default 256; ``sparse`` ("auto": entries >= tol kept in a CSR matrix),
-                      ``sparse_max_bytes``, ``symmetric``, ``workers``, ``cache_bytes``; a
-                      stated error bound, ``op.describe()``), delta -> :class:`NearestOperator` (exact, O(N)
+      ``"local"``     local kernels only (:func:`.local.local_operator`): gaussian_fs ->
+                      :class:`SparseGaussianOperator` (the entries >= ``tol``, default 1e-12,
+                      found by screening, in a CSR matrix) where it pays (``sparse="auto"``,
+                      ``sparse_max_bytes``), else :class:`LocalGaussianOperator` (tile pairs
+                      whose entries are all provably < ``tol`` skipped; ``block`` default 256,
+                      ``cache_bytes``); ``symmetric``, ``workers``; a stated error bound,
+                      ``op.describe()``; delta -> :class:`NearestOperator` (exact, O(N)
                       mat-vecs); any other kernel: ValueError;
       ``"lowrank"``   a pivoted Cholesky K ~ L L^T of kernel(x_in, x_in) (``rank`` default 1000,
                       ``tol`` default 1e-6 of the trace, ``shortfall`` "warn" | "raise" |

@@ -23,29 +23,29 @@ code of :class:`~.tiled.BlockwiseOperator`; threads with one BLAS thread each, t
 triangle only for a symmetric kernel on one point set), deterministically: the same bits for
 any number of threads, thread timing and cache state (:meth:`LocalGaussianOperator.matvec`:
 the calling thread adds the tile products in one fixed order, :func:`.tiled._in_order`).
-``sparse`` (default "auto"): the kept tiles are computed once and their entries >= tol kept in
-a SciPy CSR matrix (in the original point order), while it fits in ``sparse_max_bytes``;
-otherwise (``sparse=False``) the kept tiles are recomputed every mat-vec, optionally from a
-byte-budgeted tile cache.  Measured on quintic points of one chart (6 real dimensions,
-benchmarks/RESULTS.md): tiles of even 64 points have FS radii ~0.6-0.8, so tile skipping alone
-removes a modest fraction of a sigma = 0.05 heat kernel, while the entries >= 1e-12 are ~0.3%
-of the matrix: the sparse form is the one that pays.  Either way a rigorous bound on what was left out is stated::
+The kept tiles are recomputed every mat-vec, optionally from a byte-budgeted tile cache.
+Measured on quintic points of one chart (6 real dimensions, benchmarks/RESULTS.md): tiles of
+even 64 points have FS radii ~0.6-0.8, so tile skipping alone removes a modest fraction of a
+sigma = 0.05 heat kernel, while the entries >= 1e-12 are ~0.3% of the matrix: the sparse form
+(:class:`.sparse.SparseGaussianOperator`, its pairs found by screening) is the one that pays,
+and ``method="local"`` builds it by default (:func:`local_operator`, ``sparse="auto"``).  The
+tiles state a rigorous bound on what was left out::
 
     |(K - K_local) v|_inf <= error_factor * |v|_inf <= tol * max_skipped_per_row * |v|_inf
 
-with ``error_factor`` = the largest row sum of k(L_ab) |b| over skipped tiles plus (sparse)
-the dropped entries of the kept tiles, each < tol (:meth:`LocalGaussianOperator.error_bound`,
-:meth:`LocalGaussianOperator.describe`).  Not local at tol = 1e-12 (nothing can be skipped,
+with ``error_factor`` = the largest row sum of k(L_ab) |b| over skipped tiles
+(:meth:`LocalGaussianOperator.error_bound`, :meth:`LocalGaussianOperator.describe`).  Not local at tol = 1e-12 (nothing can be skipped,
 max d on P^n is pi/2): the paper's form exp(-d / (2 sigma)) for sigma >~ 0.03 and the heat
 kernel for sigma >~ 0.2; the operator is then exact (error_factor 0) and no faster.
 
 :class:`NearestOperator` is the Delta kernel (:func:`mfarray.kernels.delta`): row i of K is 1
 at the nearest point of ``x_in`` to ``x_out[i]`` (the first index among equally near ones) --
-on one point set the identity up to exact duplicates.  :func:`nearest_local` finds those
-indices with the same tiles and balls (branch and bound: a tile is visited only while its lower
-bound does not exceed the best distance found), with the entrywise distances of
-:func:`mfarray.geometry.distance.fs_distance_block` that the dense Delta kernel uses, so the
-indices, and the O(N) mat-vec (a gather), equal the dense operator's exactly.
+on one point set the identity up to exact duplicates.  :func:`.screen.nearest_screened` finds
+those indices (every pair screened by |<u, v>|^2, the survivors decided by the entrywise
+distances of :func:`mfarray.geometry.distance.fs_distance_block` that the dense Delta kernel
+uses), so the indices, and the O(N) mat-vec (a gather), equal the dense operator's exactly.
+(Branch and bound over the tile balls, its predecessor, pruned too little on quintic points:
+242 s at 10^5 points, benchmarks/RESULTS.md.)
 
 NumPy inputs (CuPy for the Gaussian mat-vec, untested); Dask point sets are computed first
 (``(n, n+1)`` complex numbers, small next to the kernel).
@@ -79,6 +79,7 @@ from .protocol import (
     tile_text,
     unflatten,
 )
+from .screen import SCREEN_BLOCK, nearest_screened
 from .tiled import _in_order
 
 __all__ = [
@@ -90,7 +91,6 @@ __all__ = [
     "NearestOperator",
     "coherent_order",
     "local_operator",
-    "nearest_local",
     "tile_balls",
 ]
 
@@ -106,8 +106,6 @@ DEFAULT_BLOCK = 256
 #: in-order consumer; measured at 10^4 points on 2 cores, one 256-point tile a task was 5-27%
 #: slower than the former per-thread sums, 2^18 entries a task within 0-10%
 TASK_ENTRIES = 2**18
-#: points per tile of the nearest-neighbour search of the Delta kernel
-NEAREST_BLOCK = 128
 #: subtracted from every distance lower bound: covers the rounding of d(c_a, c_b), r_a and
 #: r_b (each a few ulps, <= 1e-15; fs_distance_block is accurate at every distance)
 SLACK = 1e-12
@@ -264,10 +262,6 @@ def _check_tol(tol: Any) -> float:
     return tol
 
 
-class _TooLarge(Exception):
-    """The sparse matrix would exceed its byte budget."""
-
-
 class LocalGaussianOperator:
     """``K[a, b] = gaussian_fs(x_out[a], x_in[b])`` with the tile pairs whose entries are all
     provably below ``tol`` left out (module docstring); shape (n_out, n_in).
@@ -277,10 +271,6 @@ class LocalGaussianOperator:
     x_out (n_out, n+1), x_in (n_in, n+1) : homogeneous points (Dask ones are computed).
     tol : an entry may be skipped only if it is < tol (the kernel's maximum is 1); in (0, 1).
     block : points per tile (default :data:`DEFAULT_BLOCK`).
-    sparse : True: keep the entries >= tol of the kept tiles in a CSR matrix built once
-        (ValueError beyond ``sparse_max_bytes``, default 1 GiB); False: recompute the kept
-        tiles every mat-vec; "auto" (default): sparse while it fits and keeps at most a quarter
-        of the entries visited, else tiles (at once when k(pi/2) >= tol: nothing to drop).
     symmetric, workers, cache_bytes : as :class:`~.tiled.BlockwiseOperator` (symmetric:
         default ``x_out is x_in``; workers: threads, default all usable cores, which the
         results do not depend on; cache_bytes: keep computed tiles up to this many bytes).
@@ -291,8 +281,8 @@ class LocalGaussianOperator:
     """
 
     def __init__(self, kernel: Callable[..., Array], x_out: Array, x_in: Array | None = None, *,
-                 tol: float = DEFAULT_TOL, block: int = DEFAULT_BLOCK, sparse: bool | str = "auto",
-                 sparse_max_bytes: int = 2**30, symmetric: bool | None = None, workers: int | None = None, cache_bytes: int = 0) -> None:
+                 tol: float = DEFAULT_TOL, block: int = DEFAULT_BLOCK, symmetric: bool | None = None,
+                 workers: int | None = None, cache_bytes: int = 0) -> None:
         spec = kernel_spec(kernel)
         self.sigma, self.squared = _gaussian_hyper(spec)
         self.kernel = kernel
@@ -316,18 +306,6 @@ class LocalGaussianOperator:
             raise ValueError(f"cache_bytes must be a non-negative integer (0: no cache); got {cache_bytes!r}")
         self.cache_bytes = int(cache_bytes)
         self._cache = _Cache(self.cache_bytes)
-        if not (isinstance(sparse, (bool, np.bool_)) or sparse == "auto"):
-            raise ValueError(f"sparse must be True (keep the entries >= tol of the kept tiles in a sparse matrix, "
-                             f"built once), False (recompute the kept tiles every mat-vec) or 'auto' (sparse while it "
-                             f"fits in sparse_max_bytes); got {sparse!r}")
-        if isinstance(sparse_max_bytes, bool) or not isinstance(sparse_max_bytes, (int, np.integer)) \
-                or sparse_max_bytes < 0:
-            raise ValueError(f"sparse_max_bytes must be a non-negative integer; got {sparse_max_bytes!r}")
-        self.sparse_max_bytes = int(sparse_max_bytes)
-        if sparse is True and backend.is_cupy(x_out):
-            raise ValueError("sparse=True keeps a SciPy sparse matrix (NumPy inputs): pass sparse=False for CuPy")
-        self.sparse = False if backend.is_cupy(x_out) else sparse
-
         z_out = _host_points(x_out, "x_out")
         z_in = z_out if self.symmetric else _host_points(x_in, "x_in")
         self.perm_out = coherent_order(z_out, self.block)
@@ -357,66 +335,13 @@ class LocalGaussianOperator:
         self._p_in = self._p_out if self.symmetric else xp.asarray(self.perm_in)
         self._xo = x_out[self._p_out]
         self._xi = self._xo if self.symmetric else x_in[self._p_in]
-        # the per-row bound from the skipped tiles, in tile order
-        self._skipped_rows = np.repeat(per_row, np.diff([0] + [r1 for _, r1 in self.rows])) if T_out else np.zeros(0)
-        self._csr, self.nnz = None, None
-        if self.sparse == "auto" and _profile(np.array(math.pi / 2), self.sigma, self.squared) >= self.tol:
-            self.sparse = False  # every entry is >= k(pi/2) >= tol (d <= pi/2 on P^n): nothing to drop
-        if self.sparse:
-            try:
-                self._build_sparse()
-            except _TooLarge as exc:
-                if self.sparse is True:
-                    raise ValueError(f"sparse=True: {exc}; raise sparse_max_bytes or pass sparse=False (recompute the "
-                                     "kept tiles every mat-vec)") from None
-        self.sparse = self._csr is not None
+        self.nnz = None
 
-    def _build_sparse(self) -> None:
-        """Compute every kept tile once; keep its entries >= tol (CSR, original point order) and
-        add the dropped ones (each < tol) to the per-row error bound."""
-        import scipy.sparse
-
-        n_out, n_in = self.shape
-        limit = self.sparse_max_bytes // 20  # CSR: value, column (8 + 8 bytes), and the COO build's row
-        auto = self.sparse == "auto"
-        count = [0, 0]  # entries kept, entries visited
-        rows, cols, vals = [], [], []
-        dropped = np.zeros(n_out)  # per row (tile order): the sum of the dropped entries, each < tol
-
-        def task(a, b):  # on a worker thread: tile (a, b)'s entries >= tol and its dropped sums
-            r0, c0 = self.rows[a][0], self.cols[b][0]
-            K = backend.to_numpy(self._tile(a, b))
-            keep = K >= self.tol
-            i, j = np.nonzero(keep)
-            drop = np.where(keep, 0.0, K)
-            mirror = self.symmetric and a != b
-            return i + r0, j + c0, K[i, j], drop.sum(axis=1), drop.sum(axis=0) if mirror else None, K.size
-
-        def consume(a, b, t):  # in the calling thread, in the order of self.kept
-            i, j, k, drop_rows, drop_cols, size = t
-            twice = 2 if drop_cols is not None else 1
-            count[0] += len(i) * twice
-            count[1] += size * twice
-            if count[0] > limit:
-                raise _TooLarge(f"the entries >= tol = {self.tol:g} exceed sparse_max_bytes = "
-                                f"{self.sparse_max_bytes} (more than {limit} entries)")
-            if auto and count[1] >= 16 * self.block**2 and count[0] > count[1] // 4:
-                raise _TooLarge("more than a quarter of the entries are >= tol")  # not worth a sparse matrix
-            (r0, r1), (c0, c1) = self.rows[a], self.cols[b]
-            rows.append(i), cols.append(j), vals.append(k)
-            dropped[r0:r1] += drop_rows
-            if drop_cols is not None:
-                rows.append(j), cols.append(i), vals.append(k)
-                dropped[c0:c1] += drop_cols
-
-        self._each_kept(task, consume, self._xo)
-        cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)
-        rows, cols, vals = cat(rows, np.int64), cat(cols, np.int64), cat(vals, np.float64)
-        self._csr = scipy.sparse.csr_matrix((vals, (self.perm_out[rows], self.perm_in[cols])), shape=self.shape)
-        self._csr.sort_indices()  # (COO -> CSR sorts them already) each row's entries by column: one summation order
-        self.nnz = int(self._csr.nnz)
-        self.max_skipped_per_row = int(n_in - np.diff(self._csr.indptr).min()) if n_out else 0
-        self.error_factor = float((dropped + self._skipped_rows).max()) if n_out else 0.0
+    @property
+    def sparse(self) -> bool:
+        """Always False: the kept tiles are recomputed every mat-vec (the sparse form is
+        :class:`.sparse.SparseGaussianOperator`)."""
+        return False
 
     # ------------------------------------------------------------------ protocol
     @property
@@ -485,9 +410,7 @@ class LocalGaussianOperator:
         memory (a Dask v is computed).
 
         The same bits on every call, whatever ``workers``, the thread timing and the tile
-        cache.  Sparse: SciPy's (serial) CSR product, row i the sum over its stored entries in
-        increasing column, ``((K_ij1 v_j1 + K_ij2 v_j2) + ...)``, of a CSR matrix built once
-        in a fixed order.  Tiles: in the tile order of the points (``perm_out``, ``perm_in``),
+        cache: in the tile order of the points (``perm_out``, ``perm_in``),
         row tile ``a`` of the result is the sum over its kept tile pairs in increasing ``b``,
         ``((c_ab1 + c_ab2) + c_ab3) + ...`` (starting from ``c_ab1`` itself; zeros where no
         pair of row tile ``a`` is kept), of ``c_ab = apply_block(K_ab, v_b)`` -- for a
@@ -502,8 +425,6 @@ class LocalGaussianOperator:
         v2, trailing = flatten(v, n_in)
         if backend.is_dask(v2):
             v2 = v2.compute()
-        if self._csr is not None:
-            return unflatten(np.asarray(self._csr @ v2), n_out, trailing)
         xp = array_api_compat.array_namespace(v2)
         vp = v2[self._p_in]
 
@@ -545,8 +466,6 @@ class LocalGaussianOperator:
         """(n,) the diagonal of K_local (square operators): the kernel's diagonal, zero where
         its tile pair is skipped (never on one point set: there d(x, x) = 0)."""
         check_square(self)
-        if self._csr is not None:
-            return self._csr.diagonal()
         pieces = [diagonal(kernel_block(self.kernel, self.x_out[a:b], self.x_in[a:b],
                                         tile_text((a, b), (a, b), self.shape)))
                   for a, b in bounds(self.shape[0], self.block)]
@@ -563,8 +482,6 @@ class LocalGaussianOperator:
 
     def to_dense(self) -> Array:
         """The (n_out, n_in) matrix K_local, skipped tiles as zeros.  Small cases only."""
-        if self._csr is not None:
-            return self._csr.toarray()
         xp = array_api_compat.array_namespace(self.x_out)
         Kp = np.zeros(self.shape)
 
@@ -586,7 +503,7 @@ class LocalGaussianOperator:
         if self.symmetric:
             return self
         return LocalGaussianOperator(self.kernel, self.x_in, self.x_out, tol=self.tol, block=self.block,
-                                     sparse=self.sparse, workers=self.workers, cache_bytes=self.cache_bytes)
+                                     workers=self.workers, cache_bytes=self.cache_bytes)
 
     def transpose(self) -> LocalGaussianOperator:
         """:attr:`T`."""
@@ -596,49 +513,11 @@ class LocalGaussianOperator:
 # ----------------------------------------------------------------------------- Delta
 
 
-def nearest_local(z_out: Array, z_in: Array, block: int = NEAREST_BLOCK) -> np.ndarray:
-    """Index (n_out,) int64 of the nearest point of z_in (n_in, n+1) to each point of z_out
-    (n_out, n+1), the first index among equally near ones: exactly
-    :func:`mfarray.kernels.nearest_index` (the same entrywise distances), by branch and bound
-    over tiles of ``block`` points -- a tile of z_in is visited for a tile of z_out only while
-    its distance lower bound does not exceed the best distance found for some row."""
-    block = check_positive(block, "block")
-    same = z_out is z_in
-    z_out = _host_points(z_out, "z_out")
-    z_in = z_out if same else _host_points(z_in, "z_in")
-    if z_out.shape[1] != z_in.shape[1]:
-        raise ValueError(f"z_out and z_in must live in the same P^n: {z_out.shape[1]} vs {z_in.shape[1]} coordinates")
-    if z_in.shape[0] == 0:
-        raise ValueError("z_in is empty: there is no nearest point")
-    p_out = coherent_order(z_out, block)
-    p_in = p_out if same else coherent_order(z_in, block)
-    u_out = _units(z_out, "z_out")[p_out]
-    u_in = u_out if same else _units(z_in, "z_in")[p_in]
-    L = _lower_bounds(u_out, u_in, block, False)
-    rows, cols = bounds(z_out.shape[0], block), bounds(z_in.shape[0], block)
-    index = np.empty(z_out.shape[0], dtype=np.int64)
-    big = np.iinfo(np.int64).max
-    for a, (r0, r1) in enumerate(rows):
-        best_d = np.full(r1 - r0, np.inf)
-        best_i = np.full(r1 - r0, big, dtype=np.int64)
-        for b in np.argsort(L[a], kind="stable"):
-            if L[a, b] > best_d.max():  # every entry of this and later tiles is strictly farther
-                break
-            c0, c1 = cols[b]
-            d = fs_distance_block(u_out[r0:r1], u_in[c0:c1])
-            dm = d.min(axis=1)
-            im = np.where(d == dm[:, None], p_in[c0:c1][None, :], big).min(axis=1)
-            better = (dm < best_d) | ((dm == best_d) & (im < best_i))
-            best_d = np.where(better, dm, best_d)
-            best_i = np.where(better, im, best_i)
-        index[p_out[r0:r1]] = best_i
-    return index
-
-
 class NearestOperator:
     """The Delta kernel as a sparse operator: ``K[i, index[i]] = 1``, shape (n_out, n_in);
     ``matvec`` is a gather, O(n_out * m).  ``transposed=True`` is K^T (a scatter-add), shape
-    (n_in, n_out).  :meth:`build` finds the indices (:func:`nearest_local`)."""
+    (n_in, n_out).  :meth:`build` finds the indices (:func:`.screen.nearest_screened`: exactly
+    those of the dense Delta kernel)."""
 
     def __init__(self, index: Array, n_in: int, transposed: bool = False) -> None:
         index = np.asarray(backend.to_numpy(index))
@@ -651,10 +530,12 @@ class NearestOperator:
         self.transposed = bool(transposed)
 
     @classmethod
-    def build(cls, x_out: Array, x_in: Array | None = None, *, block: int = NEAREST_BLOCK) -> NearestOperator:
-        """The Delta kernel on points x_out (n_out, n+1), x_in (n_in, n+1) (default x_out)."""
+    def build(cls, x_out: Array, x_in: Array | None = None, *, block: int = SCREEN_BLOCK,
+              workers: int | None = None) -> NearestOperator:
+        """The Delta kernel on points x_out (n_out, n+1), x_in (n_in, n+1) (default x_out);
+        ``block``, ``workers``: the screening tiles and threads."""
         x_in = x_out if x_in is None else x_in
-        return cls(nearest_local(x_out, x_in, block), int(x_in.shape[0]))
+        return cls(nearest_screened(x_out, x_in, block=block, workers=workers), int(x_in.shape[0]))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -716,24 +597,53 @@ def _not_local(spec: Kernel, why: str = "") -> str:
 
 
 def local_operator(kernel: Callable[..., Array], x_out: Array, x_in: Array | None = None, *,
-                   block: int | None = None, **options: Any) -> LocalGaussianOperator | NearestOperator:
-    """``as_operator(..., method="local")``: :class:`LocalGaussianOperator` for gaussian_fs
-    (options ``tol``, ``symmetric``, ``workers``, ``cache_bytes``), :class:`NearestOperator`
-    for delta (no options); points x_out (n_out, n+1), x_in (n_in, n+1).  Any other kernel is
-    refused (ValueError naming the methods that fit)."""
+                   block: int | None = None, **options: Any) -> Any:
+    """``as_operator(..., method="local")`` on points x_out (n_out, n+1), x_in (n_in, n+1):
+
+    * gaussian_fs: ``sparse`` True -> :class:`.sparse.SparseGaussianOperator` (the entries >=
+      ``tol`` in a CSR matrix, found by screening; ValueError when it does not pay: beyond
+      ``sparse_max_bytes``, a quarter of the matrix, or nothing to drop); False ->
+      :class:`LocalGaussianOperator` (the tiles, ``block``, ``cache_bytes``); "auto" (default):
+      the sparse form where it pays, else the tiles.  ``tol``, ``symmetric`` (False: screen a
+      point set against itself as two sets), ``workers`` go to either;
+    * delta: :class:`NearestOperator` (exact; ``block``, ``workers`` of the screening).
+
+    Any other kernel is refused (ValueError naming the methods that fit)."""
     from ..fs import delta, gaussian_fs
+    from .sparse import SparseGaussianOperator, TooLarge
 
     spec = kernel_spec(kernel)
     x_in = x_out if x_in is None else x_in
     if spec.fn is delta.fn and not spec.factors:
-        if options:
-            raise ValueError(f"method='local' with the delta kernel is exact and takes only block; got "
-                             f"{sorted(options)}")
-        return NearestOperator.build(x_out, x_in, block=NEAREST_BLOCK if block is None else block)
-    if spec.fn is gaussian_fs.fn and not spec.factors:
-        unknown = sorted(set(options) - set(GAUSSIAN_OPTIONS))
+        unknown = sorted(set(options) - {"workers"})
         if unknown:
-            raise ValueError(f"method='local' with gaussian_fs takes block, {', '.join(GAUSSIAN_OPTIONS)}; "
-                             f"got {unknown}")
-        return LocalGaussianOperator(kernel, x_out, x_in, block=DEFAULT_BLOCK if block is None else block, **options)
-    raise ValueError(_not_local(spec))
+            raise ValueError(f"method='local' with the delta kernel is exact and takes only block and workers; got "
+                             f"{unknown}")
+        return NearestOperator.build(x_out, x_in, block=SCREEN_BLOCK if block is None else block, **options)
+    if spec.fn is not gaussian_fs.fn or spec.factors:
+        raise ValueError(_not_local(spec))
+    unknown = sorted(set(options) - set(GAUSSIAN_OPTIONS))
+    if unknown:
+        raise ValueError(f"method='local' with gaussian_fs takes block, {', '.join(GAUSSIAN_OPTIONS)}; got {unknown}")
+    sparse = options.pop("sparse", "auto")
+    if not (isinstance(sparse, (bool, np.bool_)) or sparse == "auto"):
+        raise ValueError(f"sparse must be True (the entries >= tol in a sparse matrix, built once), False (recompute "
+                         f"the kept tiles every mat-vec) or 'auto' (sparse where it pays); got {sparse!r}")
+    max_bytes = options.pop("sparse_max_bytes", 2**30)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+        raise ValueError(f"sparse_max_bytes must be a non-negative integer; got {max_bytes!r}")
+    tile_options = {"block": DEFAULT_BLOCK if block is None else block, **options}
+    cupy = backend.is_cupy(x_out) or backend.is_cupy(x_in)
+    if sparse is True and cupy:
+        raise ValueError("sparse=True keeps a SciPy sparse matrix (NumPy inputs): pass sparse=False for CuPy")
+    if sparse is not False and not cupy:
+        two_sets = x_in is not x_out or options.get("symmetric") is False
+        try:
+            return SparseGaussianOperator(kernel, x_out, x_in if two_sets else None, tol=options.get("tol", DEFAULT_TOL),
+                                          sparse_max_bytes=max_bytes, workers=options.get("workers"))
+        except TooLarge as exc:
+            if sparse is True:
+                raise ValueError(f"sparse=True: {exc}; raise sparse_max_bytes or pass sparse=False (recompute the "
+                                 "kept tiles every mat-vec)") from None
+    tile_options.pop("sparse_max_bytes", None)
+    return LocalGaussianOperator(kernel, x_out, x_in, **tile_options)
