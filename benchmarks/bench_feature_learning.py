@@ -8,9 +8,14 @@ Parts (each can be skipped):
    whether points repeat, so ``--n-unique`` sampled points (default 2 x 10^4: one-chart
    rejection sampling of 10^5 points takes minutes here) are tiled up to ``--n-time``.
 2. checkpoints -- kernel statistics of a ``--n-probe`` (1000) point probe (empirical metric-NTK
-   (1000, 1000, 9, 9) against Theta_0, alignments): seconds per checkpoint beside seconds per
-   epoch, and the overhead of the default checkpoints (0, 1, 2, 4, ..., E) of an E-epoch run
-   (``--overhead-epochs``, 50) at that epoch time.  Goal: at most 10 %.
+   (1000, 1000, 9, 9) against Theta_0, alignments) during ``--schedule-epochs`` (20) epochs over
+   ``--n-time`` points with the default checkpoints (0, 1, 2, 4, ..., E); at every checkpoint
+   three paths in turn (``SideBySide``), so that they share the run's epochs and load: the
+   previous implementation (``PreviousProbeKernel``, kept here), the fused tiles in float64 (the
+   default) and in float32.  Per path: seconds per checkpoint, in epochs, and the checkpoints'
+   share of the training time (measured, and projected to ``--overhead-epochs``, 50), the
+   speed-ups and the paths' kernel distances against each other.  ``--schedule-runs`` (2) runs.
+   Goal: at most 10 %.
 3. after-kernel -- ``--epochs`` epochs of the 3 x 64 network on ``--n-train`` points, then the
    frozen-kernel flows (``--flow-steps``) of the initial empirical NTK, the analytic ReLU NTK and
    the after-kernel; test sigma and gains on ``--n-test`` points, with the kernel distance of the
@@ -20,7 +25,8 @@ Parts (each can be skipped):
 5. phi -- the phi-network's kernel distance and alignment on a small probe during training.
 
     python benchmarks/bench_feature_learning.py [--n-time 100000] [--n-unique 20000] [--n-probe 1000]
-        [--n-train 2000] [--n-test 1000] [--epochs 20] [--flow-steps 300] [--skip timing,checkpoints,...]
+        [--n-train 2000] [--n-test 1000] [--epochs 20] [--flow-steps 300] [--schedule-epochs 20]
+        [--skip timing,checkpoints,...]
 
 The machine's load (``/proc/loadavg``) is printed before and after each part: on a shared
 machine wall times are only comparable at equal load.
@@ -32,6 +38,7 @@ of each run).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -40,6 +47,9 @@ import numpy as np
 import xarray as xr
 
 import mfarray as mf
+from mfarray import backend
+from mfarray import networks as nw
+from mfarray.experiments import feature_learning
 from mfarray.experiments.after_kernel import after_kernel_experiment
 from mfarray.experiments.feature_learning import (
     default_checkpoints,
@@ -47,6 +57,8 @@ from mfarray.experiments.feature_learning import (
     metric_mlp,
     train_metric_network,
 )
+from mfarray.experiments.probe_kernel import ProbeKernel
+from mfarray.kernels.empirical import empirical_ntk
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("timing", "checkpoints", "after_kernel", "widths", "phi")
@@ -81,24 +93,144 @@ def part_timing(args, pts):
     return float(np.min(r.time.values[1:]))
 
 
-def part_checkpoints(args, pts, probe, epoch_seconds):
-    print(f"\n[2] kernel checkpoints, {probe.sizes['point']}-point probe (empirical metric-NTK "
-          f"({probe.sizes['point']}, {probe.sizes['point']}, 9, 9)); load {load()}", flush=True)
+class PreviousProbeKernel:
+    """The probe kernel before the fused tiles (kept here for the before/after figures): each upper
+    row block a separate ``empirical_ntk(x[r0:r1], x[r0:])`` on the array path (no symmetric
+    tiles), about 64 MiB a block, Theta_0's blocks as (rows, n - r0, c, c) float64, and the sums by
+    whole-block ``vdot``s and a difference block."""
+
+    def __init__(self, config, params0, x, block_rows=None, *, dtype="float64", n_threads=None):
+        self.config, self.params0 = config, params0
+        self.x = np.asarray(x, dtype=np.float64)
+        n, c = self.x.shape[0], config.c_out
+        self.rows = int(block_rows) if block_rows else max(8, min(n, 64 * 2**20 // (n * c * c * 8)))
+        with backend.one_blas_thread():
+            self.blocks0 = list(self._blocks(params0))
+        self.norm0 = math.sqrt(sum(self._inner_block(b, b, r1 - r0) for r0, r1, b in self.blocks0))
+
+    def _blocks(self, params):
+        n = self.x.shape[0]
+        for r0 in range(0, n, self.rows):
+            r1 = min(n, r0 + self.rows)
+            yield r0, r1, empirical_ntk(self.config, params, self.x[r0:r1], self.x[r0:], symmetric=False,
+                                        method="array")
+
+    @staticmethod
+    def _inner_block(a, b, r):
+        whole = float(np.vdot(a, b))
+        diag = float(np.vdot(np.ascontiguousarray(a[:, :r]), np.ascontiguousarray(b[:, :r])))
+        return 2.0 * whole - diag
+
+    def statistics(self, params, y):
+        y = np.asarray(y, dtype=np.float64)
+        inner = norm2 = change2 = 0.0
+        same = params is self.params0
+        with backend.one_blas_thread():
+            for (r0, r1, b0), (_, _, bt) in zip(self.blocks0, self.blocks0 if same else self._blocks(params)):
+                if same:
+                    inner = norm2 = self.norm0**2
+                    break
+                inner += self._inner_block(b0, bt, r1 - r0)
+                norm2 += self._inner_block(bt, bt, r1 - r0)
+                bt -= b0
+                change2 += self._inner_block(bt, bt, r1 - r0)
+            norm = math.sqrt(norm2)
+            yy = float(np.vdot(y, y))
+            out = {"kernel_distance": 1.0 - inner / (self.norm0 * norm),
+                   "kernel_change": math.sqrt(change2) / self.norm0, "kernel_norm": norm}
+            for key, p, nrm in (("alignment", params, norm), ("alignment_initial_kernel", self.params0, self.norm0)):
+                quad = float(np.sum(nw.flatten(nw.vjp(self.config, p, self.x, y)) ** 2))
+                out[key] = quad / (nrm * yy) if yy > 0 else math.nan
+        return out
+
+
+PATHS = (("previous", PreviousProbeKernel, "float64"), ("fused float64", ProbeKernel, "float64"),
+         ("fused float32", ProbeKernel, "float32"))
+
+
+class SideBySide:
+    """A probe kernel for train_metric_network that runs every checkpoint with each of PATHS in turn
+    (the order rotating from checkpoint to checkpoint), timing each apart, and returns the statistics
+    of the default path (fused float64): the paths share one run, its epochs and its load."""
+
+    def __init__(self, config, params0, x, block_rows=None, *, dtype="float64", n_threads=None):
+        self.params0, self.kernels, self.times, self.stats = params0, {}, {p[0]: [] for p in PATHS}, []
+        for label, cls, dt in PATHS:
+            t = time.perf_counter()
+            self.kernels[label] = cls(config, params0, x, block_rows, dtype=dt, n_threads=n_threads)
+            self.times[label].append(time.perf_counter() - t)  # Theta_0: part of checkpoint 0
+
+    def statistics(self, params, y):
+        out, first = {}, params is self.params0
+        order = list(self.kernels)
+        k = len(self.stats) % len(order)
+        for label in order[k:] + order[:k]:
+            t = time.perf_counter()
+            out[label] = self.kernels[label].statistics(params, y)
+            dt = time.perf_counter() - t
+            if first:
+                self.times[label][0] += dt
+            else:
+                self.times[label].append(dt)
+        self.stats.append(out)
+        return out["fused float64"]
+
+
+def part_checkpoints(args, pts, probe):
+    n_probe = probe.sizes["point"]
+    marks = default_checkpoints(args.schedule_epochs)
+    print(f"\n[2] kernel checkpoints, {n_probe}-point probe (empirical metric-NTK ({n_probe}, {n_probe}, 9, 9)), "
+          f"3 x 64 {args.activation}, Adam, batch {args.batch}, {args.n_time} train points, {args.schedule_epochs} "
+          f"epochs with the default checkpoints {marks}; every checkpoint by each path in turn "
+          f"({', '.join(p[0] for p in PATHS)}); load {load()}", flush=True)
+    t = time.perf_counter()
+    cfg = metric_mlp(activation=args.activation)
+    small = np.random.default_rng(0).standard_normal((8, cfg.d_in))
+    for dtype in ("float64", "float32"):  # numba: compiled once per machine (on-disk cache), loaded per process
+        ProbeKernel(cfg, nw.init(cfg, 0), small, dtype=dtype).statistics(nw.init(cfg, 1), np.ones((8, cfg.c_out)))
+    print(f"  fused tiles compiled or loaded from numba's cache in {time.perf_counter() - t:.1f} s (once per "
+          f"process; not counted below)", flush=True)
     train = tiled(pts, args.n_time)
-    r = train_metric_network(train, metric_mlp(activation=args.activation), 2, args.batch, 1e-2, probe=probe,
-                             checkpoints=(0, 1, 2))
-    kt = r.kernel_time.values
-    per = float(np.mean(kt[1:]))
-    epoch = float(np.mean(r.time.values[1:])) if epoch_seconds is None else epoch_seconds
-    marks = default_checkpoints(args.overhead_epochs)
-    overhead = (kt[0] + per * (len(marks) - 1)) / (epoch * args.overhead_epochs)
-    print(f"  checkpoint 0 (Theta_0 kept as upper blocks): {kt[0]:.2f} s; later checkpoints {per:.2f} s each "
-          f"({[round(float(t), 2) for t in kt[1:]]}); epoch over {args.n_time} points {epoch:.2f} s", flush=True)
-    print(f"  kernel distance after 1, 2 epochs: {r.kernel_distance.values[1]:.4g}, {r.kernel_distance.values[2]:.4g}; "
-          f"alignment {r.alignment.values[-1]:.4g} vs Theta_0's {r.alignment_initial_kernel.values[-1]:.4g}")
-    print(f"  overhead of the default checkpoints {marks} of a {args.overhead_epochs}-epoch run: "
-          f"{100 * overhead:.1f} % of the training time (this 2-epoch run: "
-          f"{100 * r.attrs['kernel_overhead']:.0f} %); load {load()}", flush=True)
+    marks50 = default_checkpoints(args.overhead_epochs)
+    made = []
+
+    def side_by_side(*a, **kw):
+        made.append(SideBySide(*a, **kw))
+        return made[-1]
+
+    for seed in range(args.schedule_runs):
+        saved = feature_learning.ProbeKernel
+        feature_learning.ProbeKernel = side_by_side  # the training loop builds its probe kernel by this name
+        try:
+            r = train_metric_network(train, cfg, args.schedule_epochs, args.batch, 1e-2, probe=probe, seed=seed)
+        finally:
+            feature_learning.ProbeKernel = saved
+        sbs = made[-1]
+        ep = r.time.values[1:]
+        epoch, train_s = float(np.mean(ep)), r.attrs["train_seconds"]
+        # what every path shares at a checkpoint (the probe's targets y, parameters): the rest of kernel_time
+        shared = r.kernel_time.values - sum(np.asarray(v) for v in sbs.times.values())
+        print(f"  run {seed}: epochs {epoch:.2f} s (min {ep.min():.2f}, max {ep.max():.2f}), training "
+              f"{train_s:.1f} s; per checkpoint shared {np.mean(shared):.3f} s (targets y); load {load()}")
+        for label, times in sbs.times.items():
+            kt = np.asarray(times) + shared
+            later = float(np.mean(kt[1:]))
+            proj = (kt[0] + later * (len(marks50) - 1)) / (epoch * args.overhead_epochs)
+            print(f"    {label:<14} checkpoint 0 (Theta_0) {kt[0]:.2f} s, later {later:.2f} s each "
+                  f"({[round(float(v), 2) for v in kt[1:]]}) = {later / epoch:.2f} epochs; all {kt.sum():.1f} s = "
+                  f"{100 * kt.sum() / train_s:.1f} % of training ({args.overhead_epochs} epochs, projected: "
+                  f"{100 * proj:.1f} %)")
+        prev = np.asarray(sbs.times["previous"][1:])
+        for label in ("fused float64", "fused float32"):
+            ratio = prev / np.asarray(sbs.times[label][1:])
+            print(f"    speed-up of {label} over previous, per checkpoint: median {np.median(ratio):.1f}x "
+                  f"(range {ratio.min():.1f}-{ratio.max():.1f}); Theta_0 {sbs.times['previous'][0] / sbs.times[label][0]:.1f}x")
+        ref = np.array([s["fused float64"]["kernel_distance"] for s in sbs.stats[1:]])
+        for label in ("previous", "fused float32"):
+            d = np.array([s[label]["kernel_distance"] for s in sbs.stats[1:]])
+            print(f"    kernel distance, {label} vs fused float64: max relative deviation "
+                  f"{np.abs(d / ref - 1).max():.1e} (distances {ref.min():.3g} ... {ref.max():.3g})")
+        print(f"    load {load()}", flush=True)
 
 
 def part_after_kernel(args, pts):
@@ -179,7 +311,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--lr-decay", type=float, default=0.9)
     ap.add_argument("--flow-steps", type=int, default=300)
-    ap.add_argument("--overhead-epochs", type=int, default=50)
+    ap.add_argument("--schedule-epochs", type=int, default=20, help="epochs of the checkpoint runs")
+    ap.add_argument("--overhead-epochs", type=int, default=50, help="epochs of the projected overhead")
+    ap.add_argument("--schedule-runs", type=int, default=2, help="checkpoint runs (seeds 0, 1, ...)")
     ap.add_argument("--width-epochs", type=int, default=5)
     ap.add_argument("--width-lr", type=float, default=0.05)
     ap.add_argument("--phi-epochs", type=int, default=8)
@@ -194,12 +328,11 @@ def main(argv=None):
     pts = None
     if {"timing", "checkpoints", "after_kernel", "widths"} - skip:
         pts = chart_points(max(args.n_unique, args.n_train + args.n_test + max(args.n_probe, args.n_probe_small)), 21)
-    epoch_seconds = None
     if "timing" not in skip:
-        epoch_seconds = part_timing(args, pts)
+        part_timing(args, pts)
     if "checkpoints" not in skip:
         probe = chart_points(args.n_probe, 22, tuple(int(c) for c in pts.attrs["chart"]))
-        part_checkpoints(args, pts, probe, epoch_seconds)
+        part_checkpoints(args, pts, probe)
     if "after_kernel" not in skip:
         part_after_kernel(args, pts)
     if "widths" not in skip:

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from mfarray import networks as nw
-from mfarray.kernels.empirical import (empirical_ntk, empirical_ntk_operator,
-                                       empirical_ntk_trace, ntk_matvec)
+from mfarray.kernels.empirical import (
+    empirical_ntk,
+    empirical_ntk_operator,
+    empirical_ntk_products,
+    empirical_ntk_trace,
+    empirical_ntk_upper,
+    ntk_matvec,
+)
 
 CASES = [
     (widths, act, sb)
@@ -46,8 +52,8 @@ def test_config_validation_and_shapes():
     cfg = nw.MLP((10, 64, 64, 9))
     assert cfg.depth == 2 and cfg.n_layers == 3 and cfg.c_out == 9
     assert nw.num_params(cfg) == 10 * 64 + 64 + 64 * 64 + 64 + 64 * 9 + 9
-    for bad in [dict(widths=(3,)), dict(widths=(3, 0, 1)), dict(widths=(3, 2), activation="elu"),
-                dict(widths=(3, 2), sigma_w=-1.0), dict(widths=(3, 2), sigma_b=float("nan"))]:
+    for bad in [{"widths": (3,)}, {"widths": (3, 0, 1)}, {"widths": (3, 2), "activation": "elu"},
+                {"widths": (3, 2), "sigma_w": -1.0}, {"widths": (3, 2), "sigma_b": float("nan")}]:
         with pytest.raises(ValueError):
             nw.MLP(**bad)
     params = nw.init(cfg, 3)
@@ -236,9 +242,103 @@ def test_empirical_ntk_threads_and_generic_path(monkeypatch):
     import mfarray.kernels.empirical as emp
 
     cfg, params, x = _setup((3, 6, 5, 4), "tanh", 0.3, n=13)
-    ref = empirical_ntk(cfg, params, x, block_rows=2, n_threads=1)
-    np.testing.assert_array_equal(empirical_ntk(cfg, params, x, block_rows=2, n_threads=3), ref)
+    for method in ("fused", "array"):
+        ref = empirical_ntk(cfg, params, x, block_rows=2, n_threads=1, method=method)
+        np.testing.assert_array_equal(empirical_ntk(cfg, params, x, block_rows=2, n_threads=3, method=method), ref)
     # the array-API fallback (no ``out=`` arguments) used for namespaces other than NumPy/CuPy
     monkeypatch.setattr(emp, "_raw_module", lambda xp: None)
-    np.testing.assert_allclose(empirical_ntk(cfg, params, x, block_rows=5), ref, rtol=1e-14,
+    np.testing.assert_allclose(empirical_ntk(cfg, params, x, block_rows=5, method="array"), ref, rtol=1e-14,
                                atol=1e-14)
+    with pytest.raises(ValueError, match="method"):
+        empirical_ntk(cfg, params, x, method="jax")
+
+
+# ------------------------------------------------------------------ symmetric kernels: upper blocks, streamed sums
+SYMMETRIC_CASES = [((3, 4), "relu", 0.5),  # no hidden layer: delta_ik (Gram + sigma_b^2)
+                   ((3, 7, 2), "relu", 0.0),  # one hidden layer: each c x c block symmetric
+                   ((3, 6, 5, 4, 3), "tanh", 0.7)]  # component mixing: Theta_ik(x, x') != Theta_ki(x, x')
+
+
+def _jjt(cfg, params, x):
+    J = nw.jacobian(cfg, params, x)
+    return np.einsum("aip,bkp->abik", J, J)
+
+
+@pytest.mark.parametrize("method", ["fused", "array"])
+@pytest.mark.parametrize("widths,act,sb", SYMMETRIC_CASES)
+def test_symmetric_path_equals_general_path(widths, act, sb, method):
+    """Upper row blocks mirrored by Theta_ik(x', x) = Theta_ki(x, x') (half the GEMMs) give the numbers
+    of the general path, which computes every block; ragged blocks, a block of one row, one block."""
+    cfg, params, x = _setup(widths, act, sb, n=23)
+    general = empirical_ntk(cfg, params, x, x.copy(), block_rows=5, method=method)  # another array: general
+    np.testing.assert_allclose(general, _jjt(cfg, params, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(empirical_ntk(cfg, params, x, symmetric=False, block_rows=5, method=method),
+                                  general)
+    scale = np.abs(general).max()
+    for rows in (1, 5, 23, None):
+        for threads in (1, 3):
+            sym = empirical_ntk(cfg, params, x, block_rows=rows, n_threads=threads, method=method)
+            np.testing.assert_allclose(sym, general, rtol=1e-13, atol=1e-13 * scale)
+    if len(widths) > 3:  # the mirror must transpose the c x c blocks too
+        assert np.abs(general - general.transpose(0, 1, 3, 2)).max() > 1e-3 * scale
+    with pytest.raises(ValueError, match="symmetric"):
+        empirical_ntk(cfg, params, x, x.copy(), symmetric=True)
+
+
+def test_fused_and_array_paths_agree_on_rectangular_kernels():
+    cfg, params, x = _setup((3, 6, 5, 4, 3), "relu", 0.4, n=150)  # more than one COLS tile of columns
+    y = np.random.default_rng(5).standard_normal((140, 3))
+    fused = empirical_ntk(cfg, params, x, y, method="fused")
+    array = empirical_ntk(cfg, params, x, y, method="array")
+    np.testing.assert_allclose(fused, array, rtol=1e-13, atol=1e-13 * np.abs(array).max())
+    np.testing.assert_allclose(fused[::37, ::29], _jjt(cfg, params, np.concatenate([x, y]))[:150:37, 150::29],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("widths,act,sb", SYMMETRIC_CASES)
+def test_upper_blocks_and_streamed_products_equal_the_dense_sums(widths, act, sb):
+    """empirical_ntk_upper: the layout of its blocks, the whole kernel and |Theta|^2; empirical_ntk_products
+    (never forming Theta): <Theta_0, Theta>, |Theta|^2, |Theta - Theta_0|^2 of the whole (n, n, c, c) arrays."""
+    cfg, p0, x = _setup(widths, act, sb, n=29)
+    p1 = nw.unflatten(cfg, nw.flatten(p0) + 0.3 * nw.flatten(_random_tree(cfg, 7)))
+    K0, K1 = _jjt(cfg, p0, x), _jjt(cfg, p1, x)
+    c = widths[-1]
+    up = empirical_ntk_upper(cfg, p0, x, block_rows=4)
+    assert (up.n, up.c, up.rows, len(up.blocks), up.dtype) == (29, c, 4, 8, np.float64)
+    for j, blk in enumerate(up.blocks):
+        r0, r1 = 4 * j, min(29, 4 * j + 4)
+        assert blk.shape == (r1 - r0, c, (29 - r0) * c)
+        np.testing.assert_allclose(blk.reshape(r1 - r0, c, 29 - r0, c).transpose(0, 2, 1, 3), K0[r0:r1, r0:],
+                                   rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(up.dense(), K0, rtol=1e-12, atol=1e-12)
+    assert up.norm2 == pytest.approx(np.vdot(K0, K0), rel=1e-13)
+    got = empirical_ntk_products(cfg, p1, x, up)
+    want = (np.vdot(K0, K1), np.vdot(K1, K1), np.vdot(K1 - K0, K1 - K0))
+    if len(widths) == 2:  # no hidden layer: the kernel does not depend on the parameters
+        assert got[2] == 0.0 and got[0] == pytest.approx(want[0], rel=1e-13)
+    else:
+        assert want[2] > 1e-3 * want[1]  # the kernel moved
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    # the same sums for any thread count (block order), and for another blocking
+    assert empirical_ntk_products(cfg, p1, x, up, n_threads=1) == empirical_ntk_products(cfg, p1, x, up,
+                                                                                         n_threads=3)
+    np.testing.assert_allclose(empirical_ntk_products(cfg, p1, x, empirical_ntk_upper(cfg, p0, x)), want,
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="points"):
+        empirical_ntk_products(cfg, p1, x[:-1], up)
+
+
+def test_float32_upper_blocks():
+    """dtype=float32: float32 layer products and blocks, sums still float64: the products within float32
+    rounding of the float64 ones (and not equal to them: float32 did run)."""
+    cfg, p0, x = _setup((3, 16, 16, 3), "tanh", 0.3, n=40)
+    p1 = nw.unflatten(cfg, nw.flatten(p0) + 0.05 * nw.flatten(_random_tree(cfg, 2)))
+    up64 = empirical_ntk_upper(cfg, p0, x, block_rows=6)
+    up32 = empirical_ntk_upper(cfg, p0, x, block_rows=6, dtype="float32")
+    assert up32.dtype == np.float32 and all(b.dtype == np.float32 for b in up32.blocks)
+    np.testing.assert_allclose(up32.dense(), up64.dense(), rtol=0, atol=1e-5 * np.abs(up64.dense()).max())
+    got, want = empirical_ntk_products(cfg, p1, x, up32), empirical_ntk_products(cfg, p1, x, up64)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got != want
+    with pytest.raises(ValueError, match="dtype"):
+        empirical_ntk_upper(cfg, p0, x, dtype="float16")

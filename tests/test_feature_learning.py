@@ -3,6 +3,7 @@ probe, the width scan, the after-kernel flow and the phi-network kernel -- each 
 something independent (closed forms, finite differences, full Jacobians, the infinite-width NTK)."""
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from mfarray.experiments.feature_learning import (
 from mfarray.experiments.probe_kernel import (
     ProbeKernel,
     analytic_distance,
+    distance_from_products,
     kernel_alignment,
     kernel_distance,
     kernel_statistics,
@@ -166,9 +168,12 @@ def test_training_records_sigma_and_kernels(split):
     g = network_metric(cfg, p, test, params0=p0)
     sigma = measures.sigma(linalg.hermitian_det(g), test.omega2.values, test.weight.values)
     assert float(sigma) == pytest.approx(float(r.sigma_test.values[-1]), rel=1e-10)
-    # same seed, same numbers
-    again = train_metric_network(train, metric_mlp((32, 32)), 4, 32, 1e-2, test=test)
+    # same seed, same numbers; float32 probe kernels, the same statistics to float32 rounding
+    again = train_metric_network(train, metric_mlp((32, 32)), 4, 32, 1e-2, test=test, probe=probe,
+                                 checkpoints=(2,), probe_dtype="float32")
     np.testing.assert_array_equal(again.params.values, r.params.values)
+    assert again.attrs["probe_dtype"] == "float32" and r.attrs["probe_dtype"] == "float64"
+    np.testing.assert_allclose(again.kernel_distance.values[1:], r.kernel_distance.values[1:], rtol=1e-5)
 
 
 def test_training_refuses_bad_arguments(split, chart_points):
@@ -185,14 +190,18 @@ def test_training_refuses_bad_arguments(split, chart_points):
         train_metric_network(train, metric_mlp(d_in=8), 1, 32, 1e-3)
     with pytest.raises(ValueError, match="lr"):
         train_metric_network(train, None, 1, 32, 0.0)
+    with pytest.raises(ValueError, match="probe_dtype"):
+        train_metric_network(train, None, 1, 32, 1e-3, probe=split[2], probe_dtype="float16")
     other = mf.sample_chart(mf.fermat_quintic(), 20, seed=7, chart=(1, 0))
     with pytest.raises(ValueError, match="chart"):
         train_metric_network(train, None, 1, 32, 1e-3, probe=other)
 
 
 # ----------------------------------------------------------------------------- kernel statistics
-def test_probe_kernel_statistics_equal_those_of_full_jacobians(split):
-    """Upper row blocks (ragged: 7 rows of 30), |J^T y|^2 for y^T Theta y -- against J J^T."""
+def test_probe_kernel_statistics_equal_those_of_full_jacobians(split, monkeypatch):
+    """Upper row blocks (ragged: 7 rows of 30), streamed tiles, |J^T y|^2 for y^T Theta y -- against J J^T."""
+    from mfarray.experiments import probe_kernel
+
     probe = split[2]
     cfg = metric_mlp((16, 16), "tanh")
     p0, p1 = nw.init(cfg, 0), nw.init(cfg, 1)
@@ -202,15 +211,67 @@ def test_probe_kernel_statistics_equal_those_of_full_jacobians(split):
     K0, K1 = _dense_kernel(cfg, p0, x), _dense_kernel(cfg, p1, x)
     np.testing.assert_allclose(pk.kernel(), K0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(pk.kernel(p1), K1, rtol=1e-12, atol=1e-12)
-    got, ref = pk.statistics(p1, y), kernel_statistics(K0, K1, y)
+    ref = kernel_statistics(K0, K1, y)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("statistics formed a kernel")
+
+    with monkeypatch.context() as m:  # the statistics stream tiles: no kernel, no blocks of Theta_t
+        m.setattr(probe_kernel, "empirical_ntk", refuse)
+        m.setattr(probe_kernel, "empirical_ntk_upper", refuse)
+        got = pk.statistics(p1, y)
     for key in ref:
         assert got[key] == pytest.approx(ref[key], rel=1e-11), key
+    assert ProbeKernel(cfg, p0, x, block_rows=7, n_threads=1).statistics(p1, y) == got  # any thread count
+    other = ProbeKernel(cfg, p0, x).statistics(p1, y)  # default blocking: the same up to rounding
+    for key in ref:
+        assert other[key] == pytest.approx(ref[key], rel=1e-11), key
+    assert pk.statistics(p0, y)["kernel_distance"] == 0.0
     # the definitions themselves, on small arrays
     assert kernel_distance(K0, 3.0 * K0) == pytest.approx(0.0, abs=1e-14)
     assert ref["kernel_change"] == pytest.approx(np.linalg.norm(K1 - K0) / np.linalg.norm(K0), rel=1e-12)
     yy = np.einsum("ai,bj->abij", y, y)  # Theta = y y^T is perfectly aligned
     assert kernel_alignment(yy, y) == pytest.approx(1.0, rel=1e-12)
     assert 0 < ref["alignment"] < 1
+    with pytest.raises(ValueError, match="dtype"):
+        ProbeKernel(cfg, p0, x, dtype=np.float16)
+
+
+@pytest.mark.parametrize(("scale", "eps"), [(1.0, 1e-6), (1.5, 1e-3)])
+def test_distance_from_products_keeps_small_distances_accurate(scale, eps):
+    """Theta = scale (Theta_0 + Delta), Delta orthogonal to Theta_0, |Delta| = eps |Theta_0|: 1 - cos =
+    1 - (1 + eps^2)^(-1/2) exactly.  The Lagrange form keeps the relative accuracy of |Delta|^2 at a
+    distance of 5e-13, where 1 - <K0, K>/(|K0| |K|) has lost 3-4 digits to cancellation."""
+    rng = np.random.default_rng(0)
+    K0 = rng.standard_normal((6, 6, 4, 4))
+    E = rng.standard_normal(K0.shape)
+    E -= np.vdot(E, K0) / np.vdot(K0, K0) * K0
+    D = eps * np.linalg.norm(K0) / np.linalg.norm(E) * E
+    K = scale * (K0 + D)
+    exact = -math.expm1(-0.5 * math.log1p(eps**2))
+    got = distance_from_products(np.vdot(K0, K0), np.vdot(K0, K), np.vdot(K, K), np.vdot(K - K0, K - K0))
+    assert got == pytest.approx(exact, rel=1e-9, abs=0)
+    naive = kernel_distance(K0, K)
+    if eps > 1e-4:
+        assert naive == pytest.approx(exact, rel=1e-8, abs=0)
+    else:  # what the Lagrange form is for
+        assert abs(naive / exact - 1) > 1e-5
+
+
+def test_float32_probe_statistics_stay_within_tolerance_of_float64():
+    """probe_dtype float32 against float64 in the lazy regime (width 512, small step: kernel distance ~1e-5):
+    the distance within 1e-5 relative (measured: ~1e-7, widths 64-4096), the other statistics too."""
+    cfg = metric_mlp((512,), "relu")
+    p0 = nw.init(cfg, 0)
+    p1 = nw.unflatten(cfg, nw.flatten(p0) + 2e-3 * np.random.default_rng(1).standard_normal(nw.num_params(cfg)))
+    x = np.random.default_rng(2).standard_normal((60, 10))
+    y = np.random.default_rng(3).standard_normal((60, 9))
+    s64 = ProbeKernel(cfg, p0, x).statistics(p1, y)
+    s32 = ProbeKernel(cfg, p0, x, dtype="float32").statistics(p1, y)
+    assert 1e-7 < s64["kernel_distance"] < 1e-3
+    for key in s64:
+        assert s32[key] == pytest.approx(s64[key], rel=1e-5), key
+    assert s32["kernel_distance"] != s64["kernel_distance"]  # float32 did run
 
 
 def test_wide_networks_are_near_the_analytic_ntk_and_move_less(split):
@@ -379,7 +440,7 @@ def test_plot_kernel_evolution_draws_both_kinds():
     for key, name in (("rate", "kernel_distance"), ("change_rate", "kernel_change")):
         s, i, _ = fit_width_rate(w, scan[name].values)
         scan.attrs.update({key: s, f"{key}_intercept": i})
-    fig, ax = plt.subplots()
+    _fig, ax = plt.subplots()
     assert plot_kernel_evolution(scan, ax=ax) is ax
     assert len(ax.lines) == 6
     run = xr.Dataset({name: ("checkpoint", np.array([0.0, 0.1, 0.2])) for name in

@@ -33,7 +33,8 @@ about lr width^(3/2): the lazy limit is one of (S)GD at a fixed learning rate, t
 
 Bare NumPy (point sets are loaded to the host); BLAS is held to one thread in the training loop
 (small GEMMs: 5-20x faster than threaded OpenBLAS on a loaded machine) and in the checkpoints
-(:func:`~mfarray.kernels.empirical.empirical_ntk` runs its own threads).  Measured (3 x 64 ReLU,
+(the probe kernel's tiles run in their own threads, one per core,
+:func:`~mfarray.kernels.empirical.empirical_ntk_products`).  Measured (3 x 64 ReLU,
 Adam, batch 128, 2-core machine at load 4-5): 1.0-1.5 s per epoch over 10^5 points, plus 0.5-0.9 s
 for sigma on them (benchmarks/bench_feature_learning.py).
 """
@@ -75,6 +76,7 @@ Array = Any
 
 LOSSES = ("sigma", "sigma_squared", "mse")
 OPTIMIZERS = ("adam", "sgd")
+PROBE_DTYPES = ("float64", "float32")
 
 HISTORY_DOCS = {
     "loss": "mean training loss over the epoch's mini-batches (NaN at epoch 0)",
@@ -265,7 +267,8 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
                          probe: xr.Dataset | None = None, checkpoints: Sequence[int] | None = None,
                          optimizer: str = "adam", lr_decay: float = 1.0, params: nw.Params | Array | None = None,
                          target: Array | None = None, features: Callable[[Array], Array] = patch_features,
-                         block_rows: int | None = None, progress: bool = False) -> xr.Dataset:
+                         block_rows: int | None = None, probe_dtype: str = "float64",
+                         progress: bool = False) -> xr.Dataset:
     r"""Train the centred one-chart metric network on mini-batches; measure its empirical metric-NTK.
 
     One epoch: the train points in the mini-batches of :func:`mfarray.optim.epoch_batches`
@@ -290,16 +293,23 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         are the gradients of this loss (of the sigma loss with "mse": the target is train-only).
     checkpoints : epochs (0..epochs) at which to measure the probe kernel (default
         :func:`default_checkpoints`); epoch 0 (Theta_0, the reference) is always measured.
-        Cost (2-core machine at load 4-5): 1.5-2 s per checkpoint of a 1000-point probe (3 x 64),
-        beside 1-1.5 s per epoch of 10^5 train points at batch 128: the default checkpoints of
-        a 50-epoch run over 10^5 points add about 27 %; choose fewer for less.
+        Cost of a 1000-point probe (3 x 64 ReLU, 2-core machine shared at load 4.5-5.8, the
+        paths side by side in one run): 0.60-0.69 epochs of 10^5 train points at batch 128 per
+        checkpoint in float64 (0.34-0.41 with ``probe_dtype="float32"``; the previous row
+        blocks 1.2-1.3); the default checkpoints add 22-26 % to 20 epochs (float32 12-14 %) and,
+        projected, 10-12 % to 50 (float32 5-7 %): under 10 % from about 55 epochs on (float32
+        about 30).  Choose fewer for less.
     optimizer : "adam" (b1 0.9, b2 0.999, eps 1e-8; :func:`mfarray.optim.adam`) or "sgd"
         (theta -= lr grad L_b).
     lr_decay : per-epoch factor of the learning rate, in (0, 1].
     params : initial parameters (tree or flat), default ``networks.init(config, seed)``.
     target : (N, k, k) target metrics at the train points for loss="mse".
     features : z -> network inputs (default patch_features, as network_flow).
-    block_rows : probe rows per kernel block (default: about 64 MiB per block).
+    block_rows : probe rows per kernel block (default :data:`mfarray.kernels.empirical.ROWS`).
+    probe_dtype : "float64" (default) or "float32": Theta_0's stored blocks and the probe kernels'
+        layer products (:class:`~mfarray.experiments.probe_kernel.ProbeKernel`; sums in float64).
+        float32 makes a checkpoint 1.6-1.9x faster; measured against float64 it moved the kernel
+        distance by at most 3e-7 relative (widths 64-4096, distances 2e-6 to 0.13).
     progress : a line per epoch on stderr.
 
     Returns
@@ -321,6 +331,8 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}")
+    if probe_dtype not in PROBE_DTYPES:
+        raise ValueError(f"probe_dtype must be one of {PROBE_DTYPES}; got {probe_dtype!r}")
     loss_fn = resolve_loss(loss)
     tr_sites, te_sites = materialize(train, test)
     config = metric_mlp(d_in=network_inputs(backend.to_numpy(tr_sites.z[:1]), features).shape[1],
@@ -379,7 +391,7 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         t0 = time.perf_counter()
         p = params0 if epoch == 0 else nw.unflatten(config, theta)
         if probe_kernel is None:
-            probe_kernel = ProbeKernel(config, params0, pr.x, block_rows)
+            probe_kernel = ProbeKernel(config, params0, pr.x, block_rows, dtype=probe_dtype)
         stats = probe_kernel.statistics(p, _probe_targets(config, p, pr, kappa, loss_fn))
         i = marks.index(epoch)
         for name, value in stats.items():
@@ -443,7 +455,8 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         "sigma_w": config.sigma_w, "sigma_b": config.sigma_b, "batch": batch, "lr": lr, "lr_decay": lr_decay,
         "optimizer": optimizer, "loss": loss, "seed": seed, "kappa": kappa, "n_train": tr.n,
         "n_test": 0 if te is None else te.n, "n_probe": 0 if pr is None else pr.n,
-        "chart": list(tr.chart), "train_seconds": train_seconds, "kernel_seconds": kernel_seconds,
+        "chart": list(tr.chart), "probe_dtype": probe_dtype, "train_seconds": train_seconds,
+        "kernel_seconds": kernel_seconds,
         "kernel_overhead": kernel_seconds / train_seconds if train_seconds > 0 else math.nan,
         "alignment_definition": "y^T Theta y / (|Theta|_F |y|^2), y = dl/dg at the probe points (real basis)",
         **provenance(format_call("mfarray.experiments.feature_learning.train_metric_network", train, epochs=epochs,
