@@ -429,18 +429,19 @@ def atan2(y: Any, x: Any) -> np.ndarray:
 
 
 @_jit(contract=False)
-def _sine_form(ur, ui, vr, vi, i, j):
-    """d = 2 asin(|u - lam v| / 2) for u = u[:, i], v = v[:, j] (coordinate-major real and
-    imaginary parts), the operations of mfarray.geometry.distance._sine_form in its order and
-    without FMA contraction (Im <u, u> = 0 exactly, so d(u, u) = 0), asin by the polynomial."""
-    m = ur.shape[0]
+def _sine_form(ar, ai, br, bi):
+    """d = 2 asin(|u - lam v| / 2) for u = ar + i ai, v = br + i bi (tuples of the m real and
+    imaginary coordinates, passed by value: a call costs no reference counting), the operations
+    of mfarray.geometry.distance._sine_form in its order and without FMA contraction
+    (Im <u, u> = 0 exactly, so d(u, u) = 0), asin by the polynomial."""
+    m = len(ar)
     cr = 0.0
     ci = 0.0
     for k in range(m):
-        cr += ur[k, i] * vr[k, j]
-        cr += ui[k, i] * vi[k, j]
-        ci += ur[k, i] * vi[k, j]
-        ci -= ui[k, i] * vr[k, j]
+        cr += ar[k] * br[k]
+        cr += ai[k] * bi[k]
+        ci += ar[k] * bi[k]
+        ci -= ai[k] * br[k]
     s = cr * cr
     s += ci * ci
     if s >= 2.0 ** -1000:
@@ -452,12 +453,12 @@ def _sine_form(ur, ui, vr, vi, i, j):
         li = 0.0
     acc = 0.0
     for k in range(m):
-        dr = lr * vr[k, j]
-        dr -= li * vi[k, j]
-        dr -= ur[k, i]
-        di = lr * vi[k, j]
-        di += li * vr[k, j]
-        di -= ui[k, i]
+        dr = lr * br[k]
+        dr -= li * bi[k]
+        dr -= ar[k]
+        di = lr * bi[k]
+        di += li * br[k]
+        di -= ai[k]
         acc += dr * dr
         acc += di * di
     h = math.sqrt(acc) * 0.5  # sin(d / 2) <= sin(NEAR_RADIUS / 2) < 1/2 where it is called
@@ -466,11 +467,11 @@ def _sine_form(ur, ui, vr, vi, i, j):
 
 
 @_jit()
-def _fs_tile(ura, uia, vra, via, ur, ui, vr, vi, width, mode, out):
+def _fs_tile(ura, uia, vra, via, width, mode, out):
     """out (n1, n2) <- d (mode 0), exp(-(d/width)^2) (mode 1) or exp(-d/width) (mode 2) for the
-    unit vectors u (columns of ur + i ui, (m, n1)) and v ((m, n2)); ura, uia, vra, via: the
-    same coordinates as tuples of m rows (their length, a compile-time constant, unrolls the
-    dot product)."""
+    unit vectors u (n1 points) and v (n2 points) given as tuples of their m coordinate rows,
+    real (ura, vra) and imaginary (uia, via) parts (a tuple's length, a compile-time constant,
+    unrolls the dot product)."""
     n1, n2 = out.shape
     idx = np.empty(COLS + 1, dtype=np.int64)
     for j0 in range(0, n2, COLS):
@@ -499,7 +500,7 @@ def _fs_tile(ura, uia, vra, via, ur, ui, vr, vi, width, mode, out):
                         idx[count] = j
                         count += 1 if row[j] < _NEAR else 0
             for t in range(count):  # and the cancellation-free sine form
-                row[idx[t]] = _sine_form(ur, ui, vr, vi, i, j0 + idx[t])
+                row[idx[t]] = _sine_form(ar, ai, _take(vra, j0 + idx[t]), _take(via, j0 + idx[t]))
             if mode == 0:
                 continue
             for j in range(nb):  # vectorised: the kernel
@@ -525,7 +526,7 @@ def _fs(u, v, width, mode):
         raise ValueError(f"u and v must have the same number of coordinates; got {ur.shape[0]} and {vr.shape[0]}")
     out = np.empty((ur.shape[1], vr.shape[1]))
     if out.size:
-        _fs_tile(ura, uia, vra, via, ur, ui, vr, vi, float(width), mode, out)
+        _fs_tile(ura, uia, vra, via, float(width), mode, out)
     return out
 
 

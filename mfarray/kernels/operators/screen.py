@@ -136,8 +136,9 @@ class _Tile(NamedTuple):
 
 
 def _soa(u: np.ndarray) -> tuple:
-    """(real rows, imaginary rows) of unit vectors (n, m) as tuples of m contiguous arrays."""
-    return tuple(np.ascontiguousarray(u.real.T)), tuple(np.ascontiguousarray(u.imag.T))
+    """(real rows, imaginary rows) of unit vectors (n, m) as tuples of m contiguous arrays (the
+    layout of the fused kernel tiles)."""
+    return fused._soa(u)[2:]
 
 
 def _tiles(u_out: np.ndarray, u_in: np.ndarray, block: int, symmetric: bool) -> list[tuple[tuple, tuple]]:
