@@ -21,10 +21,19 @@ TINY = {"tuning": {"init": 2, "iterations": 0, "steps": 3, "n_train": 60, "n_tes
         "figure2": {"n": 100, "clusters": 2, "batches": 2}}
 
 
+FEATURES = {"enabled": True, "n_train": 60, "n_test": 40, "epochs": 1, "flow_steps": 3, "depth": 1,
+            "network_widths": [8], "phi_epochs": 1, "kahler_degrees": [2], "kahler_steps": 2, "widths": [4, 8],
+            "width_epochs": 1, "n_probe": 10}
+
+
 def test_default_config_round_trips_through_toml():
     assert load_config(tomllib.loads(DEFAULT_TOML)) == StudyConfig()
     c = load_config({**TINY, "surface": "dwork:0.5"})
     assert load_config(tomllib.loads(to_toml(c))) == c
+    c = load_config({**TINY, "feature_learning": FEATURES})
+    assert c.feature_learning.enabled and c.feature_learning.widths == (4, 8)
+    assert load_config(tomllib.loads(to_toml(c))) == c
+    assert not StudyConfig().feature_learning.enabled  # the default run's time does not change
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -35,6 +44,11 @@ def test_default_config_round_trips_through_toml():
     ({"gains": 3}, r"\[gains\] .* must be a table"),
     ({"gains": {"kernels": ["laplace"]}}, r"gains.kernels must name presets"),
     ({"noise": {"kernels": []}}, r"noise.kernels must name presets"),
+    ({"feature_learning": {"widthz": [64]}}, r"unknown key\(s\) \['widthz'\] in \[feature_learning\]"),
+    ({"feature_learning": {"widths": [64]}}, r"feature_learning.widths must be a list of at least 2"),
+    ({"feature_learning": {"n_probe": 50, "n_test": 40}}, r"feature_learning.n_probe = 50 must be at most"),
+    ({"feature_learning": {"epochs": 0}}, r"feature_learning.epochs must be an integer >= 1"),
+    ({"feature_learning": {"enabled": 1}}, r"feature_learning.enabled must be true or false"),
 ])
 def test_bad_config_is_refused_by_name(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -58,12 +72,16 @@ def test_run_stores_every_stage_resumes_and_reports(tmp_path, monkeypatch):
     for stage in ("tuning", "gains", "noise", "spacing", "figure2"):
         assert os.path.isdir(run_module.stage_path(out, stage))
     assert set(first["gains"].kernel.values) == {"gaussian", "gaussian-tuned"}
-    report = open(first["report"]).read()
+    with open(first["report"]) as fh:
+        report = fh.read()
     assert "| gaussian (gaussian_fs) |" in report and "gains.png" in report and "figure2.png" in report
     for figure in ("gains", "noise", "spacing", "figure2"):
         assert os.path.getsize(out / f"{figure}.png") > 1000
     assert "## Noise study" in report and "## Distance scaling" in report
     assert first["noise"].gain_test.dims == ("kernel", "variant", "scale")
+    # feature learning is off by default: no stage, no section
+    assert "## Feature learning" not in report and "feature_learning" not in first
+    assert not os.path.exists(run_module.stage_path(out, "feature_learning"))
 
     # a rerun with the same config computes nothing
     def boom(*a, **k):
@@ -82,6 +100,42 @@ def test_run_stores_every_stage_resumes_and_reports(tmp_path, monkeypatch):
         run_study(changed, out, progress=False)
 
 
+def test_feature_learning_section_has_every_model(tmp_path, monkeypatch):
+    config = load_config({**TINY, "noise": {"enabled": False}, "spacing": {"enabled": False},
+                          "figure2": {"enabled": False}, "feature_learning": FEATURES})
+    out = tmp_path / "study"
+    first = run_study(config, out, progress=False)
+    ds, curves = first["feature_learning"], first["kernel_evolution"]
+    expected = ["fs", "gaussian", "gaussian-tuned", "analytic_ntk", "network_adam_8", "network_flow_8",
+                "initial_ntk_8", "after_kernel_8", "after_kernel_flow_8", "fs_all_charts", "phi_network",
+                "phi_kernel_k2"]
+    assert list(ds.model.values) == expected
+    for name in ("sigma_train", "sigma_test", "gain_train", "gain_test", "gain_test_one_chart", "seconds"):
+        assert np.all(np.isfinite(ds[name].values)), name
+    assert list(curves.width.values) == [4, 8] and np.all(np.isfinite(curves.kernel_distance.values))
+    with open(first["report"]) as fh:
+        report = fh.read()
+    assert "## Feature learning: every model on one split" in report
+    section = report.split("## Feature learning", 1)[1].split("\n## ", 1)[0]
+    for model in expected:
+        assert f"| {model} |" in section
+    assert "kernel_evolution.png" in report and os.path.getsize(out / "kernel_evolution.png") > 1000
+
+    # a rerun resumes both stages; changing the curves' widths recomputes only the curves
+    def boom(*a, **k):
+        raise AssertionError("recomputed a stored stage")
+
+    monkeypatch.setattr(run_module, "_feature_learning", boom)
+    monkeypatch.setattr(run_module, "_kernel_evolution", boom)
+    again = run_study(config, out, progress=False)
+    assert float(again["feature_learning"].sigma_test.sel(model="phi_network")) == float(
+        ds.sigma_test.sel(model="phi_network"))
+    wider = dataclasses.replace(config, feature_learning=dataclasses.replace(config.feature_learning, widths=(4, 16)))
+    monkeypatch.setattr(run_module, "_kernel_evolution", lambda *a: (_ for _ in ()).throw(AssertionError("curves")))
+    with pytest.raises(AssertionError, match="curves"):
+        run_study(wider, out, progress=False)
+
+
 def test_an_interrupted_stage_is_recomputed(tmp_path):
     config = load_config({**TINY, "tuning": {"enabled": False}, "figure2": {"enabled": False},
                           "noise": {"enabled": False}, "spacing": {"enabled": False}})
@@ -91,7 +145,7 @@ def test_an_interrupted_stage_is_recomputed(tmp_path):
     import zarr
 
     zarr.open_group(run_module.stage_path(out, "gains"), mode="r+").attrs["mfarray_complete"] = False
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         mf.open_zarr(run_module.stage_path(out, "gains"))
     again = run_study(config, out, progress=False)
     assert mf.open_zarr(run_module.stage_path(out, "gains")).sizes["kernel"] == 1

@@ -16,6 +16,9 @@ One module per experiment::
     after_kernel   freeze a trained network's empirical NTK and flow with it; the table of
               FS, initial NTK, analytic NTK, after-kernel and the network itself
     phi_kernel     the empirical metric-NTK of the chart-free phi-network, during training
+    comparison     every model on one train/test split: g_FS, the paper's kernels, the analytic,
+              initial and after-kernels, the one-chart network under Adam and under the kernel
+              flows' integrator (network_flow), the phi-network and the phi-kernel (issue 13)
 
 Each takes point sets (lazy or computed) and settings, and returns a Dataset that records
 them; plots (:mod:`mfarray.plots`) and the report read nothing else.

@@ -15,8 +15,19 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["StudyConfig", "Gains", "Tuning", "Noise", "Spacing", "Figure2", "Compute", "load_config", "DEFAULT_TOML",
-           "to_toml"]
+__all__ = [
+    "DEFAULT_TOML",
+    "Compute",
+    "FeatureLearning",
+    "Figure2",
+    "Gains",
+    "Noise",
+    "Spacing",
+    "StudyConfig",
+    "Tuning",
+    "load_config",
+    "to_toml",
+]
 
 
 def _known_kernels(names: tuple, section: str) -> None:
@@ -103,6 +114,54 @@ class Figure2:
 
 
 @dataclasses.dataclass(frozen=True)
+class FeatureLearning:
+    """Issue 13 (off by default): every model on one train/test split, and the kernel distance per width.
+
+    The split: ``n_train`` / ``n_test`` one-chart points (and as many all-chart points for the
+    chart-free models where ``all_charts``).  The models (mfarray.experiments.comparison): g_FS,
+    the gains kernels (tuned too where ``tuned`` and the tuning ran), the network's
+    infinite-width, initial and after-kernels, the ``depth`` x ``network_widths`` network under
+    Adam (``epochs``) and under the kernel flows' integrator (``flow_steps``), the phi-network
+    (``phi_epochs``) and the phi-kernel (``kahler_degrees``, ``kahler_steps``).  The curves
+    (experiments.feature_learning.kernel_evolution): 1 hidden ReLU layer per width in ``widths``,
+    SGD for ``width_epochs``, the kernel measured on the first ``n_probe`` test points.  At the
+    defaults the two stages took 26 s on 2 quiet cores (benchmarks/bench_model_comparison.py runs
+    the comparison at 5000 points).
+    """
+
+    enabled: bool = False
+    n_train: int = 2000
+    n_test: int = 1000
+    all_charts: bool = True
+    tuned: bool = True
+    epochs: int = 20
+    flow_steps: int = 100
+    depth: int = 3
+    network_widths: tuple = (64,)
+    phi_epochs: int = 20
+    kahler_degrees: tuple = (3,)
+    kahler_steps: int = 30
+    widths: tuple = (64, 256, 1024)
+    width_epochs: int = 5
+    n_probe: int = 200
+
+    def __post_init__(self) -> None:
+        for name, lo in (("n_train", 2), ("n_test", 2), ("epochs", 1), ("flow_steps", 0), ("depth", 1),
+                         ("phi_epochs", 1), ("kahler_steps", 0), ("width_epochs", 1), ("n_probe", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"feature_learning.{name} must be an integer >= {lo}; got {value!r}")
+        for name, least in (("network_widths", 1), ("kahler_degrees", 0), ("widths", 2)):
+            values = getattr(self, name)
+            if len(values) < least or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"feature_learning.{name} must be a list of at least {least} positive integers; "
+                                 f"got {list(values)}")
+        if self.n_probe > self.n_test:
+            raise ValueError(f"feature_learning.n_probe = {self.n_probe} must be at most n_test = {self.n_test} (the "
+                             f"probe is the first n_probe test points)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Compute:
     """Where it runs: ``scheduler`` a dask.distributed address ("" = threads here, or
     MFARRAY_SCHEDULER); ``gpu`` (not yet: the study runs on NumPy, true is refused)."""
@@ -123,6 +182,7 @@ class StudyConfig:
     noise: Noise = Noise()
     spacing: Spacing = Spacing()
     figure2: Figure2 = Figure2()
+    feature_learning: FeatureLearning = FeatureLearning()
     compute: Compute = Compute()
 
     def section(self, name: str) -> dict:

@@ -1,8 +1,9 @@
 """The study's report: Markdown plus PNG figures in the output folder.
 
 Sections: the settings (the config as TOML), the gains table beside the paper's numbers, the
-tuned hyper-parameters with their score on unseen points, the figures (gains, Figure 2 and
-Figure 3 where their stages ran), timings per stage and package versions.
+tuned hyper-parameters with their score on unseen points, the feature-learning comparison (every
+model on one split, issue 13) where it ran, the figures (gains, Figure 2, Figure 3 and the kernel
+distance per width where their stages ran), timings per stage and package versions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .. import plots
 from ..pointset.provenance import versions
 from .config import StudyConfig, to_toml
 
-__all__ = ["write_report", "gains_table"]
+__all__ = ["comparison_table", "gains_table", "write_report"]
 
 
 def _fmt(x: float) -> str:
@@ -41,6 +42,44 @@ def gains_table(gains: Any) -> str:
                     f"{_fmt(float(g.gain_test))} | {_fmt(float(g.paper_gain_train))} | "
                     f"{_fmt(float(g.paper_gain_test))} | {float(g.seconds):.1f} |")
     return "\n".join(rows)
+
+
+def comparison_table(ds: Any) -> str:
+    """A :func:`~mfarray.experiments.comparison.model_comparison` Dataset as a Markdown table:
+    a row per model with its points, parameters, optimiser, sigma and gains and wall time."""
+    rows = [("| model | points | parameters | optimiser | train sigma | test sigma | train gain | test gain | "
+             "test gain, one-chart test | s |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in ds.model.values:
+        r = ds.sel(model=m)
+        rows.append(f"| {m} | {r.points.values} | {int(r.parameters):,} | {r.optimizer.values} | "
+                    f"{_fmt(float(r.sigma_train))} | {_fmt(float(r.sigma_test))} | {_fmt(float(r.gain_train))} | "
+                    f"{_fmt(float(r.gain_test))} | {_fmt(float(r.gain_test_one_chart))} | {float(r.seconds):.1f} |")
+    return "\n".join(rows)
+
+
+def _feature_learning_section(ds: Any, curves: Any) -> list[str]:
+    lines = ["## Feature learning: every model on one split (issue 13)", ""]
+    if ds is not None:
+        what = (f"{ds.attrs['n_train']} train / {ds.attrs['n_test']} test one-chart points")
+        if ds.attrs.get("n_train_all_charts"):
+            what += (f"; the chart-free models on {ds.attrs['n_train_all_charts']} / {ds.attrs['n_test_all_charts']} "
+                     "all-chart points, each in its own chart (gains against g_FS there, `fs_all_charts`)")
+        lines += [(f"Gain = sigma(g_FS) / sigma(model) on the same points, sigma (B.11); {what}.  The last gain "
+                   "column scores every model on the one-chart test points.  `network_adam_w` is the depth x w "
+                   "network trained with Adam on mini-batches; `network_flow_w` the same network from the same "
+                   "initial parameters, trained by the kernel flows' integrator (full batch, backtracking): read "
+                   "it against `after_kernel_flow_w`, its frozen final kernel under the same optimiser, and "
+                   "`network_adam_w` against `after_kernel_w`.  Descriptions: the `description` variable of "
+                   "`feature_learning.zarr`."), "", comparison_table(ds), ""]
+    if curves is not None:
+        lines += [f"Kernel distance 1 - cos(Theta_0, Theta_T) after {curves.attrs['epochs']} epochs "
+                  f"({curves.attrs['optimizer']}, {curves.attrs['depth']} hidden {curves.attrs['activation']} "
+                  f"layer(s)) per width: " + ", ".join(
+                      f"{int(w)}: {_fmt(float(d))}" for w, d in zip(curves.width.values, curves.kernel_distance.values))
+                  + f"; fitted rate width^{curves.attrs['rate']:.2f}, the relative change width^"
+                  f"{curves.attrs['change_rate']:.2f} (lazy-regime theory: change at most width^-1/2, leading term "
+                  "width^-1).", ""]
+    return lines
 
 
 def _tuning_table(tuning: Any) -> str:
@@ -81,10 +120,10 @@ def _spacing_section(ds: Any, noise: Any = None) -> list[str]:
                     f"{_fmt(float(e.paper_points))} | {_fmt(float(e.points_paper_fit))} | {_fmt(float(e.points))} "
                     f"[{_fmt(float(e.points_low))}, {_fmt(float(e.points_high))}] |")
     return ["## Distance scaling (Figure 3 right)", "",
-            f"Mean nearest-train FS distance of {ds.sizes['test']} test points, N = {int(ds.n_train.min())} .. "
-            f"{int(ds.n_train.max())}: mu = {float(fit.coefficient):.3f} N^({float(fit.exponent):.4f} +- "
-            f"{float(fit.exponent_se):.4f}); the paper's (3.6): 0.968 N^-0.184; -1/m = "
-            f"{-1 / ds.attrs['real_dimension'] if ds.attrs.get('real_dimension') else float('nan'):.3f}.", "",
+            (f"Mean nearest-train FS distance of {ds.sizes['test']} test points, N = {int(ds.n_train.min())} .. "
+             f"{int(ds.n_train.max())}: mu = {float(fit.coefficient):.3f} N^({float(fit.exponent):.4f} +- "
+             f"{float(fit.exponent_se):.4f}); the paper's (3.6): 0.968 N^-0.184; -1/m = "
+             f"{-1 / ds.attrs['real_dimension'] if ds.attrs.get('real_dimension') else float('nan'):.3f}."), "",
             "Points a kernel would need (the paper's gain-distance statements, experiments.spacing):", "",
             *rows, "", *_measured_needs(fit, noise)]
 
@@ -110,8 +149,8 @@ def _measured_needs(fit: Any, noise: Any) -> list[str]:
         e = sp.points_for_gain(fit, 100.0, d, g).isel(target=0)
         rows.append(f"| {k} | {len(d)} | {_fmt(float(e.target_distance))} | {bool(e.extrapolated)} | "
                     f"{_fmt(float(e.points))} [{_fmt(float(e.points_low))}, {_fmt(float(e.points_high))}] |")
-    return ["The same from this study's own noise curves (test gain against mean nearest-train distance, the "
-            "paper's off-X variant, the part above gain 1 where it falls):", "", *rows, ""]
+    return [("The same from this study's own noise curves (test gain against mean nearest-train distance, the "
+             "paper's off-X variant, the part above gain 1 where it falls):"), "", *rows, ""]
 
 
 def _noise_section(ds: Any) -> list[str]:
@@ -139,8 +178,8 @@ def write_report(config: StudyConfig, results: Mapping[str, Any], out: str | os.
 
     out = os.fspath(out)
     lines = ["# mfarray study report", "",
-             f"Surface: {config.surface}; seed {config.seed}.  Paper: Halverson & Ruehle, *Metric Flows with "
-             "Neural Networks*, §3.", ""]
+             (f"Surface: {config.surface}; seed {config.seed}.  Paper: Halverson & Ruehle, *Metric Flows with "
+              "Neural Networks*, §3."), ""]
     figures = []
 
     def figure(name: str, draw: Any, caption: str) -> None:
@@ -154,15 +193,18 @@ def write_report(config: StudyConfig, results: Mapping[str, Any], out: str | os.
     if "gains" in results:
         g = results["gains"]
         lines += ["## Train and test gains", "",
-                  "Gain = sigma(g_FS) / sigma(g_flowed), sigma (B.11); train on the first `train points` of one chart, "
-                  f"test on {g.attrs['n_test']} independent points.  Paper columns: orders of magnitude read from "
-                  "§3.2 and Figure 3 (train at zero distance; best test 'a factor of ~5').", "",
+                  ("Gain = sigma(g_FS) / sigma(g_flowed), sigma (B.11); train on the first `train points` of one "
+                   f"chart, test on {g.attrs['n_test']} independent points.  Paper columns: orders of magnitude read "
+                   "from §3.2 and Figure 3 (train at zero distance; best test 'a factor of ~5')."), "",
                   gains_table(g), ""]
         figure("gains", lambda fig: plots.plot_gains(g, ax=fig.add_subplot(1, 1, 1)), "Train and test gains per kernel")
     if "tuning" in results:
-        lines += ["## Tuned hyper-parameters", "", "Bayesian optimisation (mfarray.tune); the last column scores the "
-                  "best parameters on point sets never used during tuning (the paper saw its optimiser overfit one set).",
+        lines += ["## Tuned hyper-parameters", "",
+                  ("Bayesian optimisation (mfarray.tune); the last column scores the best parameters on point sets "
+                   "never used during tuning (the paper saw its optimiser overfit one set)."),
                   "", _tuning_table(results["tuning"]), ""]
+    if "feature_learning" in results or "kernel_evolution" in results:
+        lines += _feature_learning_section(results.get("feature_learning"), results.get("kernel_evolution"))
     if "spacing" in results:
         lines += _spacing_section(results["spacing"], results.get("noise"))
     if "noise" in results:
@@ -177,6 +219,10 @@ def write_report(config: StudyConfig, results: Mapping[str, Any], out: str | os.
             figure(name, lambda fig, ds=ds, name=name: getattr(plots, f"plot_{name}")(ds, ax=fig.add_subplot(1, 1, 1)),
                    {"noise": "Figure 3 left: gain against distance to the train set",
                     "spacing": "Figure 3 right: nearest-train distance against N"}[name])
+    if "kernel_evolution" in results:
+        ke = results["kernel_evolution"]
+        figure("kernel_evolution", lambda fig: plots.plot_kernel_evolution(ke, ax=fig.add_subplot(1, 1, 1)),
+               "Kernel distance and relative change of the empirical metric-NTK after training, per width (issue 13)")
     if figures:
         lines += ["## Figures", ""] + figures
     lines += ["## Timings", "", "| stage | seconds |", "|---|---|"]

@@ -7,6 +7,10 @@ Stages, in order (each enabled by its config section, :mod:`.config`)::
     noise     Figure 3 left (experiments.noise)
     spacing   Figure 3 right (experiments.spacing)
     figure2   Figure 2's distance matrices (mfarray.cluster.figure2_data)
+    feature_learning   issue 13 (off by default): every model on one split
+              (experiments.comparison.model_comparison)
+    kernel_evolution   issue 13: the kernel distance per width
+              (experiments.feature_learning.kernel_evolution)
 
 then the report (:mod:`.report`).  Each stage writes ``<out>/<stage>.zarr`` with its config
 section in the attrs (``study_section``); a rerun with the same config reads every complete
@@ -34,9 +38,9 @@ from ..pointset import sample_chart, sample_points
 from ..tune import GainObjective, as_space, real, tune
 from .config import StudyConfig
 
-__all__ = ["run_study", "STAGES", "stage_path"]
+__all__ = ["STAGES", "run_study", "stage_path"]
 
-STAGES = ("tuning", "gains", "noise", "spacing", "figure2")
+STAGES = ("tuning", "gains", "noise", "spacing", "figure2", "feature_learning", "kernel_evolution")
 
 
 def stage_path(out: str | os.PathLike, stage: str) -> str:
@@ -133,10 +137,65 @@ def _figure2(config: StudyConfig, progress: bool) -> xr.Dataset:
     return figure2_data(pts, n=f.n, clusters=f.clusters, batches=f.batches, seed=config.seed)
 
 
+def _feature_points(config: StudyConfig, all_charts: bool) -> tuple:
+    """The feature-learning split: (train, test) one-chart points (sample_chart, the study's seed),
+    and (train, test) all-chart points of the same sizes (sample_points, seed + 1) or (None, None)."""
+    f = config.feature_learning
+    surface = surface_named(config.surface)
+    pts = sample_chart(surface, f.n_train + f.n_test, seed=config.seed).compute()
+    train, test = pts.isel(point=slice(0, f.n_train)), pts.isel(point=slice(f.n_train, None))
+    if not all_charts:
+        return train, test, None, None
+    every = sample_points(surface, f.n_train + f.n_test, seed=config.seed + 1).compute()
+    return train, test, every.isel(point=slice(0, f.n_train)), every.isel(point=slice(f.n_train, None))
+
+
+_CURVE_KEYS = ("n_train", "n_test", "widths", "width_epochs", "n_probe")
+
+
+def _comparison_record(config: StudyConfig, presets: dict) -> dict:
+    """What the feature_learning stage depends on: its settings (not the curves') and the presets it flows."""
+    f = config.section("feature_learning")
+    f["feature_learning"] = {k: v for k, v in f["feature_learning"].items()
+                             if k not in _CURVE_KEYS[2:] and k != "enabled"}
+    flowed = {name: {k: v for k, v in p.to_json().items() if k not in ("steps", "n_train")}  # flow_steps, the split
+              for name, p in presets.items()}
+    return {**f, "presets": flowed}
+
+
+def _curves_record(config: StudyConfig) -> dict:
+    """What the kernel_evolution stage depends on."""
+    f = config.section("feature_learning")
+    f["feature_learning"] = {k: f["feature_learning"][k] for k in _CURVE_KEYS}
+    return f
+
+
+def _feature_learning(config: StudyConfig, points: Callable[[], tuple], presets: dict, progress: bool) -> xr.Dataset:
+    from ..experiments.comparison import ComparisonSpec, model_comparison
+
+    f = config.feature_learning
+    train, test, train_all, test_all = points()
+    spec = ComparisonSpec(flow_steps=f.flow_steps, depth=f.depth, widths=f.network_widths, epochs=f.epochs,
+                          phi_epochs=f.phi_epochs, kahler_degrees=f.kahler_degrees, kahler_steps=f.kahler_steps,
+                          seed=config.seed)
+    return model_comparison(train, test, train_all=train_all, test_all=test_all, spec=spec, presets=presets,
+                            progress=progress)
+
+
+def _kernel_evolution(config: StudyConfig, points: Callable[[], tuple], progress: bool) -> xr.Dataset:
+    from ..experiments.feature_learning import kernel_evolution
+
+    f = config.feature_learning
+    train, test, _, _ = points()
+    return kernel_evolution(train, test.isel(point=slice(0, f.n_probe)), widths=f.widths, epochs=f.width_epochs,
+                            test=test, seed=config.seed, progress=progress)
+
+
 def _stage(name: str, config: StudyConfig, out: str, compute: Callable[[], xr.Dataset], progress: bool,
-           timings: dict) -> xr.Dataset:
+           timings: dict, record: dict | None = None) -> xr.Dataset:
+    """The stage's stored Dataset if its record (default: its config section) matches, else computed and stored."""
     path = stage_path(out, name)
-    section = json.dumps(config.section(name), sort_keys=True)
+    section = json.dumps(config.section(name) if record is None else record, sort_keys=True)
     if os.path.exists(path):
         with contextlib.suppress(Exception):  # an incomplete or foreign store: recomputed below
             stored = io.open_zarr(path)
@@ -188,6 +247,22 @@ def run_study(config: StudyConfig | None = None, out: str | os.PathLike = "mfarr
         for name, fn in (("spacing", _spacing), ("figure2", _figure2)):
             if getattr(config, name).enabled:
                 results[name] = _stage(name, config, out, lambda fn=fn: fn(config, progress), progress, timings)
+        if config.feature_learning.enabled:
+            f = config.feature_learning
+            presets = tuned_presets(config, tuning if f.tuned else None)
+            split: list = []  # the points, sampled once for both stages (when either runs)
+
+            def points():
+                if not split:
+                    split.extend(_feature_points(config, f.all_charts))
+                return tuple(split)
+
+            results["feature_learning"] = _stage(
+                "feature_learning", config, out, lambda: _feature_learning(config, points, presets, progress),
+                progress, timings, record=_comparison_record(config, presets))
+            results["kernel_evolution"] = _stage(
+                "kernel_evolution", config, out, lambda: _kernel_evolution(config, points, progress), progress,
+                timings, record=_curves_record(config))
     results["report"] = write_report(config, results, out, timings)
     if progress:
         print(f"report: {results['report']}", flush=True)
