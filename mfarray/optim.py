@@ -16,7 +16,11 @@ with, at step t = state.step + 1 (all operations elementwise on the flat vector)
 the bias-corrected form of the paper (and of optax).  ``lr`` is a number or a schedule
 ``lr(step) -> float`` of the 0-based step count.  The state is a frozen
 :class:`AdamState` (step, m, v): saving and restoring it (e.g. in a checkpoint) continues a
-run bit for bit.
+run bit for bit.  :func:`sgd` is plain gradient descent in the same form (Delta = -eta_t g).
+
+One epoch of either is :func:`run_epoch`: every mini-batch's loss and gradient, then one
+update, the loop the training functions of :mod:`mfarray.kahler.training` and
+:mod:`mfarray.experiments.feature_learning` share.
 
 Mini-batches: :func:`epoch_batches` splits a permutation of ``range(n)`` into consecutive
 batches; the permutation of epoch ``e`` is drawn from
@@ -38,7 +42,8 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["AdamState", "adam", "epoch_batches", "minibatches", "n_batches", "require_finite_epoch"]
+__all__ = ["AdamState", "SGDState", "adam", "epoch_batches", "minibatches", "n_batches", "require_finite_epoch",
+           "run_epoch", "sgd"]
 
 Array = Any  # a NumPy or CuPy array
 
@@ -54,6 +59,13 @@ class AdamState:
     step: int
     m: Array
     v: Array
+
+
+@dataclass(frozen=True)
+class SGDState:
+    """State of :func:`sgd`: the number of updates done (the schedule's argument)."""
+
+    step: int
 
 
 def _as_vector(x, name):
@@ -79,6 +91,14 @@ def _check_rate(name, value, lo, hi, closed_lo=True):
     return value
 
 
+def _schedule(lr):
+    """``lr`` as a schedule ``step -> float`` (a number is checked > 0 and finite)."""
+    if callable(lr):
+        return lr
+    value = _check_rate("lr", lr, 0.0, math.inf, closed_lo=False)
+    return lambda step: value
+
+
 def adam(lr: float | Callable[[int], float], b1: float = 0.9, b2: float = 0.999,
          eps: float = 1e-8) -> tuple[Callable[[Array], AdamState], Callable[[Array, AdamState], tuple[Array, AdamState]]]:
     """Adam as ``(init, update)`` on flat parameter vectors.
@@ -95,13 +115,7 @@ def adam(lr: float | Callable[[int], float], b1: float = 0.9, b2: float = 0.999,
     update : ``update(grad (P,), state) -> (delta (P,), new_state)``; the new parameters are
         ``params + delta`` (the state does not hold the parameters).
     """
-    if not callable(lr):
-        lr_value = _check_rate("lr", lr, 0.0, math.inf, closed_lo=False)
-
-        def rate(step):
-            return lr_value
-    else:
-        rate = lr
+    rate = _schedule(lr)
     b1 = _check_rate("b1", b1, 0.0, 1.0)
     b2 = _check_rate("b2", b2, 0.0, 1.0)
     eps = _check_rate("eps", eps, 0.0, math.inf, closed_lo=False)
@@ -127,6 +141,42 @@ def adam(lr: float | Callable[[int], float], b1: float = 0.9, b2: float = 0.999,
         return delta, AdamState(step=t, m=m, v=v)
 
     return init, update
+
+
+def sgd(lr: float | Callable[[int], float]) -> tuple[Callable[[Array], SGDState],
+                                                      Callable[[Array, SGDState], tuple[Array, SGDState]]]:
+    """Gradient descent as ``(init, update)``, the form of :func:`adam`: ``delta = -lr(step) g``
+    (``lr`` a number > 0 or a schedule of the 0-based step count)."""
+    rate = _schedule(lr)
+
+    def init(params: Array) -> SGDState:
+        _as_vector(params, "params")
+        return SGDState(step=0)
+
+    def update(grad: Array, state: SGDState) -> tuple[Array, SGDState]:
+        if not isinstance(state, SGDState):
+            raise TypeError(f"state must be the SGDState returned by init or update; got {type(state).__name__}")
+        g, _ = _as_vector(grad, "grad")
+        return (-float(rate(state.step))) * g, SGDState(step=state.step + 1)
+
+    return init, update
+
+
+def run_epoch(params: Array, state: Any, update: Callable, batches: list[np.ndarray],
+              value_and_grad: Callable[[Array, np.ndarray], tuple[float, Array, int]]) -> tuple[Array, Any, float, int]:
+    """One epoch of mini-batch training: for each index array ``idx`` of ``batches``,
+    ``value, grad, skipped = value_and_grad(params, idx)`` (the batch's mean loss, its gradient
+    (P,) and how many points it skipped), then ``delta, state = update(grad, state)`` and
+    ``params + delta``.  Returns ``(params, state, mean loss over the epoch's points, skipped)``."""
+    total, skipped, count = 0.0, 0, 0
+    for idx in batches:
+        value, grad, sk = value_and_grad(params, idx)
+        delta, state = update(grad, state)
+        params = params + delta
+        total += value * len(idx)
+        count += len(idx)
+        skipped += sk
+    return params, state, total / max(count, 1), skipped
 
 
 # ----------------------------------------------------------------------------- mini-batches

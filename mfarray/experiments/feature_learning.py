@@ -368,9 +368,9 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         raise ValueError(f"checkpoints must lie in 0..epochs = {epochs}; got {marks[-1]}")
 
     per_epoch = optim.n_batches(tr.n, batch)
-    if optimizer == "adam":
-        init_fn, update = optim.adam(lr if lr_decay == 1.0 else (lambda step: lr * lr_decay ** (step // per_epoch)))
-        state = init_fn(nw.flatten(params0))
+    schedule = lr if lr_decay == 1.0 else (lambda step: lr * lr_decay ** (step // per_epoch))
+    init_fn, update = (optim.adam if optimizer == "adam" else optim.sgd)(schedule)
+    state = init_fn(nw.flatten(params0))
     theta = nw.flatten(params0).copy()
     hist = _history(epochs, te is not None)
     kstats = {name: np.full(len(marks), np.nan) for name in KERNEL_DOCS} if pr is not None else None
@@ -398,29 +398,20 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
             kstats[name][i] = value
         kstats["kernel_time"][i] = time.perf_counter() - t0
 
+    def value_and_grad(theta, idx):  # the batch's mean loss, gradient and skipped points
+        data = losses.LossData(omega2=tr.omega2[idx], weight=tr.weight[idx], kappa=kappa,
+                               target=None if targets is None else targets[idx])
+        return batch_gradient(config, theta, tr.x[idx], tr.rows[:, idx], tr.f0[idx], data, loss_fn)
+
     record_eval(0)
     hist["time"][0] = 0.0
     record_kernel(0)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        total, skipped = 0.0, 0
-        rate = lr * lr_decay ** (epoch - 1)
         with backend.one_blas_thread():  # small GEMMs: BLAS threads only add overhead
-            for idx in optim.epoch_batches(tr.n, batch, seed, epoch):
-                data = losses.LossData(omega2=tr.omega2[idx], weight=tr.weight[idx], kappa=kappa,
-                                       target=None if targets is None else targets[idx])
-                value, grad, sk = batch_gradient(config, theta, tr.x[idx], tr.rows[:, idx], tr.f0[idx], data,
-                                                 loss_fn)
-                if optimizer == "adam":
-                    delta, state = update(grad, state)
-                    theta = theta + delta
-                else:
-                    theta = theta - rate * grad
-                total += value * len(idx)
-                skipped += sk
+            theta, state, hist["loss"][epoch], hist["skipped"][epoch] = optim.run_epoch(
+                theta, state, update, optim.epoch_batches(tr.n, batch, seed, epoch), value_and_grad)
         hist["time"][epoch] = time.perf_counter() - t0
-        hist["loss"][epoch] = total / tr.n
-        hist["skipped"][epoch] = skipped
         optim.require_finite_epoch("metric-network", epoch, hist["loss"][epoch], theta, lr)
         record_eval(epoch)
         record_kernel(epoch)

@@ -361,17 +361,11 @@ def train_phi_network(train: xr.Dataset, config: network.PhiNetwork, epochs: int
                 _report(hist, 0, epochs)
         for epoch in range(start, epochs + 1):
             t0, c0 = time.perf_counter(), time.process_time()
-            total, skipped = 0.0, 0
-            for idx in optim.epoch_batches(tr.n, batch, seed, epoch):
-                value, grad, sk = _batch_gradient(pool, local, config, params, tr, idx, kappa, loss_fn)
-                delta, state = update(grad, state)
-                params = params + delta
-                total += value * len(idx)
-                skipped += sk
+            params, state, hist["loss"][epoch], hist["skipped"][epoch] = optim.run_epoch(
+                params, state, update, optim.epoch_batches(tr.n, batch, seed, epoch),
+                lambda p, idx: _batch_gradient(pool, local, config, p, tr, idx, kappa, loss_fn))
             hist["time"][epoch] = time.perf_counter() - t0
             hist["cpu_time"][epoch] = time.process_time() - c0
-            hist["loss"][epoch] = total / tr.n
-            hist["skipped"][epoch] = skipped
             optim.require_finite_epoch("phi-network", epoch, hist["loss"][epoch], params, lr)
             _record_eval(hist, epoch, pool, local, config, params, tr, te)
             if checkpoint is not None:
