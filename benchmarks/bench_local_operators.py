@@ -3,7 +3,7 @@ time, fraction of tile pairs skipped, entries kept, stated error bound and measu
 
     python benchmarks/bench_local_operators.py            # 10^4 points of one chart, 10^5 points
     python benchmarks/bench_local_operators.py --quick    # 10^4 only
-    python benchmarks/bench_local_operators.py --million  # one mat-vec at 10^6 points (all charts)
+    python benchmarks/bench_local_operators.py --million [delta] [heat]  # one mat-vec at 10^6 points
 
 10^4: quintic points of one chart (select_chart of 2 x 10^5 samples, seed 1), where the flow
 runs.  10^5: 10^5 quintic points of all charts (seed 2; one chart would need 2 x 10^6 samples):
@@ -103,15 +103,16 @@ def peak_rss_gb() -> float:
     return float("nan")
 
 
-def million():
-    """One mat-vec at 10^6 points: the Delta kernel and the heat kernel at sigma = 0.02."""
+def million(which=("delta", "heat")):
+    """One mat-vec at 10^6 points: the Delta kernel and/or the heat kernel at sigma = 0.02."""
     t, ds = timed(lambda: mf.sample_points(mf.fermat_quintic(), 1_000_000, seed=3).compute())
     z = ds["z"].values
     print(f"sampled {len(z)} points (all charts) in {t:.1f} s; load {os.getloadavg()[0]:.1f}")
     v = np.random.default_rng(0).standard_normal((len(z), 3, 3))
     row("kernel", "operator", "build [s]", "build CPU [s]", "mat-vec [s]", "nnz", "error_factor", "peak RSS [GB]")
     row(*["---"] * 8)
-    for name, k in (("delta", delta), ("sigma=0.02 exp(-d^2/2s^2)", gaussian_fs.bind(sigma=0.02, squared=True))):
+    kernels = {"delta": ("delta", delta), "heat": ("sigma=0.02 exp(-d^2/2s^2)", gaussian_fs.bind(sigma=0.02, squared=True))}
+    for name, k in (kernels[w] for w in which):
         c = time.process_time()
         tb, op = timed(as_operator, k, z, z, method="local")
         cpu = time.process_time() - c
@@ -126,13 +127,14 @@ def million():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="10^4 points only")
-    parser.add_argument("--million", action="store_true", help="one mat-vec at 10^6 points only")
+    parser.add_argument("--million", nargs="*", choices=("delta", "heat"), default=None,
+                        help="one mat-vec at 10^6 points only (kernels: delta, heat; default both)")
     args = parser.parse_args()
     print(f"machine : {cpu_model()}, {os.cpu_count()} logical cores, affinity {len(os.sched_getaffinity(0))}, "
           f"Python {platform.python_version()}, NumPy {np.__version__}, mfarray {mf.__version__}, "
           f"load {os.getloadavg()[0]:.1f}")
-    if args.million:
-        million()
+    if args.million is not None:
+        million(args.million or ("delta", "heat"))
         return
     t, chart = timed(lambda: mf.select_chart(mf.sample_points(mf.fermat_quintic(), 200_000, seed=1)).compute())
     z = chart["z"].values[:10_000]

@@ -70,10 +70,11 @@ def _screen_tile(ura, uia, vra, via, thr, c2_count, diag, mirror, ii, jj, n_row,
     """Pairs (i, j) of the rows of u (tuples of m coordinate rows, n1 points) and the columns
     of v (n2 points) with c2_ij >= thr[i] (only j >= i when ``diag``) written to ii, jj (as
     long as they have room) and counted in the return value; n_row[i] (and with ``mirror``
-    n_col[j]) count the pairs with c2_ij >= c2_count."""
+    n_col[j]) count the pairs with c2_ij >= c2_count (not touched when c2_count >= 2)."""
     n1 = ura[0].shape[0]
     n2 = vra[0].shape[0]
     cap = ii.shape[0]
+    counting = c2_count < 2.0  # 2 (the default of screen_pairs): no counts wanted, passes skipped
     row = np.empty(COLS)
     count = 0
     for j0 in range(0, n2, COLS):
@@ -83,16 +84,18 @@ def _screen_tile(ura, uia, vra, via, thr, c2_count, diag, mirror, ii, jj, n_row,
             ai = _take(uia, i)
             t = thr[i]
             found = 0
-            hits = 0
-            for j in range(nb):  # vectorised: c2, and two counts
+            for j in range(nb):  # vectorised: c2 and the count of pairs kept
                 c = _cnorm2(ar, ai, vra, via, j0 + j)
                 row[j] = c
                 found += 1 if c >= t else 0
-                hits += 1 if c >= c2_count else 0
-            n_row[i] += hits
-            if mirror:
+            if counting:
+                hits = 0
                 for j in range(nb):  # vectorised
-                    n_col[j0 + j] += 1 if row[j] >= c2_count else 0
+                    hits += 1 if row[j] >= c2_count else 0
+                n_row[i] += hits
+                if mirror:
+                    for j in range(nb):  # vectorised
+                        n_col[j0 + j] += 1 if row[j] >= c2_count else 0
             if found:
                 for j in range(nb):
                     if row[j] >= t and (j0 + j >= i or not diag):
