@@ -28,7 +28,6 @@ GEMM and ``|.|^2``) does the same, more slowly.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -40,7 +39,7 @@ from ..fused import COLS, _cnorm2, _jit, _take
 from .protocol import bounds, check_positive
 from .tiled import _in_order
 
-__all__ = ["SCREEN_BLOCK", "SLACK", "Screened", "TooManyPairs", "chordal_c2", "host_units", "nearest_screened", "screen_pairs"]
+__all__ = ["SCREEN_BLOCK", "SLACK", "Screened", "TooManyPairs", "host_units", "nearest_screened", "screen_pairs"]
 
 #: subtracted from every screening threshold on c2 = |<u, v>|^2 (module docstring)
 SLACK = 1e-12
@@ -317,8 +316,3 @@ def _decide(u_out: np.ndarray, u_in: np.ndarray, i: np.ndarray, j: np.ndarray, n
     index = np.empty(n_out, dtype=np.int64)
     index[i[first]] = j[first]
     return index
-
-
-def chordal_c2(radius: float) -> float:
-    """cos^2(radius): the c2 of two points at FS distance ``radius`` (0 beyond pi/2)."""
-    return math.cos(min(radius, math.pi / 2)) ** 2
