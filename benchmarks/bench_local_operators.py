@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, peak_rss_gb  # benchmarks/machine.py
 
 import mfarray as mf
 from mfarray.kernels import delta, gaussian_fs, nearest_index
@@ -93,14 +93,6 @@ def run(z, label, compare):
         tb, idx = timed(nearest_index, z, z)
         row("delta", "dense (nearest_index, streamed)", f"{tb:.2f}", "", "", "", "", "", "")
         assert np.array_equal(idx, op.index)
-
-
-def peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def million(which=("delta", "heat")):

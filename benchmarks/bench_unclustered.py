@@ -21,20 +21,12 @@ import platform
 import time
 
 import numpy as np
-from machine import cpu_model
+from machine import cpu_model, peak_rss_gb
 
 import mfarray as mf
 from mfarray.kernels import gaussian_fs, relu_ntk
 
 KERNELS = {"gaussian": gaussian_fs.bind(sigma=0.3, squared=True), "relu": relu_ntk}
-
-
-def peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def main() -> None:

@@ -55,3 +55,12 @@ def machine_info() -> str:
 
     return (f"CPU: {cpu_model()}; cores available: {backend.cores()}; python {platform.python_version()}, "
             f"numpy {np.__version__}; load average {load()}")
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (VmHWM of /proc/self/status), GB (2^30 bytes)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
