@@ -39,7 +39,7 @@ from ..fused import COLS, _cnorm2, _jit, _take
 from .protocol import bounds, check_positive
 from .tiled import _in_order
 
-__all__ = ["SCREEN_BLOCK", "SLACK", "Screened", "TooManyPairs", "host_units", "nearest_screened", "screen_pairs"]
+__all__ = ["SCREEN_BLOCK", "SLACK", "Screened", "TooManyPairs", "host_units", "nearest_screened", "pair_distances", "screen_pairs"]
 
 #: subtracted from every screening threshold on c2 = |<u, v>|^2 (module docstring)
 SLACK = 1e-12
@@ -303,10 +303,21 @@ def nearest_screened(z_out: Any, z_in: Any, *, block: int = SCREEN_BLOCK, worker
     return _decide(u_out, u_in, i, j, n_out)
 
 
+def pair_distances(u_out: np.ndarray, u_in: np.ndarray, i: np.ndarray, j: np.ndarray,
+                   step: int = 1 << 20) -> np.ndarray:
+    """FS distances (len(i),) of the pairs (u_out[i], u_in[j]) by the entrywise sine form
+    (:func:`mfarray.geometry.distance.fs_distance_pairs`), gathered ``step`` pairs at a time
+    (bounded copies)."""
+    out = np.empty(i.shape[0])
+    for s in range(0, i.shape[0], step):
+        out[s:s + step] = fs_distance_pairs(u_out[i[s:s + step]], u_in[j[s:s + step]])
+    return out
+
+
 def _decide(u_out: np.ndarray, u_in: np.ndarray, i: np.ndarray, j: np.ndarray, n_out: int) -> np.ndarray:
     """Per row of the candidate pairs (i, j): the j at the smallest exact distance, the smallest
     j among equally near ones (the tie rule of the streamed nearest search)."""
-    d = fs_distance_pairs(u_out[i], u_in[j])
+    d = pair_distances(u_out, u_in, i, j)
     order = np.lexsort((j, d, i))
     i, j = i[order], j[order]
     first = np.ones(i.shape[0], dtype=bool)

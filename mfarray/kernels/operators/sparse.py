@@ -34,10 +34,9 @@ from typing import Any
 import numpy as np
 
 from ... import backend
-from ...geometry.distance import fs_distance_pairs
 from .local import DEFAULT_TOL, _check_tol, _gaussian_hyper, _profile
 from .protocol import check_pair, check_positive, check_square, flatten, kernel_spec, unflatten
-from .screen import SCREEN_BLOCK, SLACK, TooManyPairs, host_units, screen_pairs
+from .screen import SCREEN_BLOCK, SLACK, TooManyPairs, host_units, pair_distances, screen_pairs
 
 __all__ = ["SparseGaussianOperator", "TooLarge", "gaussian_radius"]
 
@@ -120,7 +119,7 @@ class SparseGaussianOperator:
                            f"falls to tol = {self.tol:g} (sparse_max_bytes = {self.sparse_max_bytes}, or a quarter "
                            "of the matrix)") from None
         i, j = found.i, found.j
-        d = fs_pairs(u_out, u_in, i, j)
+        d = pair_distances(u_out, u_in, i, j)
         k = _profile(d, self.sigma, self.squared)
         keep = k >= self.tol
         if self.symmetric:  # the pairs i < j stand for (j, i) too
@@ -200,12 +199,3 @@ class SparseGaussianOperator:
     def transpose(self) -> SparseGaussianOperator:
         """:attr:`T`."""
         return self.T
-
-
-def fs_pairs(u_out: np.ndarray, u_in: np.ndarray, i: np.ndarray, j: np.ndarray, step: int = 1 << 20) -> np.ndarray:
-    """FS distances (len(i),) of the pairs (u_out[i], u_in[j]), gathered ``step`` pairs at a
-    time (bounded copies)."""
-    out = np.empty(i.shape[0])
-    for s in range(0, i.shape[0], step):
-        out[s:s + step] = fs_distance_pairs(u_out[i[s:s + step]], u_in[j[s:s + step]])
-    return out
