@@ -588,10 +588,12 @@ def _row(bb, G, gr, a, i, c, row):  # pragma: no cover - compiled
 @_jit(reassociate=True)
 def _sums(row, ref, lo, hi, acc):  # pragma: no cover - compiled
     """acc += (sum t u, sum t^2, sum (t - u)^2) over t = row[lo:hi], u = ref[lo:hi], in float64."""
+    r = row[lo:hi]  # views indexed from 0: an index numba cannot prove non-negative (j in
+    f = ref[lo:hi]  # range(lo, hi)) gets a sign test per element and the loop is not vectorised
     s0 = s1 = s2 = 0.0
-    for j in range(lo, hi):
-        t = np.float64(row[j])
-        u = np.float64(ref[j])
+    for j in range(hi - lo):
+        t = np.float64(r[j])
+        u = np.float64(f[j])
         d = t - u
         s0 += t * u
         s1 += t * t

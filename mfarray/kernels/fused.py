@@ -163,6 +163,15 @@ def _take(xs, i):
     raise NotImplementedError("jitted code only")
 
 
+def _cut(xs, a, b):
+    """(xs[0][a:b], ..., xs[n-1][a:b]): columns a:b of a block as a tuple of views (jitted code
+    only).  The column loops index these views by their own counter j (never j0 + j): numba
+    wraps negative indices, and for an index it cannot prove non-negative it emits a sign
+    test and a scalar load per element, which stops the loads being vectorised (measured:
+    the |<u, v>|^2 loop 2.1x slower)."""
+    raise NotImplementedError("jitted code only")
+
+
 def _dot(a, xs, j):
     """sum_k a[k] xs[k][j], in two interleaved chains (jitted code only)."""
     raise NotImplementedError("jitted code only")
@@ -224,6 +233,10 @@ if numba is not None:
     @overload(_take, inline="always")
     def _take_impl(xs, i):
         return _generated("take", "xs, i", "(" + "".join(f"xs[{k}][i], " for k in range(len(xs))) + ")")
+
+    @overload(_cut, inline="always")
+    def _cut_impl(xs, a, b):
+        return _generated("cut", "xs, a, b", "(" + "".join(f"xs[{k}][a:b], " for k in range(len(xs))) + ")")
 
     @overload(_dot, inline="always")
     def _dot_impl(a, xs, j):
@@ -476,12 +489,14 @@ def _fs_tile(ura, uia, vra, via, width, mode, out):
     idx = np.empty(COLS + 1, dtype=np.int64)
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
+        br = _cut(vra, j0, j0 + nb)
+        bi = _cut(via, j0, j0 + nb)
         for i in range(n1):
             row = out[i, j0:j0 + nb]
             ar = _take(ura, i)
             ai = _take(uia, i)
             for j in range(nb):  # vectorised: |<u, v>|^2
-                row[j] = _cnorm2(ar, ai, vra, via, j0 + j)
+                row[j] = _cnorm2(ar, ai, br, bi, j)
             near = 0
             for j in range(nb):  # vectorised: -> d (two short loops run faster than one long)
                 d = _acos_sqrt(row[j])
@@ -500,7 +515,7 @@ def _fs_tile(ura, uia, vra, via, width, mode, out):
                         idx[count] = j
                         count += 1 if row[j] < _NEAR else 0
             for t in range(count):  # and the cancellation-free sine form
-                row[idx[t]] = _sine_form(ar, ai, _take(vra, j0 + idx[t]), _take(via, j0 + idx[t]))
+                row[idx[t]] = _sine_form(ar, ai, _take(br, idx[t]), _take(bi, idx[t]))
             if mode == 0:
                 continue
             for j in range(nb):  # vectorised: the kernel
@@ -603,13 +618,16 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
     a2pi = a * _INV_2PI
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
+        xc = _cut(xb, j0, j0 + nb)  # columns j0:j0+nb, indexed by j (see _cut)
+        k2c = k2[j0:j0 + nb]
+        s0c = sb[0][j0:j0 + nb]
         for i in range(n1):
             C = outk[i, j0:j0 + nb] if want_k else Cb[:nb]  # the rows themselves: no copies
             N = outt[i, j0:j0 + nb] if want_t else Nb[:nb]
             xi = _take(xa, i)
             if depth == 0:
                 for j in range(nb):
-                    c = ad * _dot(xi, xb, j0 + j) + b
+                    c = ad * _dot(xi, xc, j) + b
                     C[j] = c
                     N[j] = c
                 continue
@@ -617,13 +635,12 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
             k1i = k1[i]
             refine = 0
             for j in range(nb):  # vectorised: the input layer
-                jj = j0 + j
-                c = ad * _dot(xi, xb, jj) + b
-                s = si * sb[0, jj]
+                c = ad * _dot(xi, xc, j) + b
+                s = si * s0c[j]
                 C[j] = c
                 dv = (s - c) * (s + c)
                 D[j] = dv
-                R[j] = (k1i + k2[jj]) - (c + c)
+                R[j] = (k1i + k2c[j]) - (c + c)
                 refine += 1 if dv <= (s * s) * refine_tol else 0
             for c0 in range(0, nb, 32):  # the nearly parallel pairs, cancellation-free
                 if refine == 0:
@@ -631,11 +648,11 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
                 c1 = min(nb, c0 + 32)
                 found = 0
                 for j in range(c0, c1):  # vectorised count: most chunks have none
-                    s = si * sb[0, j0 + j]
+                    s = si * s0c[j]
                     found += 1 if D[j] <= (s * s) * refine_tol else 0
                 if found:
                     for j in range(c0, c1):
-                        s = si * sb[0, j0 + j]
+                        s = si * s0c[j]
                         if D[j] <= (s * s) * refine_tol:
                             C[j], R[j], D[j] = _refine(x1, x2, i, j0 + j, ad, b)
                     refine -= found
@@ -645,6 +662,7 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
                 last = layer == depth
                 first = layer == 1
                 sl = sa[layer - 1, i]
+                slc = sb[layer - 1][j0:j0 + nb]
                 for j in range(nb):  # vectorised: sqrt(D) = s sin(theta), theta
                     dv = D[j]
                     dv = 0.0 if dv < 0.0 else dv
@@ -669,7 +687,7 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
                     sg = q - th * c  # s (sin - theta cos)
                     pt = _PI - th
                     kt = (pt * c + q) * _INV_2PI
-                    s = sl * sb[layer - 1, j0 + j]
+                    s = sl * slc[j]
                     smc = (s - c) if (first and c <= 0.0) else dv / ((s + c) + _TINY)
                     qq = (smc * _PI - sg) * _INV_2PI
                     qq = 0.0 if qq < 0.0 else qq  # s/2 - tilde K >= 0

@@ -35,7 +35,7 @@ import numpy as np
 from ... import backend
 from ...geometry.distance import fs_distance_pairs, unit_vectors
 from .. import fused
-from ..fused import COLS, _cnorm2, _jit, _take
+from ..fused import COLS, _cnorm2, _cut, _jit, _take
 from .protocol import bounds, check_positive
 from .tiled import _in_order
 
@@ -78,13 +78,15 @@ def _screen_tile(ura, uia, vra, via, thr, c2_count, diag, mirror, ii, jj, n_row,
     count = 0
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
+        br = _cut(vra, j0, j0 + nb)
+        bi = _cut(via, j0, j0 + nb)
         for i in range(n1):
             ar = _take(ura, i)
             ai = _take(uia, i)
             t = thr[i]
             found = 0
             for j in range(nb):  # vectorised: c2 and the count of pairs kept
-                c = _cnorm2(ar, ai, vra, via, j0 + j)
+                c = _cnorm2(ar, ai, br, bi, j)
                 row[j] = c
                 found += 1 if c >= t else 0
             if counting:
@@ -93,8 +95,9 @@ def _screen_tile(ura, uia, vra, via, thr, c2_count, diag, mirror, ii, jj, n_row,
                     hits += 1 if row[j] >= c2_count else 0
                 n_row[i] += hits
                 if mirror:
+                    cols = n_col[j0:j0 + nb]
                     for j in range(nb):  # vectorised
-                        n_col[j0 + j] += 1 if row[j] >= c2_count else 0
+                        cols[j] += 1 if row[j] >= c2_count else 0
             if found:
                 for j in range(nb):
                     if row[j] >= t and (j0 + j >= i or not diag):
@@ -113,11 +116,13 @@ def _rowmax_tile(ura, uia, vra, via, best):
     row = np.empty(COLS)
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
+        br = _cut(vra, j0, j0 + nb)
+        bi = _cut(via, j0, j0 + nb)
         for i in range(n1):
             ar = _take(ura, i)
             ai = _take(uia, i)
             for j in range(nb):  # vectorised
-                row[j] = _cnorm2(ar, ai, vra, via, j0 + j)
+                row[j] = _cnorm2(ar, ai, br, bi, j)
             m = best[i]
             for j in range(nb):
                 m = max(m, row[j])
