@@ -271,9 +271,8 @@ def test_relu_fused_threads_lazy_and_errors(x):
     assert isinstance(T, da.Array)
     np.testing.assert_allclose(T.compute(), ref, rtol=1e-15, atol=0)
     np.testing.assert_allclose(relu_ntk(xd, x[:50], method="numpy", **hp).compute(), ref[:, :50], rtol=1e-14)
-    with pytest.raises(ValueError, match="method='fused'.*float64.*method='numpy'"):
-        relu_ntk(x, x, method="fused", dtype=np.float32)
-    assert relu_ntk(x, x, dtype=np.float32).dtype == np.float32  # auto: the NumPy path
+    assert relu_ntk(x, x, method="fused", dtype=np.float32, **hp).dtype == np.float32  # fused32 (test_fused32)
+    assert relu_ntk(x, x, method="numpy", dtype=np.float32).dtype == np.float32
     with pytest.raises(ValueError, match="method"):
         relu_ntk(x, x, method="gemm")
     with pytest.raises(NonFiniteKernelError):
@@ -285,8 +284,8 @@ def test_relu_fused_refused_for_other_namespaces(x, monkeypatch):
 
     monkeypatch.setattr(array_api_compat, "is_numpy_namespace", lambda xp: False)
     with pytest.raises(ValueError, match="method='fused'.*method='numpy'"):
-        relu_mod._resolve_method("fused", np, np.float64, "relu_ntk")
-    assert relu_mod._resolve_method("auto", np, np.float64, "relu_ntk") == "numpy"
+        relu_mod._resolve_method("fused", np, "relu_ntk")
+    assert relu_mod._resolve_method("auto", np, "relu_ntk") == "numpy"
 
 
 # ----------------------------------------------------------------------------- in the operator

@@ -194,8 +194,8 @@ def fs_distance(z1: Array, z2: Array | None = None, *, block_elements: int = 1 <
 
 
 def map_unit_pairs(block: Callable[[Array, Array], Array], z1: Array, z2: Array | None = None, *,
-                   block_elements: int | None = 1 << 21) -> Array:
-    """``block(u, v)`` -> (n1, n2) float64 for the unit vectors u, v of homogeneous points z1
+                   block_elements: int | None = 1 << 21, dtype: Any = np.float64) -> Array:
+    """``block(u, v)`` -> (n1, n2) ``dtype`` for the unit vectors u, v of homogeneous points z1
     (n1, n+1), z2 (n2, n+1) (``None``: z1), lifted as :func:`fs_distance` lifts its blocks.
 
     The points are validated (2-d, the same P^n, finite and non-zero) and normalised
@@ -218,7 +218,7 @@ def map_unit_pairs(block: Callable[[Array, Array], Array], z1: Array, z2: Array 
         z2 = da.asarray(z2).rechunk({1: -1})
         u = z1.map_blocks(_unit_checked, dtype=z1.dtype)
         v = z2.map_blocks(_unit_checked, dtype=z2.dtype)
-        return da.blockwise(block, "ij", u, "ik", v, "jk", dtype=np.float64, concatenate=True)
+        return da.blockwise(block, "ij", u, "ik", v, "jk", dtype=dtype, concatenate=True)
     xp = backend.namespace(z1, z2)
     u = _unit_checked(z1, "z1")
     v = _unit_checked(z2, "z2")

@@ -68,7 +68,7 @@ Without numba :func:`available` is False and the kernels keep their NumPy paths.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -205,30 +205,29 @@ def _from_bits(i):
     raise NotImplementedError("jitted code only")
 
 
-if numba is not None:
-    import llvmlite.ir
-    from numba.core import types as _types
+def _bitcast(stub, src, dst, llvm_type):
+    """Compile ``stub(x)`` (numba must be installed): the bits of x (numba type ``src``) read as
+    a ``dst`` (llvm_type)."""
     from numba.extending import intrinsic, overload
 
     @intrinsic
-    def _bits_intrinsic(typingctx, x):
+    def cast(typingctx, x):
         def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], llvmlite.ir.IntType(64))
-        return _types.int64(_types.float64), codegen
+            return builder.bitcast(args[0], llvm_type)
+        return dst(src), codegen
 
-    @intrinsic
-    def _from_bits_intrinsic(typingctx, i):
-        def codegen(context, builder, sig, args):
-            return builder.bitcast(args[0], llvmlite.ir.DoubleType())
-        return _types.float64(_types.int64), codegen
+    @overload(stub, inline="always")
+    def impl(x):
+        return lambda x: cast(x)
 
-    @overload(_bits, inline="always")
-    def _bits_impl(x):
-        return lambda x: _bits_intrinsic(x)
 
-    @overload(_from_bits, inline="always")
-    def _from_bits_impl(i):
-        return lambda i: _from_bits_intrinsic(i)
+if numba is not None:
+    import llvmlite.ir
+    from numba.core import types as _types
+    from numba.extending import overload
+
+    _bitcast(_bits, _types.float64, _types.int64, llvmlite.ir.IntType(64))
+    _bitcast(_from_bits, _types.int64, _types.float64, llvmlite.ir.DoubleType())
 
     @overload(_take, inline="always")
     def _take_impl(xs, i):
@@ -350,19 +349,64 @@ def _atan2(y, x):
     return x + y if (x != x or y != y) else th
 
 
+class _Real(NamedTuple):
+    """The constants of the ReLU recursion in one precision (float64 or float32), so that one
+    compiled-per-type code runs the layers in either: a float64 literal in float32 code would
+    promote the arithmetic to float64."""
+
+    zero: Any
+    half: Any
+    pi: Any
+    pio2: Any
+    pio4: Any
+    inv_pi: Any
+    inv_2pi: Any
+    tiny: Any
+    tan_pi8: Any
+    atan: tuple  # atan(t) = t + t z P(z): P's coefficients
+
+
+_F64 = _Real(0.0, 0.5, _PI, _PIO2, _PIO4, _INV_PI, _INV_2PI, _TINY, _TAN_PI8,
+             (_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10))
+
+
+def _estrin(z, cs):
+    """sum_k cs[k] z^k by Estrin's scheme (jitted code only): pairs c_2k + c_2k+1 z, then pairs
+    of those with z^2, z^4, ... -- for the 11 atan coefficients exactly the tree of _atan_poly."""
+    raise NotImplementedError("jitted code only")
+
+
+if numba is not None:
+    def _estrin_source(n):
+        terms = [f"(cs[{k}] + cs[{k + 1}] * z)" if k + 1 < n else f"cs[{k}]" for k in range(0, n, 2)]
+        lines, power = [], "z"
+        while len(terms) > 1:
+            lines.append(f"{power}2 = {power} * {power}" if power == "z" else f"{power}x = {power} * {power}")
+            power = f"{power}2" if power == "z" else f"{power}x"
+            terms = [f"({terms[k]} + {terms[k + 1]} * {power})" if k + 1 < len(terms) else terms[k]
+                     for k in range(0, len(terms), 2)]
+        return lines + [terms[0]]
+
+    @overload(_estrin, inline="always")
+    def _estrin_impl(z, cs):
+        return _generated("estrin", "z, cs", *_estrin_source(len(cs)))
+
+
 @_jit(inline=True)
-def _atan2_pos(y, x):
+def _atan2_pos(y, x, k):
     """atan2(y, x) for y >= 0 and finite or NaN arguments not both huge (> 1e307): _atan2 without
-    the infinities and the rescaling, for the ReLU recursion (y = sqrt(D), x = c)."""
+    the infinities and the rescaling, for the ReLU recursion (y = sqrt(D), x = c), in the
+    precision of the constants ``k`` (a _Real)."""
     ax = abs(x)
     b = ax if ax > y else y
     s = y if ax > y else ax
-    b = 1.0 if b == 0.0 else b  # both zero: t = 0
-    octant = s > _TAN_PI8 * b
+    b = (k.half + k.half) if b == k.zero else b  # both zero: t = 0
+    octant = s > k.tan_pi8 * b
     t = (s - b if octant else s) / (s + b if octant else b)
-    th = _atan_poly(t, t * t) + (_PIO4 if octant else 0.0)
-    th = _PIO2 - th if y > ax else th
-    return _PI - th if math.copysign(1.0, x) < 0.0 else th
+    z = t * t
+    th = (t + t * (z * _estrin(z, k.atan))) + (k.pio4 if octant else k.zero)
+    th = k.pio2 - th if y > ax else th
+    return k.pi - th if math.copysign(k.half, x) < k.zero else th
 
 
 # ------------------------------------------------------------------ array helpers (tests, users)
@@ -599,6 +643,91 @@ def _refine(x1, x2, i, j, ad, b):
     return ad * gg + b, r0, ad * ad * lag + b * r0
 
 
+@_jit(inline=True)
+def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol, want_r, C, D, R):
+    """The input layer of row i against the columns j0:j0+nb, computed in float64 (the
+    precision-critical part: D = s^2 - c^2 cancels for nearly parallel pairs) and stored in
+    the arrays' dtype (float64, or float32 for fused32): C[j] = c = ad x_i.x_j + b,
+    D[j] = (s - c)(s + c), R[j] = k1_i + k2_j - 2 c (only ``want_r``: the hidden layers read
+    it), the pairs with D <= s^2 refine_tol recomputed without cancellation from x' - x
+    (_refine)."""
+    refine = 0
+    for j in range(nb):  # vectorised (two versions: LLVM unswitches want_r)
+        c = ad * _dot(xi, xc, j) + b
+        s = si * s0c[j]
+        C[j] = c
+        dv = (s - c) * (s + c)
+        D[j] = dv
+        if want_r:
+            R[j] = (k1i + k2c[j]) - (c + c)
+        refine += 1 if D[j] <= (s * s) * refine_tol else 0  # the stored D: the test of the loop below
+    for c0 in range(0, nb, 32):  # the nearly parallel pairs, cancellation-free
+        if refine == 0:
+            break
+        c1 = min(nb, c0 + 32)
+        found = 0
+        for j in range(c0, c1):  # vectorised count: most chunks have none
+            s = si * s0c[j]
+            found += 1 if D[j] <= (s * s) * refine_tol else 0
+        if found:
+            for j in range(c0, c1):
+                s = si * s0c[j]
+                if D[j] <= (s * s) * refine_tol:
+                    C[j], R[j], D[j] = _refine(x1, x2, i, j0 + j, ad, b)
+            refine -= found
+
+
+@_jit(inline=True)
+def _relu_layers(k, C, D, R, N, Q, TH, sa, sb, i, j0, nb, depth, a, b):
+    """The layers 1 .. depth of row i (columns j0:j0+nb) from the input layer's C, D, R, with
+    N = C on entry: C <- the NNGP, N <- the NTK.  Generic in the precision: the arrays, a, b and
+    the constants ``k`` (a _Real) are all float64 or all float32, so the recursion runs in one
+    precision (mfarray.kernels.relu._block's order of operations)."""
+    aa = a * a
+    a2pi = a * k.inv_2pi
+    for layer in range(1, depth + 1):
+        last = layer == depth
+        first = layer == 1
+        sl = sa[layer - 1, i]
+        slc = sb[layer - 1][j0:j0 + nb]
+        for j in range(nb):  # vectorised: sqrt(D) = s sin(theta), theta
+            dv = D[j]
+            dv = k.zero if dv < k.zero else dv
+            q = math.sqrt(dv)
+            D[j] = dv
+            Q[j] = q
+            TH[j] = _atan2_pos(q, C[j], k)
+        if last:
+            for j in range(nb):  # vectorised: the last layer
+                c = C[j]
+                pt = k.pi - TH[j]
+                kt = (pt * c + Q[j]) * k.inv_2pi
+                cn = kt * a + b
+                N[j] = N[j] * (pt * a2pi) + cn
+                C[j] = cn
+            continue
+        for j in range(nb):  # vectorised: a hidden layer, D and R carried on
+            c = C[j]
+            q = Q[j]
+            th = TH[j]
+            dv = D[j]
+            sg = q - th * c  # s (sin - theta cos)
+            pt = k.pi - th
+            kt = (pt * c + q) * k.inv_2pi
+            s = sl * slc[j]
+            smc = (s - c) if (first and c <= k.zero) else dv / ((s + c) + k.tiny)
+            qq = (smc * k.pi - sg) * k.inv_2pi
+            qq = k.zero if qq < k.zero else qq  # s/2 - tilde K >= 0
+            qq = qq * (s * k.half + kt)  # tilde D
+            r = R[j] * k.half - sg * k.inv_pi
+            r = (k.zero if r < k.zero else r) * a
+            D[j] = qq * aa + r * b
+            R[j] = r
+            cn = kt * a + b
+            N[j] = N[j] * (pt * a2pi) + cn
+            C[j] = cn
+
+
 @_jit()
 def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk, outt, want_k, want_t):
     """The ReLU NNGP (outk) and NTK (outt), (n1, n2), of depth ``depth``: x1 (n1, d), x2 (n2, d)
@@ -614,8 +743,6 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
     R = np.empty(COLS)
     Q = np.empty(COLS)
     TH = np.empty(COLS)
-    aa = a * a
-    a2pi = a * _INV_2PI
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
         xc = _cut(xb, j0, j0 + nb)  # columns j0:j0+nb, indexed by j (see _cut)
@@ -631,96 +758,28 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
                     C[j] = c
                     N[j] = c
                 continue
-            si = sa[0, i]
-            k1i = k1[i]
-            refine = 0
-            for j in range(nb):  # vectorised: the input layer
-                c = ad * _dot(xi, xc, j) + b
-                s = si * s0c[j]
-                C[j] = c
-                dv = (s - c) * (s + c)
-                D[j] = dv
-                R[j] = (k1i + k2c[j]) - (c + c)
-                refine += 1 if dv <= (s * s) * refine_tol else 0
-            for c0 in range(0, nb, 32):  # the nearly parallel pairs, cancellation-free
-                if refine == 0:
-                    break
-                c1 = min(nb, c0 + 32)
-                found = 0
-                for j in range(c0, c1):  # vectorised count: most chunks have none
-                    s = si * s0c[j]
-                    found += 1 if D[j] <= (s * s) * refine_tol else 0
-                if found:
-                    for j in range(c0, c1):
-                        s = si * s0c[j]
-                        if D[j] <= (s * s) * refine_tol:
-                            C[j], R[j], D[j] = _refine(x1, x2, i, j0 + j, ad, b)
-                    refine -= found
+            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R)
             for j in range(nb):
                 N[j] = C[j]
-            for layer in range(1, depth + 1):
-                last = layer == depth
-                first = layer == 1
-                sl = sa[layer - 1, i]
-                slc = sb[layer - 1][j0:j0 + nb]
-                for j in range(nb):  # vectorised: sqrt(D) = s sin(theta), theta
-                    dv = D[j]
-                    dv = 0.0 if dv < 0.0 else dv
-                    q = math.sqrt(dv)
-                    D[j] = dv
-                    Q[j] = q
-                    TH[j] = _atan2_pos(q, C[j])
-                if last:
-                    for j in range(nb):  # vectorised: the last layer
-                        c = C[j]
-                        pt = _PI - TH[j]
-                        kt = (pt * c + Q[j]) * _INV_2PI
-                        cn = kt * a + b
-                        N[j] = N[j] * (pt * a2pi) + cn
-                        C[j] = cn
-                    continue
-                for j in range(nb):  # vectorised: a hidden layer, D and R carried on
-                    c = C[j]
-                    q = Q[j]
-                    th = TH[j]
-                    dv = D[j]
-                    sg = q - th * c  # s (sin - theta cos)
-                    pt = _PI - th
-                    kt = (pt * c + q) * _INV_2PI
-                    s = sl * slc[j]
-                    smc = (s - c) if (first and c <= 0.0) else dv / ((s + c) + _TINY)
-                    qq = (smc * _PI - sg) * _INV_2PI
-                    qq = 0.0 if qq < 0.0 else qq  # s/2 - tilde K >= 0
-                    qq = qq * (s * 0.5 + kt)  # tilde D
-                    r = R[j] * 0.5 - sg * _INV_PI
-                    r = (0.0 if r < 0.0 else r) * a
-                    D[j] = qq * aa + r * b
-                    R[j] = r
-                    cn = kt * a + b
-                    N[j] = N[j] * (pt * a2pi) + cn
-                    C[j] = cn
+            _relu_layers(_F64, C, D, R, N, Q, TH, sa, sb, i, j0, nb, depth, a, b)
 
 
-def relu_tile(x1: Any, x2: Any, *, depth: int, a: float, b: float, refine_tol: float, want_nngp: bool = True,
-              want_ntk: bool = True, out: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(NNGP, NTK) of a depth-``depth`` ReLU MLP, each (n1, n2) float64 (None where not wanted),
-    for features x1 (n1, d), x2 (n2, d), a = sigma_w^2, b = sigma_b^2: the convention and the
-    recursion of :mod:`mfarray.kernels.relu` (its hyper-parameter checks are the caller's).
-    ``out``: (nngp, ntk) C-contiguous float64 arrays (n1, n2) to write into, or None for a
-    kernel not wanted (then ``want_nngp``, ``want_ntk`` are ignored)."""
+def _relu_prep(x1, x2, depth, a, b, out, want_nngp, want_ntk, dtype):
+    """The float64 inputs of the ReLU tiles: (x1, x2, ad, k1, k2, sa, sb, out) with K^0(x, x) =
+    k1, k2 and the square roots of the diagonals K^l(x, x) (l < depth) sa, sb; ``out`` made
+    (``dtype``) or checked."""
     _require()
     x1 = np.ascontiguousarray(x1, dtype=np.float64)
     x2 = np.ascontiguousarray(x2, dtype=np.float64)
     if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1] or x1.shape[1] == 0:
         raise ValueError(f"x1 and x2 must be (n, d) with the same d >= 1; got shapes {x1.shape}, {x2.shape}")
-    depth = int(depth)
     n1, dim = x1.shape
     n2 = x2.shape[0]
     if out is None:
-        out = (np.empty((n1, n2)) if want_nngp else None, np.empty((n1, n2)) if want_ntk else None)
+        out = tuple(np.empty((n1, n2), dtype=dtype) if want else None for want in (want_nngp, want_ntk))
     for o in out:
-        if o is not None and (o.shape != (n1, n2) or o.dtype != np.float64 or not o.flags.c_contiguous):
-            raise ValueError(f"out must hold C-contiguous float64 arrays of shape {(n1, n2)}")
+        if o is not None and (o.shape != (n1, n2) or o.dtype != dtype or not o.flags.c_contiguous):
+            raise ValueError(f"out must hold C-contiguous {np.dtype(dtype).name} arrays of shape {(n1, n2)}")
     ad = a / dim
     with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused by the caller's checks
         k1 = ad * np.sum(x1 * x1, axis=-1) + b
@@ -730,8 +789,20 @@ def relu_tile(x1: Any, x2: Any, *, depth: int, a: float, b: float, refine_tol: f
         for layer in range(depth):
             sa[layer], sb[layer] = np.sqrt(d1), np.sqrt(d2)
             d1, d2 = (0.5 * a) * d1 + b, (0.5 * a) * d2 + b
+    return x1, x2, ad, k1, k2, sa, sb, out
+
+
+def relu_tile(x1: Any, x2: Any, *, depth: int, a: float, b: float, refine_tol: float, want_nngp: bool = True,
+              want_ntk: bool = True, out: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(NNGP, NTK) of a depth-``depth`` ReLU MLP, each (n1, n2) float64 (None where not wanted),
+    for features x1 (n1, d), x2 (n2, d), a = sigma_w^2, b = sigma_b^2: the convention and the
+    recursion of :mod:`mfarray.kernels.relu` (its hyper-parameter checks are the caller's).
+    ``out``: (nngp, ntk) C-contiguous float64 arrays (n1, n2) to write into, or None for a
+    kernel not wanted (then ``want_nngp``, ``want_ntk`` are ignored)."""
+    depth = int(depth)
+    x1, x2, ad, k1, k2, sa, sb, out = _relu_prep(x1, x2, depth, a, b, out, want_nngp, want_ntk, np.float64)
     none = np.empty((0, 0))
-    if n1 and n2 and (out[0] is not None or out[1] is not None):
+    if x1.shape[0] and x2.shape[0] and (out[0] is not None or out[1] is not None):
         _relu_tile(tuple(np.ascontiguousarray(x1.T)), tuple(np.ascontiguousarray(x2.T)), x1, x2, sa, sb, k1, k2,
                    float(ad), float(a), float(b), float(refine_tol), depth,
                    none if out[0] is None else out[0], none if out[1] is None else out[1],

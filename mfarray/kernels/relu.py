@@ -100,9 +100,12 @@ NumPy the blocks can be processed by a small thread pool (``n_threads``).
 contraction), in one compiled pass per row (:func:`mfarray.kernels.fused.relu_tile`, numba: no (n1, n2)
 temporaries, a vectorised atan2), in float64 on NumPy inputs; it agrees with
 ``method="numpy"`` to the rounding of the recursion (~1e-15 relative measured, Table-1
-hyper-parameters and depth 3 included, tests/test_fused_kernels.py).  ``"auto"`` (the
-default) is ``"fused"`` for NumPy inputs in float64 where numba is installed, else
-``"numpy"``.  Dask inputs give a lazy result: the in-memory kernels mapped over pairs of
+hyper-parameters and depth 3 included, tests/test_fused_kernels.py).  With ``dtype=float32``
+it keeps the input layer (the inner products and the cancellation-free D = s^2 - c^2) in
+float64 and runs the layers in float32 (:func:`mfarray.kernels.fused32.relu_tile32`: within
+2 (depth + 1) float32 ulps of the float64 kernel, relative to sqrt(Theta(x, x) Theta(x', x'))).
+``"auto"`` (the default) is ``"fused"`` for NumPy inputs where numba is
+installed, else ``"numpy"``.  Dask inputs give a lazy result: the in-memory kernels mapped over pairs of
 chunks.
 """
 
@@ -117,7 +120,7 @@ import array_api_compat
 import numpy as np
 
 from .. import backend
-from . import fused
+from . import fused, fused32
 from .checks import (SQUARED_MAX, Choice, FloatDType, Integer, Optional, Real, check_finite_values, check_hyper,
                      require_real)
 from .spec import kernel
@@ -152,7 +155,8 @@ DOMAINS = {
     "block_rows": Optional(Integer(1, doc="rows of x1 per block")),
     "n_threads": Optional(Integer(1, doc="threads over blocks")),
     "method": Choice(("auto", "numpy", "fused"), doc="'numpy' (array namespace, blocks of rows), 'fused' (numba, "
-                     "NumPy float64 inputs) or 'auto': 'fused' where it applies, else 'numpy'"),
+                     "NumPy inputs; float64 inner products, float32 layers for dtype float32) or 'auto': 'fused' "
+                     "where it applies, else 'numpy'"),
 }
 
 #: a fused computation of at most this many entries runs on the caller's thread (a tile of an
@@ -369,15 +373,19 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
     dtype, refine_tol, block_rows, n_threads = h["dtype"], h["refine_tol"], h["block_rows"], h["n_threads"]
     if backend.is_dask(x1) or backend.is_dask(x2):
         return _lazy(x1, x1 if x2 is None else x2, h, want_nngp, want_ntk, name)
-    xp, x1, x2 = _prepare(x1, x2, dtype, name)
+    xp = array_api_compat.array_namespace(x1, x1 if x2 is None else x2)
+    fused_path = _resolve_method(h["method"], xp, name) == "fused"
+    # the fused tiles take float64 features whatever dtype says (their inner products are float64)
+    xp, x1, x2 = _prepare(x1, x2, None if fused_path else dtype, name)
     n1, d = x1.shape
     n2 = x2.shape[0]
     if d == 0:
         raise ValueError("feature dimension d must be >= 1")
     label = f"{name}(depth={depth}, sigma_w={h['sigma_w']!r}, sigma_b={h['sigma_b']!r})"
-    if _resolve_method(h["method"], xp, x1.dtype, name) == "fused":
+    if fused_path:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, by name
-            nngp, ntk = _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk)
+            nngp, ntk = _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk,
+                                       np.dtype(np.float64 if dtype is None else dtype))
         for K in (nngp, ntk):
             if K is not None:
                 check_finite_values(K, label, (x1, x2))
@@ -426,45 +434,44 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
     return nngp, ntk
 
 
-def _resolve_method(method, xp, dtype, name):
+def _resolve_method(method, xp, name):
     """``"auto"`` -> ``"fused"`` or ``"numpy"``; ``"fused"`` refused (ValueError naming method
-    and the fix) where it does not apply."""
+    and the fix) where it does not apply.  The fused tiles compute in float64, or in float32
+    after a float64 input layer (:mod:`mfarray.kernels.fused32`), so every dtype has them."""
     numpy_in = array_api_compat.is_numpy_namespace(xp)
-    float64 = numpy_in and np.dtype(dtype) == np.float64
     if method == "auto":
-        return "fused" if float64 and fused.available() else "numpy"
+        return "fused" if numpy_in and fused.available() else "numpy"
     if method == "fused":
         if not numpy_in:
             raise ValueError(f"{name}: method='fused' is a CPU (numba) kernel, but the inputs are "
                              f"{xp.__name__} arrays: use method='numpy' (or 'auto', which picks it for them), "
                              "or pass NumPy arrays")
-        if not float64:
-            raise ValueError(f"{name}: method='fused' computes in float64, but dtype={np.dtype(dtype).name}: use "
-                             "method='numpy' for another dtype")
         if not fused.available():
             raise ValueError(f"{name}: method='fused' needs numba, which is not installed: pip install numba, "
                              "or use method='numpy'")
     return method
 
 
-def _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk):
-    """Both kernels by :func:`mfarray.kernels.fused.relu_tile` on blocks of rows of x1 on
+def _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk, dtype):
+    """Both kernels by :func:`mfarray.kernels.fused.relu_tile` (float64) or
+    :func:`mfarray.kernels.fused32.relu_tile32` (float32) on blocks of rows of float64 x1 on
     ``n_threads`` threads (default: one up to FUSED_SERIAL_ENTRIES entries, else as _compute)."""
     n1, n2 = x1.shape[0], x2.shape[0]
     if n_threads is None:
         n_threads = 1 if n1 * n2 <= FUSED_SERIAL_ENTRIES else min(backend.cores(), 8)
     n_threads = max(1, min(int(n_threads), n1))
-    nngp = np.empty((n1, n2)) if want_nngp else None
-    ntk = np.empty((n1, n2)) if want_ntk else None
+    nngp = np.empty((n1, n2), dtype=dtype) if want_nngp else None
+    ntk = np.empty((n1, n2), dtype=dtype) if want_ntk else None
+    tile = fused32.relu_tile32 if dtype == np.float32 else fused.relu_tile
     kw = dict(depth=depth, a=a, b=b, refine_tol=refine_tol)
     if n_threads == 1:
-        fused.relu_tile(x1, x2, out=(nngp, ntk), **kw)
+        tile(x1, x2, out=(nngp, ntk), **kw)
         return nngp, ntk
     step = -(-n1 // (4 * n_threads))  # a few blocks a thread, so that they finish together
 
     def work(i0):
         rows = slice(i0, min(n1, i0 + step))
-        fused.relu_tile(x1[rows], x2, out=(None if nngp is None else nngp[rows],
+        tile(x1[rows], x2, out=(None if nngp is None else nngp[rows],
                                            None if ntk is None else ntk[rows]), **kw)
 
     with ThreadPoolExecutor(max_workers=n_threads) as ex:
