@@ -644,10 +644,10 @@ def _refine(x1, x2, i, j, ad, b):
 
 
 @_jit(inline=True)
-def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol, want_r, C, D, R):
+def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol, want_r, C, D, R, N):
     """The input layer of row i against the columns j0:j0+nb, computed in float64 (the
     precision-critical part: D = s^2 - c^2 cancels for nearly parallel pairs) and stored in
-    the arrays' dtype (float64, or float32 for fused32): C[j] = c = ad x_i.x_j + b,
+    the arrays' dtype (float64, or float32 for fused32): C[j] = N[j] = c = ad x_i.x_j + b,
     D[j] = (s - c)(s + c), R[j] = k1_i + k2_j - 2 c (only ``want_r``: the hidden layers read
     it), the pairs with D <= s^2 refine_tol recomputed without cancellation from x' - x
     (_refine)."""
@@ -656,6 +656,7 @@ def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol,
         c = ad * _dot(xi, xc, j) + b
         s = si * s0c[j]
         C[j] = c
+        N[j] = c
         dv = (s - c) * (s + c)
         D[j] = dv
         if want_r:
@@ -674,6 +675,7 @@ def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol,
                 s = si * s0c[j]
                 if D[j] <= (s * s) * refine_tol:
                     C[j], R[j], D[j] = _refine(x1, x2, i, j0 + j, ad, b)
+                    N[j] = C[j]
             refine -= found
 
 
@@ -690,6 +692,18 @@ def _relu_layers(k, C, D, R, N, Q, TH, sa, sb, i, j0, nb, depth, a, b):
         first = layer == 1
         sl = sa[layer - 1, i]
         slc = sb[layer - 1][j0:j0 + nb]
+        if last:
+            for j in range(nb):  # vectorised: the last layer, its angle inline (nothing carried on)
+                dv = D[j]
+                dv = k.zero if dv < k.zero else dv
+                q = math.sqrt(dv)
+                c = C[j]
+                pt = k.pi - _atan2_pos(q, c, k)
+                kt = (pt * c + q) * k.inv_2pi
+                cn = kt * a + b
+                N[j] = N[j] * (pt * a2pi) + cn
+                C[j] = cn
+            continue
         for j in range(nb):  # vectorised: sqrt(D) = s sin(theta), theta
             dv = D[j]
             dv = k.zero if dv < k.zero else dv
@@ -697,15 +711,6 @@ def _relu_layers(k, C, D, R, N, Q, TH, sa, sb, i, j0, nb, depth, a, b):
             D[j] = dv
             Q[j] = q
             TH[j] = _atan2_pos(q, C[j], k)
-        if last:
-            for j in range(nb):  # vectorised: the last layer
-                c = C[j]
-                pt = k.pi - TH[j]
-                kt = (pt * c + Q[j]) * k.inv_2pi
-                cn = kt * a + b
-                N[j] = N[j] * (pt * a2pi) + cn
-                C[j] = cn
-            continue
         for j in range(nb):  # vectorised: a hidden layer, D and R carried on
             c = C[j]
             q = Q[j]
@@ -733,8 +738,10 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
     """The ReLU NNGP (outk) and NTK (outt), (n1, n2), of depth ``depth``: x1 (n1, d), x2 (n2, d)
     and their coordinates as tuples of d rows (xa, xb); sa (max(depth, 1), n1), sb: sqrt of the
     diagonal K^{l}(x, x) for l = 0 .. depth-1; k1, k2: K^0(x, x).  The recursion and the order
-    of operations of mfarray.kernels.relu._block; each layer in two short vectorised loops
-    (sqrt and atan2, then the rest), which run faster than one long one."""
+    of operations of mfarray.kernels.relu._block; a hidden layer in two short vectorised loops
+    (sqrt and atan2, then the rest), which run faster than one long one, the last layer in one
+    (nothing to carry on; measured in L1: float32 1.13 vs 1.18 ns an entry, float64 2.94 vs
+    2.85, within the noise)."""
     n1 = x1.shape[0]
     n2 = x2.shape[0]
     Cb = np.empty(COLS)
@@ -758,9 +765,7 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
                     C[j] = c
                     N[j] = c
                 continue
-            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R)
-            for j in range(nb):
-                N[j] = C[j]
+            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R, N)
             _relu_layers(_F64, C, D, R, N, Q, TH, sa, sb, i, j0, nb, depth, a, b)
 
 

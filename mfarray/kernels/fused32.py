@@ -267,9 +267,7 @@ def _relu_tile32(xa, xb, x1, x2, sa, sb, sa32, sb32, k1, k2, ad, a, b, a32, b32,
                     N[j] = c
                 continue
             # computed in float64, rounded once as it is stored
-            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R)
-            for j in range(nb):
-                N[j] = C[j]
+            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R, N)
             _relu_layers(_F32, C, D, R, N, Q, TH, sa32, sb32, i, j0, nb, depth, a32, b32)
 
 
