@@ -644,13 +644,13 @@ def _refine(x1, x2, i, j, ad, b):
 
 
 @_jit(inline=True)
-def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol, want_r, C, D, R, N):
-    """The input layer of row i against the columns j0:j0+nb, computed in float64 (the
-    precision-critical part: D = s^2 - c^2 cancels for nearly parallel pairs) and stored in
-    the arrays' dtype (float64, or float32 for fused32): C[j] = N[j] = c = ad x_i.x_j + b,
+def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol, want_r, C, D, R, N, ad64, b64):
+    """The input layer of row i against the columns j0:j0+nb: C[j] = N[j] = c = ad x_i.x_j + b,
     D[j] = (s - c)(s + c), R[j] = k1_i + k2_j - 2 c (only ``want_r``: the hidden layers read
-    it), the pairs with D <= s^2 refine_tol recomputed without cancellation from x' - x
-    (_refine)."""
+    it), in the precision of xi, xc, si, s0c, k1i, k2c, ad, b (float64, or float32 for
+    fused32); then the pairs with D <= s^2 refine_tol (where D cancels: nearly parallel
+    pairs) recomputed in float64 from x' - x without cancellation (_refine, with the float64
+    ad64, b64)."""
     refine = 0
     for j in range(nb):  # vectorised (two versions: LLVM unswitches want_r)
         c = ad * _dot(xi, xc, j) + b
@@ -674,7 +674,7 @@ def _relu_input(xi, xc, x1, x2, i, j0, nb, si, s0c, k1i, k2c, ad, b, refine_tol,
             for j in range(c0, c1):
                 s = si * s0c[j]
                 if D[j] <= (s * s) * refine_tol:
-                    C[j], R[j], D[j] = _refine(x1, x2, i, j0 + j, ad, b)
+                    C[j], R[j], D[j] = _refine(x1, x2, i, j0 + j, ad64, b64)
                     N[j] = C[j]
             refine -= found
 
@@ -765,7 +765,8 @@ def _relu_tile(xa, xb, x1, x2, sa, sb, k1, k2, ad, a, b, refine_tol, depth, outk
                     C[j] = c
                     N[j] = c
                 continue
-            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R, N)
+            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R, N,
+                        ad, b)
             _relu_layers(_F64, C, D, R, N, Q, TH, sa, sb, i, j0, nb, depth, a, b)
 
 

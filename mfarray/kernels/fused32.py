@@ -1,13 +1,14 @@
-r"""Float32 fused kernel tiles (numba): float64 inner products, float32 transcendentals.
+r"""Float32 fused kernel tiles (numba): float64 where values cancel, float32 everywhere else.
 
 A float32 tile has twice the vector width of a float64 one (8 lanes with AVX2) and half its
-bytes, so both the kernel evaluation and the tile's BLAS products with v run about twice as
-fast (issue 10: 100 exact flow steps on 10^5 points).  What must not be rounded to float32 is
-the inner product: the FS angle near d = 0 (and the ReLU angle theta near 0) comes from
-1 - |<u, v>|^2 (sin^2 theta), a difference of nearly equal numbers, so a float32 inner product
-would put an absolute error of sqrt(eps32) ~ 3e-4 on d.  Here the inner products and the
-quantities that cancel are formed in float64, exactly as in :mod:`.fused`, and only then
-rounded; everything after them (the angle, the kernel, the ReLU layers) runs in float32.
+bytes, so both the kernel evaluation and the tile's BLAS products with v run faster (issue 10:
+100 exact flow steps on 10^5 points).  What must not be rounded to float32 is what cancels:
+the FS angle near d = 0 (and the ReLU angle theta near 0) comes from 1 - |<u, v>|^2
+(sin^2 theta), a difference of nearly equal numbers, so a float32 inner product would put an
+absolute error of sqrt(eps32) ~ 3e-4 on d.  The FS tile forms its inner products and 1 - c2 in
+float64 and only then rounds; the ReLU tile computes its input layer in float32 and recomputes
+in float64 the pairs where it would cancel.  Everything after (the angle, the kernel, the
+ReLU layers) runs in float32.
 
 Error (the tests check these bounds against the float64 tiles of :mod:`.fused`):
 
@@ -19,11 +20,15 @@ Error (the tests check these bounds against the float64 tiles of :mod:`.fused`):
   d < 6.3e-8) is taken as 0, so identical points give d = 0 and the kernel exactly 1.
 * The kernel: |K32 - K64| <= 4 eps32 K + |dK/dd| |Delta d|, i.e. at most ~5e-7 + 5e-8 / w
   for the width w = sqrt(2) sigma or 2 sigma.
-* The ReLU NNGP and NTK: the input layer (c = x.x', D = s^2 - c^2, R, and the
-  cancellation-free refinement of nearly parallel pairs) in float64, rounded once, the angle
-  and the layers in float32 (one code with the float64 tile: fused._relu_layers, generic in
-  its constants): within 2 (depth + 1) float32 ulps of sqrt(Theta(x, x) Theta(x', x')), and
-  nearly parallel pairs within 3 (depth + 1) ulps of their own value.
+* The ReLU NNGP and NTK: the input layer (c = x.x', D = s^2 - c^2, R) in float32, except the
+  pairs with sin^2 theta <= ``REFINE32`` (0.05), where D cancels: those are recomputed in
+  float64 from x' - x without cancellation (the refinement of the float64 tile, with a wider
+  threshold), so D keeps a relative error below ~6 eps32 / 0.05 everywhere; the angle and the
+  layers in float32 (one code with the float64 tile: fused._relu_input and _relu_layers, generic
+  in their precision).  Within 2 (depth + 1) float32 ulps of sqrt(Theta(x, x) Theta(x', x')),
+  and nearly parallel pairs within 3 (depth + 1) ulps of their own value (tests).  A float32
+  input layer is ~1.4x faster than a float64 one (one thread: 3.2-3.5 against 4.5 ns an entry
+  for the depth-1 tile, errors 2.6 and 1.4 ulps of the scale).
 
 Transcendentals are float32 polynomials (Chebyshev fits of degree 4, below 0.5 ulp of float32
 in their ranges; the float64 ones of :mod:`.fused` have degrees 9-12):
@@ -74,6 +79,10 @@ _LN2_LO = _f(1.428606765330187e-06)
 _X_LO = _f(-87.0)
 _S2_FLOOR = 4e-15  # 1 - c2 below the float64 inner product's rounding (d < 6.3e-8) is taken as 0
 _F32 = _Real(_ZERO, _HALF, _PI, _PIO2, _PIO4, _INV_PI, _INV_2PI, _TINY, _TAN_PI8, (_T0, _T1, _T2, _T3, _T4))
+#: the float32 ReLU tiles recompute in float64 every pair with sin^2 theta below this (or below
+#: refine_tol if larger): there D = s^2 - c^2 from a float32 c would lose more than ~60 ulps
+#: (its relative error is ~6 eps32 / sin^2 theta); 0.07 % of the pairs of one-chart quintic points
+REFINE32 = 0.05
 _W_MIN = float(np.finfo(np.float32).tiny)  # widths below it are taken as it: d / w stays >= d
 
 
@@ -238,11 +247,12 @@ def gaussian_fs_tile32(u: Any, v: Any, *, sigma: float, squared: bool) -> np.nda
 
 
 @_jit()
-def _relu_tile32(xa, xb, x1, x2, sa, sb, sa32, sb32, k1, k2, ad, a, b, a32, b32, refine_tol, depth, outk, outt,
+def _relu_tile32(xa, xb, xa32, xb32, x1, x2, sa32, sb32, k1_32, k2_32, ad, b, ad32, a32, b32, tau32, depth, outk, outt,
                  want_k, want_t):
-    """fused._relu_tile with float32 outputs: the input layer (and its refinement) computed in
-    float64 and rounded once as it is stored (fused._relu_input), the layers in float32 (fused._relu_layers with _F32;
-    sa32, sb32, a32, b32: float32 copies)."""
+    """fused._relu_tile with float32 outputs: the input layer in float32 (xa32, xb32, sa32, sb32,
+    k1_32, k2_32, ad32, b32: float32 copies) with the pairs with sin^2 theta <= tau32
+    recomputed in float64 from x1, x2 (fused._relu_input), the layers in float32
+    (fused._relu_layers with _F32); depth 0 (the linear kernel) from float64 products (xa, xb)."""
     n1 = x1.shape[0]
     n2 = x2.shape[0]
     Cb = np.empty(COLS, dtype=np.float32)
@@ -254,36 +264,41 @@ def _relu_tile32(xa, xb, x1, x2, sa, sb, sa32, sb32, k1, k2, ad, a, b, a32, b32,
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
         xc = _cut(xb, j0, j0 + nb)
-        k2c = k2[j0:j0 + nb]
-        s0c = sb[0][j0:j0 + nb]
+        xc32 = _cut(xb32, j0, j0 + nb)
+        k2c = k2_32[j0:j0 + nb]
+        s0c = sb32[0][j0:j0 + nb]
         for i in range(n1):
             C = outk[i, j0:j0 + nb] if want_k else Cb[:nb]
             N = outt[i, j0:j0 + nb] if want_t else Nb[:nb]
-            xi = _take(xa, i)
             if depth == 0:
+                xi = _take(xa, i)
                 for j in range(nb):
                     c = np.float32(ad * _dot(xi, xc, j) + b)
                     C[j] = c
                     N[j] = c
                 continue
-            # computed in float64, rounded once as it is stored
-            _relu_input(xi, xc, x1, x2, i, j0, nb, sa[0, i], s0c, k1[i], k2c, ad, b, refine_tol, depth > 1, C, D, R, N)
+            _relu_input(_take(xa32, i), xc32, x1, x2, i, j0, nb, sa32[0, i], s0c, k1_32[i], k2c, ad32, b32, tau32,
+                        depth > 1, C, D, R, N, ad, b)
             _relu_layers(_F32, C, D, R, N, Q, TH, sa32, sb32, i, j0, nb, depth, a32, b32)
 
 
 def relu_tile32(x1: Any, x2: Any, *, depth: int, a: float, b: float, refine_tol: float, want_nngp: bool = True,
                 want_ntk: bool = True, out: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """:func:`mfarray.kernels.fused.relu_tile` in float32: (NNGP, NTK), each (n1, n2) float32 (None
-    where not wanted); the input layer in float64, the layers in float32 (module docstring);
+    where not wanted); the input layer in float32 with the pairs with sin^2 theta <=
+    max(refine_tol, REFINE32) recomputed in float64, the layers in float32 (module docstring);
     ``out``: C-contiguous float32 arrays or None."""
     depth = int(depth)
     x1, x2, ad, k1, k2, sa, sb, out = _relu_prep(x1, x2, depth, a, b, out, want_nngp, want_ntk, np.float32)
     none = np.empty((0, 0), dtype=np.float32)
     if x1.shape[0] and x2.shape[0] and (out[0] is not None or out[1] is not None):
+        f32 = np.float32
         with np.errstate(over="ignore"):  # an overflow to float32 is refused by the caller's checks
-            sa32, sb32 = sa.astype(np.float32), sb.astype(np.float32)
-        _relu_tile32(tuple(np.ascontiguousarray(x1.T)), tuple(np.ascontiguousarray(x2.T)), x1, x2, sa, sb, sa32, sb32,
-                     k1, k2, float(ad), float(a), float(b), np.float32(a), np.float32(b), float(refine_tol), depth,
+            sa32, sb32, k1_32, k2_32 = sa.astype(f32), sb.astype(f32), k1.astype(f32), k2.astype(f32)
+            rows = [tuple(np.ascontiguousarray(x.T.astype(dt))) for x in (x1, x2) for dt in (np.float64, f32)]
+            scalars = f32(ad), f32(a), f32(b)
+        _relu_tile32(rows[0], rows[2], rows[1], rows[3], x1, x2, sa32, sb32, k1_32, k2_32, float(ad), float(b),
+                     *scalars, f32(max(float(refine_tol), REFINE32)), depth,
                      none if out[0] is None else out[0], none if out[1] is None else out[1],
                      out[0] is not None, out[1] is not None)
     return out[0], out[1]

@@ -101,8 +101,8 @@ contraction), in one compiled pass per row (:func:`mfarray.kernels.fused.relu_ti
 temporaries, a vectorised atan2), in float64 on NumPy inputs; it agrees with
 ``method="numpy"`` to the rounding of the recursion (~1e-15 relative measured, Table-1
 hyper-parameters and depth 3 included, tests/test_fused_kernels.py).  With ``dtype=float32``
-it keeps the input layer (the inner products and the cancellation-free D = s^2 - c^2) in
-float64 and runs the layers in float32 (:func:`mfarray.kernels.fused32.relu_tile32`: within
+it runs in float32 except where D = s^2 - c^2 cancels: pairs with sin^2 theta <= 0.05 are
+recomputed in float64 from x' - x (:func:`mfarray.kernels.fused32.relu_tile32`: within
 2 (depth + 1) float32 ulps of the float64 kernel, relative to sqrt(Theta(x, x) Theta(x', x'))).
 ``"auto"`` (the default) is ``"fused"`` for NumPy inputs where numba is
 installed, else ``"numpy"``.  Dask inputs give a lazy result: the in-memory kernels mapped over pairs of
@@ -155,7 +155,7 @@ DOMAINS = {
     "block_rows": Optional(Integer(1, doc="rows of x1 per block")),
     "n_threads": Optional(Integer(1, doc="threads over blocks")),
     "method": Choice(("auto", "numpy", "fused"), doc="'numpy' (array namespace, blocks of rows), 'fused' (numba, "
-                     "NumPy inputs; float64 inner products, float32 layers for dtype float32) or 'auto': 'fused' "
+                     "NumPy inputs; for dtype float32 nearly parallel pairs in float64) or 'auto': 'fused' "
                      "where it applies, else 'numpy'"),
 }
 
@@ -366,7 +366,9 @@ def _default_block_rows(n2):
 
 
 def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_threads,
-             want_nngp, want_ntk, name, method="auto"):
+             want_nngp, want_ntk, name, method="auto", check=True):
+    """The kernels wanted; ``check``: refuse non-finite values here (False where the caller is a
+    kernel spec, whose call checks its result: one pass over each tile, not two)."""
     h = _check_hyper(name, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=dtype,
                      refine_tol=refine_tol, block_rows=block_rows, n_threads=n_threads, method=method)
     depth, a, b = h["depth"], h["sigma_w"] ** 2, h["sigma_b"] ** 2
@@ -387,7 +389,7 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
             nngp, ntk = _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_ntk,
                                        np.dtype(np.float64 if dtype is None else dtype))
         for K in (nngp, ntk):
-            if K is not None:
+            if K is not None and check:
                 check_finite_values(K, label, (x1, x2))
         return nngp, ntk
     ops = _Ops(xp)
@@ -429,7 +431,7 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
     else:
         work(starts)
     for K in (nngp, ntk):
-        if K is not None:
+        if K is not None and check:
             check_finite_values(K, label, (x1, x2))
     return nngp, ntk
 
@@ -533,9 +535,10 @@ def relu_kernels(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w:
         Threads over blocks (NumPy only; default: available cores, <= 8; with
         ``method="fused"`` one thread up to ``FUSED_SERIAL_ENTRIES`` entries).
     method : ``"auto"``, ``"numpy"`` or ``"fused"``
-        ``"fused"``: the compiled one-pass tile (numba; NumPy float64 inputs, ValueError
-        otherwise); ``"numpy"``: array-namespace code in blocks of rows (any namespace and
-        dtype); ``"auto"`` (default): ``"fused"`` where it applies, else ``"numpy"``.
+        ``"fused"``: the compiled one-pass tile (numba; NumPy inputs, ValueError otherwise; in
+        float32, nearly parallel pairs in float64, for ``dtype=float32``); ``"numpy"``: array-namespace
+        code in blocks of rows (any namespace and dtype); ``"auto"`` (default): ``"fused"``
+        where it applies, else ``"numpy"``.
 
     Returns
     -------
@@ -556,7 +559,7 @@ def relu_ntk(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: flo
     numerics and keywords: see the module docstring and :func:`relu_kernels`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, False, True, "relu_ntk", method)[1]
+                    n_threads, False, True, "relu_ntk", method, check=False)[1]  # the spec checks
 
 
 @kernel("features", domains=DOMAINS)
@@ -569,7 +572,7 @@ def relu_nngp(x1: Array, x2: Array | None = None, *, depth: int = 1, sigma_w: fl
     docstring and :func:`relu_kernels`.
     """
     return _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows,
-                    n_threads, True, False, "relu_nngp", method)[0]
+                    n_threads, True, False, "relu_nngp", method, check=False)[0]  # the spec checks
 
 
 def relu_kernels_diag(x: Array, *, depth: int = 1, sigma_w: float = 1.0, sigma_b: float = 0.0,
