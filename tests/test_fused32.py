@@ -116,15 +116,36 @@ def test_relu_tile32_within_float32_ulps_of_float64(depth, sigma_w, sigma_b):
     x[7] = x[3] + 1e-9 * rng.normal(size=10)  # nearly parallel: the refined pairs
     x[9] = -x[3]  # antiparallel
     x[11] = x[3] + 1e-4 * rng.normal(size=10)
+    x[13] = x[3] + 0.03 * np.linalg.norm(x[3]) * _unit(rng.normal(size=(1, 10)))[0]  # sin^2 theta ~ 1e-3
     T64 = relu_ntk(x, x, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b)
     T32 = relu_ntk(x, x, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b, dtype=np.float32)
     assert T32.dtype == np.float32
     scale = np.sqrt(np.outer(np.diag(T64), np.diag(T64)))
     assert np.max(np.abs(T32 - T64) / scale) <= (1 + depth) * 2 * EPS32
-    # the nearly parallel pairs keep their relative accuracy (the input layer is float64, refined)
-    for i, j in [(3, 7), (3, 11), (3, 5)]:
+    # the nearly parallel pairs keep their relative accuracy (recomputed in float64 from x' - x)
+    for i, j in [(3, 7), (3, 11), (3, 5), (3, 13)]:
         assert abs(T32[i, j] - T64[i, j]) <= (1 + depth) * 3 * EPS32 * abs(T64[i, j])
     assert np.array_equal(T32, T32.T)
+
+
+def test_relu_tile32_needs_its_float64_refinement(monkeypatch):
+    """Without recomputing the pairs of sin^2 theta <= REFINE32 in float64, the float32 input layer's
+    D = s^2 - c^2 cancels: 300 pairs at sin^2 theta = 3e-4, depth 3, measured 0.4 ulps of their
+    value with it and 10 without."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(1, 10))
+    n = np.linalg.norm(base)
+    d = rng.normal(size=(300, 10))
+    d = _unit(d - (d @ base.T) / n ** 2 * base)
+    x = np.vstack([base, base + math.sqrt(3e-4) * n * d])
+    T64 = relu_ntk(x, x, depth=3)[0, 1:]
+
+    def err():
+        return np.max(np.abs(relu_ntk(x, x, depth=3, dtype=np.float32)[0, 1:] - T64) / T64) / EPS32
+
+    assert err() <= 2
+    monkeypatch.setattr(fused32, "REFINE32", 0.0)
+    assert err() > 5
 
 
 def test_apply_block_multiplies_float32_in_float32_and_returns_float64():

@@ -23,7 +23,7 @@ Error (the tests check these bounds against the float64 tiles of :mod:`.fused`):
 * The ReLU NNGP and NTK: the input layer (c = x.x', D = s^2 - c^2, R) in float32, except the
   pairs with sin^2 theta <= ``REFINE32`` (0.05), where D cancels: those are recomputed in
   float64 from x' - x without cancellation (the refinement of the float64 tile, with a wider
-  threshold), so D keeps a relative error below ~6 eps32 / 0.05 everywhere; the angle and the
+  threshold; without it pairs at sin^2 theta ~ 1e-4 - 1e-3 lose 8-16 ulps); the angle and the
   layers in float32 (one code with the float64 tile: fused._relu_input and _relu_layers, generic
   in their precision).  Within 2 (depth + 1) float32 ulps of sqrt(Theta(x, x) Theta(x', x')),
   and nearly parallel pairs within 3 (depth + 1) ulps of their own value (tests).  A float32
@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from .fused import (COLS, _atan2_pos, _bitcast, _cnorm2, _cut, _dot, _jit, _Real, _relu_input, _relu_layers, _relu_prep, _require, _soa,
-                    _take, numba)
+from .fused import (COLS, _atan2_pos, _bitcast, _cnorm2, _cut, _dot, _jit, _Real, _relu_input, _relu_layers,
+                    _relu_prep, _require, _soa, _take, numba)
 
 __all__ = ["gaussian_fs_tile32", "relu_tile32", "exp32", "acos_sqrt32", "atan2_pos32"]
 
@@ -80,8 +80,9 @@ _X_LO = _f(-87.0)
 _S2_FLOOR = 4e-15  # 1 - c2 below the float64 inner product's rounding (d < 6.3e-8) is taken as 0
 _F32 = _Real(_ZERO, _HALF, _PI, _PIO2, _PIO4, _INV_PI, _INV_2PI, _TINY, _TAN_PI8, (_T0, _T1, _T2, _T3, _T4))
 #: the float32 ReLU tiles recompute in float64 every pair with sin^2 theta below this (or below
-#: refine_tol if larger): there D = s^2 - c^2 from a float32 c would lose more than ~60 ulps
-#: (its relative error is ~6 eps32 / sin^2 theta); 0.07 % of the pairs of one-chart quintic points
+#: refine_tol if larger): there D = s^2 - c^2 from a float32 c has a relative error of order
+#: eps32 / sin^2 theta (measured at depth 3, sin^2 theta = 1.2e-4 to 1e-3: 8-16 ulps of the kernel
+#: value without, below 1 with); 0.07 % of the pairs of one-chart quintic points
 REFINE32 = 0.05
 _W_MIN = float(np.finfo(np.float32).tiny)  # widths below it are taken as it: d / w stays >= d
 

@@ -137,7 +137,7 @@ def as_operator(
                       tiled "dense" build);
       ``"zarr"``      :meth:`ZarrOperator.build` at ``path`` (``block`` default 1024, measured
                       4x faster to read than 4096 here; ``build_kwargs`` such as ``dtype``
-                      (default float64; float32 moves a flow's sigma by ~1e-9, see there),
+                      (default float64; float32 moves a flow's sigma by ~1e-8, see there),
                       ``workers`` go there);
       ``"factored"``  ``kernel_or_operator`` is a feature map ``phi(x) -> (n, rank)``:
                       :class:`FactoredOperator` ``(phi(x_out), phi(x_in))``; a kernel

@@ -265,9 +265,11 @@ class ZarrOperator:
 
         ``dtype`` is ``"float64"`` by default, so that a stored kernel gives the flow of every
         other operator to rounding (1e-13).  ``"float32"`` halves the disk space and the reading
-        time but rounds every entry to 6e-8 relative: measured on 300 Fermat-quintic points over
-        20 flow steps (gaussian_fs, sigma 0.1 squared and 0.3; relu_ntk of Table 1), sigma train
-        and test moved by 5e-11 to 3e-9 and the metrics by up to 1.3e-8 relative (float64: 2e-16).
+        time but rounds every entry to 6e-8 relative, and its blocks multiply v in float32
+        (:func:`~.protocol.apply_block`; products summed in float64): measured on 300 one-chart
+        Fermat-quintic points over 20 flow steps (gaussian_fs, sigma 0.1 squared and 0.3; relu_ntk
+        of Table 1), sigma train and test moved by 1.1e-9 to 1.1e-8 and the metrics by up to 1.4e-7
+        relative (float64: 2e-16; with float64 products, before session 8: 3e-9 and 1.3e-8).
 
         ``symmetric=True`` (x_in is x_out and k(x, y) = k(y, x)) computes only the blocks
         with ``i <= j`` and writes their transposes.  ``workers > 1`` computes blocks in a
