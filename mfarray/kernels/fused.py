@@ -146,6 +146,10 @@ _T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10 = (
     -0.09090904578123903, 0.07692183190826087, -0.06664511447381948, 0.0585814891280221,
     -0.0508544973794026, 0.03923165829558719, -0.01917688711906226)
 
+_ASIN = (_A0, _A1, _A2, _A3, _A4, _A5, _A6, _A7, _A8, _A9, _A10, _A11, _A12)
+_EXPQ = (_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9)
+_ATAN = (_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10)
+
 # relative to a distance: the near pairs of fs_distance_block_gemm
 _NEAR = float(NEAR_RADIUS)
 
@@ -193,6 +197,13 @@ def _generated(name, args, *lines):
 def _chains(terms):
     """a sum of terms as two interleaved chains (half the latency of one)."""
     return " + ".join(f"({' + '.join(terms[c::2])})" for c in range(2) if terms[c::2])
+
+
+def _estrin(z, cs):
+    """sum_k cs[k] z^k by Estrin's scheme (jitted code only): pairs c_2k + c_2k+1 z, then pairs of
+    those with z^2, z^4, ...; the dependency chains stay short, so that several vectors are in
+    flight at once.  Every polynomial of the tiles (float64 and float32) is evaluated by it."""
+    raise NotImplementedError("jitted code only")
 
 
 def _bits(x):
@@ -248,32 +259,36 @@ if numba is not None:
         im = _chains([f"ar[{k}] * bi[{k}][j] - ai[{k}] * br[{k}][j]" for k in range(m)])
         return _generated("cnorm2", "ar, ai, br, bi, j", f"re = {re}", f"im = {im}", "re * re + im * im")
 
+    def _estrin_source(n):
+        terms = [f"(cs[{k}] + cs[{k + 1}] * z)" if k + 1 < n else f"cs[{k}]" for k in range(0, n, 2)]
+        lines, power = [], "z"
+        while len(terms) > 1:
+            lines.append(f"{power}2 = {power} * {power}" if power == "z" else f"{power}x = {power} * {power}")
+            power = f"{power}2" if power == "z" else f"{power}x"
+            terms = [f"({terms[k]} + {terms[k + 1]} * {power})" if k + 1 < len(terms) else terms[k]
+                     for k in range(0, len(terms), 2)]
+        return lines + [terms[0]]
+
+    @overload(_estrin, inline="always")
+    def _estrin_impl(z, cs):
+        return _generated("estrin", "z, cs", *_estrin_source(len(cs)))
+
 
 # ------------------------------------------------------------------ scalar building blocks
-# (inlined into the column loops; Estrin's scheme keeps the dependency chains short, so that
-# several vectors are in flight at once)
+# (inlined into the column loops; polynomials by _estrin)
 
 
 @_jit(inline=True)
-def _asin_poly(a, z):
-    """asin(a) for |a| <= 1/2, given z = a*a."""
-    z2 = z * z
-    z4 = z2 * z2
-    z8 = z4 * z4
-    p = (((_A0 + _A1 * z) + (_A2 + _A3 * z) * z2) + ((_A4 + _A5 * z) + (_A6 + _A7 * z) * z2) * z4
-         + (((_A8 + _A9 * z) + (_A10 + _A11 * z) * z2) + _A12 * z4) * z8)
-    return a + a * (z * p)
+def _asin_poly(a, z, cs):
+    """asin(a) = a + a z P(z) for |a| <= 1/2, given z = a*a and P's coefficients cs (_ASIN, or
+    fused32's float32 ones)."""
+    return a + a * (z * _estrin(z, cs))
 
 
 @_jit(inline=True)
-def _atan_poly(t, z):
-    """atan(t) for |t| <= tan(pi/8), given z = t*t."""
-    z2 = z * z
-    z4 = z2 * z2
-    z8 = z4 * z4
-    p = (((_T0 + _T1 * z) + (_T2 + _T3 * z) * z2) + ((_T4 + _T5 * z) + (_T6 + _T7 * z) * z2) * z4
-         + ((_T8 + _T9 * z) + _T10 * z2) * z8)
-    return t + t * (z * p)
+def _atan_poly(t, z, cs):
+    """atan(t) = t + t z P(z) for |t| <= tan(pi/8), given z = t*t and P's coefficients cs."""
+    return t + t * (z * _estrin(z, cs))
 
 
 @_jit(inline=True)
@@ -284,11 +299,7 @@ def _exp(x):
     r = x - n * _LN2_HI
     r = r - n * _LN2_LO
     r2 = r * r
-    r4 = r2 * r2
-    r8 = r4 * r4
-    q = ((_E0 + _E1 * r) + (_E2 + _E3 * r) * r2) + ((_E4 + _E5 * r) + (_E6 + _E7 * r) * r2) * r4 \
-        + (_E8 + _E9 * r) * r8
-    p = 1.0 + (r + r2 * q)
+    p = 1.0 + (r + r2 * _estrin(r, _EXPQ))
     f1 = n * 0.5 + _BIAS  # _BIAS + round(n / 2): bits(f1) << 52 are those of 2^round(n/2)
     f2 = (n - (f1 - _BIAS)) + _BIAS
     return (p * _from_bits(_bits(f1) << 52)) * _from_bits(_bits(f2) << 52)
@@ -305,7 +316,7 @@ def _acos_sqrt(c2):
     s = math.sqrt(sarg)
     a = x if mid else s
     z = x * x if mid else sarg
-    p = _asin_poly(a, z)
+    p = _asin_poly(a, z, _ASIN)
     base = _PIO4 if mid else (0.0 if hi else _PIO2)
     w = -0.5 if mid else (1.0 if hi else -1.0)
     return base + w * p
@@ -319,7 +330,7 @@ def _acos(x):
     zb = (1.0 - ax) * 0.5  # exact for ax >= 1/2
     z = zb if big else x * x
     s = math.sqrt(zb)
-    p = _asin_poly(s if big else ax, z)
+    p = _asin_poly(s if big else ax, z, _ASIN)
     r = 2.0 * p if big else _PIO2 - p
     neg = x < 0.0
     return (_PI - r if big else _PIO2 + p) if neg else r
@@ -342,7 +353,7 @@ def _atan2(y, x):
     b = 1.0 if b == 0.0 else b  # both zero: t = 0
     octant = s > _TAN_PI8 * b
     t = (s - b if octant else s) / (s + b if octant else b)
-    th = _atan_poly(t, t * t) + (_PIO4 if octant else 0.0)
+    th = _atan_poly(t, t * t, _ATAN) + (_PIO4 if octant else 0.0)
     th = _PIO2 - th if ay > ax else th
     th = _PI - th if math.copysign(1.0, x) < 0.0 else th
     th = math.copysign(th, y)
@@ -366,30 +377,7 @@ class _Real(NamedTuple):
     atan: tuple  # atan(t) = t + t z P(z): P's coefficients
 
 
-_F64 = _Real(0.0, 0.5, _PI, _PIO2, _PIO4, _INV_PI, _INV_2PI, _TINY, _TAN_PI8,
-             (_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10))
-
-
-def _estrin(z, cs):
-    """sum_k cs[k] z^k by Estrin's scheme (jitted code only): pairs c_2k + c_2k+1 z, then pairs
-    of those with z^2, z^4, ... -- for the 11 atan coefficients exactly the tree of _atan_poly."""
-    raise NotImplementedError("jitted code only")
-
-
-if numba is not None:
-    def _estrin_source(n):
-        terms = [f"(cs[{k}] + cs[{k + 1}] * z)" if k + 1 < n else f"cs[{k}]" for k in range(0, n, 2)]
-        lines, power = [], "z"
-        while len(terms) > 1:
-            lines.append(f"{power}2 = {power} * {power}" if power == "z" else f"{power}x = {power} * {power}")
-            power = f"{power}2" if power == "z" else f"{power}x"
-            terms = [f"({terms[k]} + {terms[k + 1]} * {power})" if k + 1 < len(terms) else terms[k]
-                     for k in range(0, len(terms), 2)]
-        return lines + [terms[0]]
-
-    @overload(_estrin, inline="always")
-    def _estrin_impl(z, cs):
-        return _generated("estrin", "z, cs", *_estrin_source(len(cs)))
+_F64 = _Real(0.0, 0.5, _PI, _PIO2, _PIO4, _INV_PI, _INV_2PI, _TINY, _TAN_PI8, _ATAN)
 
 
 @_jit(inline=True)
@@ -403,8 +391,7 @@ def _atan2_pos(y, x, k):
     b = (k.half + k.half) if b == k.zero else b  # both zero: t = 0
     octant = s > k.tan_pi8 * b
     t = (s - b if octant else s) / (s + b if octant else b)
-    z = t * t
-    th = (t + t * (z * _estrin(z, k.atan))) + (k.pio4 if octant else k.zero)
+    th = _atan_poly(t, t * t, k.atan) + (k.pio4 if octant else k.zero)
     th = k.pio2 - th if y > ax else th
     return k.pi - th if math.copysign(k.half, x) < k.zero else th
 
@@ -519,7 +506,7 @@ def _sine_form(ar, ai, br, bi):
         acc += dr * dr
         acc += di * di
     h = math.sqrt(acc) * 0.5  # sin(d / 2) <= sin(NEAR_RADIUS / 2) < 1/2 where it is called
-    d = 2.0 * (_asin_poly(h, h * h) if h <= 0.5 else math.asin(min(h, 1.0)))
+    d = 2.0 * (_asin_poly(h, h * h, _ASIN) if h <= 0.5 else math.asin(min(h, 1.0)))
     return min(d, _PIO2)
 
 

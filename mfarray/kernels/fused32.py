@@ -36,8 +36,8 @@ in their ranges; the float64 ones of :mod:`.fused` have degrees 9-12):
 * ``_exp32`` for x <= 0: n = round(x / ln 2) by the 1.5 * 2^23 shift, r in two parts, exp(r) =
   1 + r + r^2 Q(r), times 2^n from the exponent bits; x < -87 gives 0 (results below 1.7e-38
   are flushed: an absolute error below 2e-38); within 1.5 ulps of exp elsewhere.
-* ``_asin32`` on z = a^2 <= 1/4, and atan on t^2 <= tan^2(pi/8) (the coefficients of ``_F32``
-  in the generic fused._atan2_pos), as in :mod:`.fused`.
+* asin on z = a^2 <= 1/4 (``_ASIN32``) and atan on t^2 <= tan^2(pi/8) (``_F32.atan``), by the
+  float64 tiles' own evaluation (fused._asin_poly, _atan_poly: Estrin's scheme, fused._estrin).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from .fused import (COLS, _atan2_pos, _bitcast, _cnorm2, _cut, _dot, _jit, _Real, _relu_input, _relu_layers,
-                    _relu_prep, _require, _soa, _take, numba)
+from .fused import (COLS, _asin_poly, _atan2_pos, _bitcast, _cnorm2, _cut, _dot, _estrin, _jit, _Real, _relu_input,
+                    _relu_layers, _relu_prep, _require, _soa, _take, numba)
 
 __all__ = ["gaussian_fs_tile32", "relu_tile32", "exp32", "acos_sqrt32", "atan2_pos32"]
 
@@ -78,6 +78,8 @@ _LN2_HI = _f(0.693145751953125)  # 12 significant bits: n * LN2_HI is exact for 
 _LN2_LO = _f(1.428606765330187e-06)
 _X_LO = _f(-87.0)
 _S2_FLOOR = 4e-15  # 1 - c2 below the float64 inner product's rounding (d < 6.3e-8) is taken as 0
+_ASIN32 = (_A0, _A1, _A2, _A3, _A4)
+_EXPQ32 = (_E0, _E1, _E2, _E3, _E4)
 _F32 = _Real(_ZERO, _HALF, _PI, _PIO2, _PIO4, _INV_PI, _INV_2PI, _TINY, _TAN_PI8, (_T0, _T1, _T2, _T3, _T4))
 #: the float32 ReLU tiles recompute in float64 every pair with sin^2 theta below this (or below
 #: refine_tol if larger): there D = s^2 - c^2 from a float32 c has a relative error of order
@@ -103,14 +105,6 @@ if numba is not None:
 
 
 @_jit(inline=True)
-def _asin32(a, z):
-    """asin(a) for |a| <= 1/2, given z = a*a (float32)."""
-    z2 = z * z
-    p = ((_A0 + _A1 * z) + (_A2 + _A3 * z) * z2) + _A4 * (z2 * z2)
-    return a + a * (z * p)
-
-
-@_jit(inline=True)
 def _exp32(x):
     """e^x for float32 x <= 0 (NaN stays NaN; x < -87 gives 0)."""
     under = x < _X_LO
@@ -119,8 +113,7 @@ def _exp32(x):
     r = x - n * _LN2_HI
     r = r - n * _LN2_LO
     r2 = r * r
-    q = ((_E0 + _E1 * r) + (_E2 + _E3 * r) * r2) + _E4 * (r2 * r2)
-    p = _ONE + (r + r2 * q)
+    p = _ONE + (r + r2 * _estrin(r, _EXPQ32))
     scale = _from_bits32((np.int32(n) + np.int32(127)) << np.int32(23))  # 2^n, n >= -126
     return _ZERO if under else p * scale
 
@@ -136,7 +129,7 @@ def _acos_sqrt32(c2, s2):
     s = math.sqrt(sarg)
     a = x if mid else s
     z = x * x if mid else sarg
-    p = _asin32(a, z)
+    p = _asin_poly(a, z, _ASIN32)
     base = _PIO4 if mid else (_ZERO if hi else _PIO2)
     w = -_HALF if mid else (_ONE if hi else -_ONE)
     return base + w * p
