@@ -79,16 +79,19 @@ def gaussian_fs(z1: Array, z2: Array, *, sigma: float, squared: bool = False, me
         tile = fused32.gaussian_fs_tile32 if float32 else fused.gaussian_fs_tile
         return map_unit_pairs(functools.partial(tile, sigma=sigma, squared=squared), z1, z2,
                               block_elements=None, dtype=np.float32 if float32 else np.float64)
-    if float32:
-        return gaussian_fs(z1, z2, sigma=sigma, squared=squared, method=method).astype(np.float32)
-    d = fs_distance(z1, z2, method=method)
+    K = _of_distances(fs_distance(z1, z2, method=method), sigma, squared)
+    return K.astype(np.float32) if float32 else K
+
+
+def _of_distances(d: Array, sigma: float, squared: bool) -> Array:
+    """exp(-(d / (sqrt(2) sigma))^2) or exp(-d / (2 sigma)) of FS distances d, in place for
+    NumPy/CuPy d (no (n1, n2) temporaries), lazy for Dask d."""
     width = _SQRT2 * sigma if squared else 2.0 * sigma  # no underflow: sigma > 0 is only doubled
     if backend.is_dask(d):
         import dask.array as da
 
         t = d / width
         return da.exp(-(t * t) if squared else -t)
-    # in place on the freshly computed d (exp is the NumPy/CuPy ufunc): no (n1, n2) temporaries
     xp = backend.namespace(d)
     with np.errstate(over="ignore"):  # d / width may overflow to inf for a tiny width: exp(-inf) = 0
         d /= width

@@ -429,44 +429,36 @@ def _require():
                           "NumPy methods, method='gemm' for gaussian_fs and method='numpy' for the ReLU kernels)")
 
 
-def _flat(*xs):
+def _elementwise(loop, *xs, dtype=np.float64):
+    """``loop(*flat inputs, out)`` (a compiled loop over 1-d arrays) on the inputs broadcast
+    together and converted to ``dtype`` -> an array of their shape."""
     _require()
     shape = np.broadcast_shapes(*(np.shape(x) for x in xs))
-    return shape, [np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.float64), shape)).reshape(-1)
-                   for x in xs]
+    flat = [np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=dtype), shape)).reshape(-1) for x in xs]
+    out = np.empty_like(flat[0])
+    loop(*flat, out)
+    return out.reshape(shape)
 
 
 def exp(x: Any) -> np.ndarray:
     """e^x, elementwise, float64 (any shape): the vectorisable exp of the fused tiles."""
-    shape, (xf,) = _flat(x)
-    out = np.empty_like(xf)
-    _exp_flat(xf, out)
-    return out.reshape(shape)
+    return _elementwise(_exp_flat, x)
 
 
 def acos(x: Any) -> np.ndarray:
     """arccos(x), elementwise, float64 (NaN outside [-1, 1]): the fused tiles' arccos."""
-    shape, (xf,) = _flat(x)
-    out = np.empty_like(xf)
-    _acos_flat(xf, out)
-    return out.reshape(shape)
+    return _elementwise(_acos_flat, x)
 
 
 def acos_sqrt(c2: Any) -> np.ndarray:
     """arccos(sqrt(c2)) for c2 in [0, 1] (above 1 taken as 1), elementwise: the FS angle from
     c2 = |<u, v>|^2 of unit vectors, as :func:`fs_distance_tile` computes it."""
-    shape, (xf,) = _flat(c2)
-    out = np.empty_like(xf)
-    _acos_sqrt_flat(xf, out)
-    return out.reshape(shape)
+    return _elementwise(_acos_sqrt_flat, c2)
 
 
 def atan2(y: Any, x: Any) -> np.ndarray:
     """atan2(y, x), elementwise, float64, broadcast: the fused tiles' atan2."""
-    shape, (yf, xf) = _flat(y, x)
-    out = np.empty_like(xf)
-    _atan2_flat(yf, xf, out)
-    return out.reshape(shape)
+    return _elementwise(_atan2_flat, y, x)
 
 
 # ------------------------------------------------------------------ FS distance and gaussian_fs

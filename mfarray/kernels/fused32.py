@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from .fused import (COLS, _asin_poly, _atan2_pos, _bitcast, _cnorm2, _cut, _dot, _estrin, _jit, _Real, _relu_input,
-                    _relu_layers, _relu_prep, _require, _soa, _take, numba)
+from .fused import (COLS, _asin_poly, _atan2_pos, _bitcast, _cnorm2, _cut, _dot, _elementwise, _estrin, _jit, _Real,
+                    _relu_input, _relu_layers, _relu_prep, _require, _soa, _take, numba)
 
 __all__ = ["gaussian_fs_tile32", "relu_tile32", "exp32", "acos_sqrt32", "atan2_pos32"]
 
@@ -156,36 +156,21 @@ def _atan2_pos32_flat(y, x, out):
         out[j] = _atan2_pos(y[j], x[j], _F32)
 
 
-def _flat32(*xs):
-    _require()
-    shape = np.broadcast_shapes(*(np.shape(x) for x in xs))
-    return shape, [np.ascontiguousarray(np.broadcast_to(np.asarray(x), shape)).reshape(-1) for x in xs]
-
-
 def exp32(x: Any) -> np.ndarray:
     """e^x for x <= 0, elementwise, float32: the tiles' exp."""
-    shape, (xf,) = _flat32(np.asarray(x, dtype=np.float32))
-    out = np.empty_like(xf)
-    _exp32_flat(xf, out)
-    return out.reshape(shape)
+    return _elementwise(_exp32_flat, x, dtype=np.float32)
 
 
 def acos_sqrt32(c2: Any) -> np.ndarray:
     """arccos(sqrt(c2)) for float64 c2 in [0, 1] (above 1 taken as 1), float32: the tiles' FS angle
     (1 - c2 formed in float64, then both rounded)."""
     c2 = np.minimum(np.asarray(c2, dtype=np.float64), 1.0)
-    shape, (cf, sf) = _flat32(c2.astype(np.float32), (1.0 - c2).astype(np.float32))
-    out = np.empty_like(cf)
-    _acos_sqrt32_flat(cf, sf, out)
-    return out.reshape(shape)
+    return _elementwise(_acos_sqrt32_flat, c2, 1.0 - c2, dtype=np.float32)
 
 
 def atan2_pos32(y: Any, x: Any) -> np.ndarray:
     """atan2(y, x) for y >= 0, elementwise, float32: the ReLU tiles' angle."""
-    shape, (yf, xf) = _flat32(np.asarray(y, dtype=np.float32), np.asarray(x, dtype=np.float32))
-    out = np.empty_like(xf)
-    _atan2_pos32_flat(yf, xf, out)
-    return out.reshape(shape)
+    return _elementwise(_atan2_pos32_flat, y, x, dtype=np.float32)
 
 
 # ------------------------------------------------------------------ gaussian_fs
