@@ -6,7 +6,7 @@ integrator, the phi-network and the phi-kernel -- as ONE joint table.
     python benchmarks/bench_model_comparison.py [--n-train 5000] [--n-test 2500] [--widths 64 256]
         [--depth 3] [--flow-steps 300] [--epochs 20] [--phi-epochs 20] [--kahler-degrees 3 4]
         [--kahler-steps 100] [--tuning mfarray-study/tuning.zarr] [--out comparison.zarr]
-        [--markdown table.md]
+        [--markdown table.md] [--skip paper_kernels network_adam ...]
 
 Points: ``sample_chart(quintic, n_train + n_test, seed=21)`` split in order (one chart), and
 ``sample_points(quintic, n_train + n_test, seed=22)`` split in order for the chart-free models.
@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--phi-epochs", type=int, default=20)
     ap.add_argument("--kahler-degrees", type=int, nargs="+", default=[3, 4])
     ap.add_argument("--kahler-steps", type=int, default=100)
+    ap.add_argument("--skip", nargs="*", default=[], help="model families not to run (comparison.FAMILIES)")
     ap.add_argument("--tuning", default="", help="a study's tuning.zarr: add its tuned presets")
     ap.add_argument("--out", default="", help="write the Dataset to this Zarr store")
     ap.add_argument("--markdown", default="", help="write the table and its header to this file")
@@ -68,7 +69,7 @@ def main(argv=None) -> None:
 
     spec = ComparisonSpec(flow_steps=args.flow_steps, depth=args.depth, widths=tuple(args.widths),
                           epochs=args.epochs, phi_epochs=args.phi_epochs, kahler_degrees=tuple(args.kahler_degrees),
-                          kahler_steps=args.kahler_steps)
+                          kahler_steps=args.kahler_steps, skip=tuple(args.skip))
     chosen = presets(args.tuning)
     info, start_load, t0 = machine_info(), load(), time.perf_counter()
     print(info, flush=True)
@@ -84,7 +85,8 @@ def main(argv=None) -> None:
                f"on as many all-chart points); kernel flows and network_flow {args.flow_steps} steps; networks "
                f"{args.depth} x {', '.join(map(str, args.widths))} ReLU, Adam {args.epochs} epochs; phi-network "
                f"{args.phi_epochs} epochs; phi-kernel k = {', '.join(map(str, args.kahler_degrees))}, "
-               f"{args.kahler_steps} steps; presets: {', '.join(chosen)}."),
+               f"{args.kahler_steps} steps; presets: {', '.join(chosen)}"
+               + (f"; skipped: {', '.join(args.skip)}." if args.skip else ".")),
               (f"{info}; load at the start {start_load}, at the end {load()}; "
                f"{datetime.date.today().isoformat()}; {total:.0f} s in all (benchmarks/bench_model_comparison.py)."),
               ""]

@@ -150,3 +150,38 @@ def test_the_initial_metrics_of_a_result_are_the_flows_start():
     assert abs(float(ev.sigma_train_initial) - r.sigma_train.values[0]) < 1e-12
     assert abs(float(ev.sigma_test_initial) - r.sigma_test.values[0]) < 1e-12
     assert float(ev.sigma_test_initial) < 0.33  # the balanced start, not g_FS (0.37)
+
+
+def test_a_linearised_phi_network_flows_its_frozen_empirical_ntk():
+    """TangentPotential: its tangent kernel J J^T equals the phi-network's empirical metric-NTK
+    built independently (per-point pull-backs, phi_network_ntk); kahler_flow with it lowers the
+    loss, its metrics are g_FS + J delta, and predict rebuilds it."""
+    from mfarray.experiments.phi_kernel import phi_network_ntk
+    from mfarray.kahler import PhiNetwork, TangentPotential, network
+
+    train, test = _points(300, 19), _points(200, 20)
+    config = PhiNetwork(widths=(12, 10), zero_head=False, seed=4)
+    at = network.init(config, QUINTIC) * 1.3
+    pot = TangentPotential(config, at)
+    probe = train.isel(point=slice(0, 14))
+    frame = pot.prepare(QUINTIC, probe.z.values, probe.patch.values, probe.elim.values)
+    K = phi_network_ntk(config, at, frame)  # (14, 14, 9, 9)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((14, 3, 3)) + 1j * rng.standard_normal((14, 3, 3))
+    G = a + np.conj(np.swapaxes(a, 1, 2))
+    moved = linalg.hermitian_to_real(pot.ddbar(pot.vjp(None, frame, G), frame))
+    expected = np.einsum("abij,bj->ai", K, linalg.hermitian_to_real(G))
+    np.testing.assert_allclose(moved, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+    assert np.array_equal(pot.metric(pot.init(QUINTIC), frame), 0.5 * (frame.g_fs + np.conj(np.swapaxes(frame.g_fs, 1, 2))))
+
+    r = mf.kahler_flow(train, pot, steps=6, test=test)
+    assert np.all(np.diff(r.loss.values) < 0)  # sigma_squared, judged by backtracking
+    assert r.loss.values[-1] < 0.9 * r.loss.values[0]
+    full = pot.prepare(QUINTIC, train.z.values, train.patch.values, train.elim.values)
+    np.testing.assert_allclose(r.g_train.values, pot.metric(r.theta.values, full), atol=1e-13)
+    np.testing.assert_allclose(mf.predict(r, test).values, r.g_test.values, atol=1e-13)
+    np.testing.assert_array_equal(r["linearised_at"].values, at)
+    with pytest.raises(ValueError, match="at must be"):
+        TangentPotential(config, at[None])
+    with pytest.raises(ValueError, match="parameters of this config"):
+        TangentPotential(PhiNetwork(widths=(5,)), at).init(QUINTIC)

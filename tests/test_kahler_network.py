@@ -372,3 +372,49 @@ def test_a_workspace_gives_the_same_numbers_and_guards_its_pullbacks(pts):
     pn.metric(cfg, params, frames[1], workspace=ws)
     with pytest.raises(RuntimeError, match="another forward pass"):
         stale(G)
+
+
+# ----------------------------------------------------------------------------- forward mode in the parameters
+@pytest.mark.parametrize("act", ["gelu", "tanh", "softplus"])
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+def test_metric_jvp_equals_central_differences(pts, act, par):
+    ds = pts.isel(point=slice(0, 30))
+    cfg, params = _net(act, par=par, widths=(8, 7, 6))
+    frame = _frame(cfg, ds.z.values, ds.patch.values, ds.elim.values)
+    rng = np.random.default_rng(8)
+    eps = 1e-5
+    for _ in range(3):
+        v = rng.standard_normal(params.shape)
+        dg = pn.metric_jvp(cfg, params, frame, v, chunk=11)
+        fd = (pn.metric(cfg, params + eps * v, frame) - pn.metric(cfg, params - eps * v, frame)) / (2 * eps)
+        assert dg.shape == fd.shape == (30, 3, 3)
+        np.testing.assert_allclose(dg, fd, rtol=0, atol=1e-7 * np.abs(fd).max())
+        np.testing.assert_array_equal(dg, np.conj(np.swapaxes(dg, 1, 2)))  # exactly Hermitian
+        dphi = pn.phi_jvp(cfg, params, frame, v)
+        fd_phi = (pn.phi(cfg, params + eps * v, frame) - pn.phi(cfg, params - eps * v, frame)) / (2 * eps)
+        np.testing.assert_allclose(dphi, fd_phi, rtol=0, atol=1e-8 * np.abs(fd_phi).max())
+
+
+def test_metric_jvp_is_the_transpose_of_the_vjp(pts):
+    """<G, J v> = <J^T G, v> with <A, B> = sum Re tr(A^dagger B): to rounding, over random pairs."""
+    ds = pts.isel(point=slice(0, 50))
+    cfg, params = _net("gelu", widths=(9, 8))
+    frame = _frame(cfg, ds.z.values, ds.patch.values, ds.elim.values)
+    rng = np.random.default_rng(9)
+    for _ in range(4):
+        G, v = _random_hermitian(rng, 50), rng.standard_normal(params.shape)
+        lhs = float(np.sum(np.real(np.conj(G) * pn.metric_jvp(cfg, params, frame, v))))
+        rhs = float(pn.metric_vjp(cfg, params, frame, G) @ v)
+        assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + abs(rhs))
+        c = rng.standard_normal(50)
+        lhs, rhs = c @ pn.phi_jvp(cfg, params, frame, v), pn.phi_vjp(cfg, params, frame, c) @ v
+        assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + abs(rhs))
+
+
+def test_metric_jvp_refuses_a_wrong_direction(few):
+    cfg, params = _net()
+    frame = _frame(cfg, few[0], few[1], few[2])
+    with pytest.raises(ValueError, match="dparams"):
+        pn.metric_jvp(cfg, params, frame, params[:-1])
+    with pytest.raises(ValueError, match="dparams"):
+        pn.metric_jvp(cfg, params, frame, np.ones(params.shape, dtype=np.complex128))

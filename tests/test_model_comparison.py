@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 import mfarray as mf
+from mfarray import linalg
 from mfarray import networks as nw
 from mfarray.experiments.after_kernel import after_kernel_experiment
 from mfarray.experiments.comparison import (
@@ -17,7 +18,10 @@ from mfarray.experiments.comparison import (
 )
 from mfarray.experiments.feature_learning import metric_mlp, train_metric_network
 from mfarray.experiments.presets import PRESETS
+from mfarray.geometry import measures
+from mfarray.kahler import TangentPotential
 from mfarray.kahler.network import PhiNetwork
+from mfarray.kahler.network import init as phi_init
 from mfarray.kahler.training import train_phi_network
 
 TINY = ComparisonSpec(flow_steps=3, depth=2, widths=(8,), epochs=1, batch=16, phi_widths=(8,), phi_epochs=1,
@@ -43,7 +47,7 @@ def table(split):
 def test_every_model_has_a_finite_described_row(table):
     expected = ["fs", "relu", "gaussian", "delta", "cosine", "analytic_ntk", "network_adam_8", "network_flow_8",
                 "initial_ntk_8", "after_kernel_8", "after_kernel_flow_8", "fs_all_charts", "phi_network",
-                "phi_kernel_k2"]
+                "phi_after_kernel", "phi_initial_ntk", "phi_kernel_k2"]
     assert list(table.model.values) == expected
     assert set(table.family.values) == set(FAMILIES)
     for name in ("sigma_train", "sigma_test", "gain_train", "gain_test", "sigma_test_one_chart",
@@ -60,7 +64,8 @@ def test_gains_are_against_g_fs_on_the_rows_own_points(table):
     fs, fs_all = table.sel(model="fs"), table.sel(model="fs_all_charts")
     assert float(fs.gain_test) == 1.0 and float(fs_all.gain_train) == 1.0
     one_chart = table.points.values == "one chart"
-    assert set(table.model.values[~one_chart]) == {"fs_all_charts", "phi_network", "phi_kernel_k2"}
+    assert set(table.model.values[~one_chart]) == {"fs_all_charts", "phi_network", "phi_after_kernel", "phi_initial_ntk",
+                                                        "phi_kernel_k2"}
     ref_test = np.where(one_chart, float(fs.sigma_test), float(fs_all.sigma_test))
     np.testing.assert_allclose(table.gain_test.values, ref_test / table.sigma_test.values, rtol=1e-14)
     # the one-chart test column scores every model on the same points
@@ -103,6 +108,14 @@ def test_paper_kernels_and_chart_free_rows_are_their_flows(split, table):
     net = train_phi_network(train_all, PhiNetwork((8,), "gelu", k=1, seed=0), 1, 32, TINY.phi_lr, test=test_all,
                             lr_decay=TINY.phi_lr_decay)
     assert float(table.sigma_test.sel(model="phi_network")) == float(net.sigma_test[-1])
+    # the phi-network's frozen kernels: kahler_flow of the network linearised at theta_T and theta_0
+    config = PhiNetwork((8,), "gelu", k=1, seed=0)
+    for row, at in (("phi_after_kernel", net.params.values), ("phi_initial_ntk", phi_init(config, mf.fermat_quintic()))):
+        r = mf.kahler_flow(train_all, TangentPotential(config, at), steps=TINY.kahler_steps, test=test_all)
+        assert float(table.sigma_test.sel(model=row)) == float(r.sigma_test[-1])
+        g = mf.predict(r, test, invalid="nan").values  # scored on the one-chart test points too
+        one_chart = measures.sigma(linalg.hermitian_det(g), test.omega2.values, test.weight.values)
+        assert float(table.sigma_test_one_chart.sel(model=row)) == float(one_chart)
 
 
 def test_without_all_chart_points_the_chart_free_models_use_the_split(split):
@@ -110,7 +123,7 @@ def test_without_all_chart_points_the_chart_free_models_use_the_split(split):
     ds = model_comparison(train, test, spec=ComparisonSpec(
         **{**TINY.to_json(), "skip": ("paper_kernels", "analytic_ntk", "network_adam", "network_flow", "initial_ntk",
                                       "after_kernel", "after_kernel_flow")}), presets={})
-    assert list(ds.model.values) == ["fs", "phi_network", "phi_kernel_k2"]
+    assert list(ds.model.values) == ["fs", "phi_network", "phi_after_kernel", "phi_initial_ntk", "phi_kernel_k2"]
     assert set(ds.points.values) == {"one chart"} and ds.attrs["n_train_all_charts"] == 0
     np.testing.assert_array_equal(ds.sigma_test_one_chart.values, ds.sigma_test.values)
     assert isinstance(ds, xr.Dataset) and ds.attrs["call"].startswith("mfarray.experiments.comparison")

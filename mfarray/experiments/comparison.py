@@ -37,6 +37,10 @@ on the row's own train and test points.  Rows of :func:`model_comparison` (coord
 * ``fs_all_charts``      g_FS on the all-chart points (only when they are given);
 * ``phi_network``        the chart-free phi-network g = g_FS + i dd-bar phi (B.6), Adam
   (:func:`mfarray.kahler.training.train_phi_network`);
+* ``phi_initial_ntk``    the phi-network's empirical metric-NTK at theta_0, frozen, and
+* ``phi_after_kernel``   at the Adam-trained parameters (the phi-network's after-kernel):
+  :func:`mfarray.kahler_flow` from g_FS with :class:`mfarray.kahler.TangentPotential` (the
+  network linearised there), ``kahler_steps`` normalised backtracking steps;
 * ``phi_kernel_k<k>``    the phi-NTK of degree-k sections, frozen (:func:`mfarray.kahler_flow`
   with an int model: normalised backtracking steps of (B.14)).
 
@@ -74,8 +78,11 @@ from ..flows import FlowError, kahler_flow, kernel_flow, network_flow, predict
 from ..flows.evolving import network_inputs
 from ..geometry import measures
 from ..kahler.network import PhiNetwork
+from ..kahler.network import init as phi_init
+from ..kahler.potentials import TangentPotential
 from ..kahler.training import phi_network_metric, train_phi_network
 from ..kernels.relu import relu_ntk
+from ..pointset.charts import surface_of
 from ..pointset.provenance import format_call, provenance
 from .after_kernel import network_kernel_operators
 from .feature_learning import metric_mlp, network_params, train_metric_network
@@ -84,7 +91,7 @@ from .presets import PRESETS, Preset
 __all__ = ["COMPARISON_DOCS", "FAMILIES", "ComparisonSpec", "model_comparison"]
 
 FAMILIES = ("fs", "paper_kernels", "analytic_ntk", "network_adam", "network_flow", "initial_ntk", "after_kernel",
-            "after_kernel_flow", "phi_network", "phi_kernel")
+            "after_kernel_flow", "phi_network", "phi_initial_ntk", "phi_after_kernel", "phi_kernel")
 """The model families a :class:`ComparisonSpec` can ``skip`` (module docstring)."""
 
 COMPARISON_DOCS = {
@@ -379,29 +386,43 @@ def model_comparison(train: xr.Dataset, test: xr.Dataset, *, train_all: xr.Datas
     if all_charts and spec.runs("fs"):
         chart_free_row("fs_all_charts", "fs", fs_k["train"], fs_k["test"], test.g_fs.values, 0.0, 0, 0, "none",
                        "g_FS on the all-chart points (the chart-free models' reference)")
-    if spec.runs("phi_network"):
-        config = PhiNetwork(tuple(spec.phi_widths), "gelu", k=spec.phi_k, seed=spec.seed)
+    normalised = f"full-batch GD, normalised backtracking steps (kahler_flow), {spec.flow_loss}"
+
+    def chart_free_flow(name, family, model, description):
+        r, seconds = _run_flow(kahler_flow, train_k, model, steps=spec.kahler_steps, loss=spec.flow_loss, test=test_k)
+        s_tr, s_te, steps = _flow_sigmas(r)
+        g = predict(r, test, invalid="nan").values if all_charts else None
+        chart_free_row(name, family, s_tr, s_te, g, seconds, int(r.sizes["param"]), steps, normalised, description)
+
+    phi_config = PhiNetwork(tuple(spec.phi_widths), "gelu", k=spec.phi_k, seed=spec.seed)
+    phi_arch = f"phi-network {' x '.join(map(str, spec.phi_widths))} gelu over degree-{spec.phi_k} sections"
+    if spec.runs("phi_network") or spec.runs("phi_after_kernel"):
         t0 = time.perf_counter()
-        r = train_phi_network(train_k, config, spec.phi_epochs, spec.phi_batch, spec.phi_lr, loss=spec.network_loss,
-                              test=test_k, seed=spec.seed, lr_decay=spec.phi_lr_decay)
+        r = train_phi_network(train_k, phi_config, spec.phi_epochs, spec.phi_batch, spec.phi_lr,
+                              loss=spec.network_loss, test=test_k, seed=spec.seed, lr_decay=spec.phi_lr_decay)
         seconds = time.perf_counter() - t0
-        g = phi_network_metric(r, test) if all_charts else None
-        chart_free_row("phi_network", "phi_network", float(r.sigma_train.values[-1]), float(r.sigma_test.values[-1]),
-                       g, seconds, int(r.sizes["param"]), spec.phi_epochs * -(-n_k // spec.phi_batch),
-                       f"Adam, {spec.phi_epochs} epochs x batch {spec.phi_batch}, lr {spec.phi_lr:.3g} x "
-                       f"{spec.phi_lr_decay:.3g}^epoch, {spec.network_loss}",
-                       f"phi-network {' x '.join(map(str, spec.phi_widths))} gelu over degree-{spec.phi_k} sections: "
-                       f"g = g_FS + i dd-bar phi (B.6), chart-free")
+        phi_trained = np.asarray(r["params"].values, dtype=np.float64)
+        if spec.runs("phi_network"):
+            g = phi_network_metric(r, test) if all_charts else None
+            chart_free_row("phi_network", "phi_network", float(r.sigma_train.values[-1]),
+                           float(r.sigma_test.values[-1]), g, seconds, int(r.sizes["param"]),
+                           spec.phi_epochs * -(-n_k // spec.phi_batch),
+                           f"Adam, {spec.phi_epochs} epochs x batch {spec.phi_batch}, lr {spec.phi_lr:.3g} x "
+                           f"{spec.phi_lr_decay:.3g}^epoch, {spec.network_loss}",
+                           f"{phi_arch}: g = g_FS + i dd-bar phi (B.6), chart-free")
+        if spec.runs("phi_after_kernel"):
+            chart_free_flow("phi_after_kernel", "phi_after_kernel", TangentPotential(phi_config, phi_trained),
+                            f"frozen empirical metric-NTK of the Adam-trained {phi_arch} (its after-kernel; the "
+                            f"network linearised there, from g_FS)")
+    if spec.runs("phi_initial_ntk"):
+        chart_free_flow("phi_initial_ntk", "phi_initial_ntk",
+                        TangentPotential(phi_config, phi_init(phi_config, surface_of(train_k))),
+                        f"frozen empirical metric-NTK of the {phi_arch} at theta_0 (the linearised network)")
     if spec.runs("phi_kernel"):
         for degree in spec.kahler_degrees:
-            r, seconds = _run_flow(kahler_flow, train_k, int(degree), steps=spec.kahler_steps, loss=spec.flow_loss,
-                                   test=test_k)
-            s_tr, s_te, steps = _flow_sigmas(r)
-            g = predict(r, test, invalid="nan").values if all_charts else None
-            chart_free_row(f"phi_kernel_k{degree}", "phi_kernel", s_tr, s_te, g, seconds, int(r.sizes["param"]),
-                           steps, f"full-batch GD, normalised backtracking steps (kahler_flow), {spec.flow_loss}",
-                           f"frozen phi-NTK of degree-{degree} sections (linear phi-model, L^2-orthonormal "
-                           f"sections; mfarray.kahler_flow)")
+            chart_free_flow(f"phi_kernel_k{degree}", "phi_kernel", int(degree),
+                            f"frozen phi-NTK of degree-{degree} sections (linear phi-model, L^2-orthonormal "
+                            f"sections; mfarray.kahler_flow)")
     return _dataset(table, fs, fs_k, spec, presets, train, test, train_k if all_charts else None,
                     test_k if all_charts else None)
 

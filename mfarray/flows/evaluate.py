@@ -227,7 +227,7 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
 
 def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
     """The metrics of a Kähler-potential flow's final theta at any point set, each point in its chart."""
-    from ..kahler import CosinePotential, NetworkPotential, PhiNetwork, SectionPotential
+    from ..kahler import CosinePotential, NetworkPotential, PhiNetwork, SectionPotential, TangentPotential
     from ..pointset.charts import surface_of
     from .kahler import potential_metrics
 
@@ -241,8 +241,13 @@ def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
     if info.get("name") == "NetworkPotential":
         config = PhiNetwork.from_attrs({key: v for key, v in info.items() if key != "name"})
         return potential_metrics(NetworkPotential(config), result["theta"].values, points)
+    if info.get("name") == "TangentPotential":
+        config = PhiNetwork.from_attrs({key: v for key, v in info.items() if key not in ("name", "linearised_at")})
+        return potential_metrics(TangentPotential(config, result["linearised_at"].values), result["theta"].values,
+                                 points)
     if info.get("name") != "SectionPotential":
-        raise ValueError(f"predict rebuilds SectionPotential, CosinePotential and NetworkPotential models; this result has "
+        raise ValueError(f"predict rebuilds SectionPotential, CosinePotential, NetworkPotential and TangentPotential "
+                         f"models; this result has "
                          f"{info.get('name')!r}: use mfarray.flows.kahler.potential_metrics(potential, "
                          "result['theta'], points)")
     basis = result["section_basis"].values if "section_basis" in result else None

@@ -151,6 +151,8 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
                       "patch_train": ("point", tr.patch), "elim_train": ("point", tr.elim)}
         if getattr(potential, "basis", None) is not None:
             model_vars["section_basis"] = (("section", "section_in_basis"), backend.to_numpy(potential.basis))
+        if getattr(potential, "at", None) is not None:  # a linearised phi-network (TangentPotential)
+            model_vars["linearised_at"] = ("param", backend.to_numpy(potential.at))
         if getattr(potential, "reference", None) is not None:
             model_vars["reference_H"] = (("reference_section", "reference_section_in"),
                                          np.asarray(potential.reference[1]))

@@ -53,6 +53,14 @@ convention dl = Re tr(G^dagger dg)), :func:`metric_vjp` returns sum_x Re tr(G_x^
 (P,), by hand-written reverse mode through the forward-mode computation above (the adjoint of
 each channel map, including the act''' terms of the value channel).
 
+The parameter tangent
+---------------------
+:func:`metric_jvp` returns dg/dtheta . v (N, kd, kd) for a direction v (P,): forward mode in the
+parameters through the same jets (each layer's channels and their tangents, the activation's
+jets differentiated once more: act''' dz dz^dagger and the polarised outer product).  It is the
+transpose of :func:`metric_vjp` (tested to rounding), and with it the linearised phi-network
+(:class:`mfarray.kahler.TangentPotential`, the after-kernel) flows without an N x P Jacobian.
+
 Cost: the jets make every GEMM 1 + 2 kd + kd^2 (16 for the quintic) times that of a plain
 forward pass, the pull-back twice that again; the elementwise work is of the same order.  Blocks
 of 64-256 points are fastest (the jets stay in cache), with a :class:`Workspace` reused from
@@ -85,6 +93,7 @@ Array = Any
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "PhiNetwork", "layer_widths", "num_params", "init", "unflatten",
            "Features", "features", "phi", "phi_jets", "metric", "metric_and_pullback", "metric_vjp", "phi_vjp",
+           "metric_jvp", "phi_jvp",
            "Workspace", "default_chunk"]
 
 ACTIVATIONS = ("gelu", "tanh", "softplus")
@@ -406,6 +415,36 @@ def _add_outer(lay, H, x, y, a2, ws):
         I[p] -= t
 
 
+def _add_polar(lay, H, x, y, dx, dy, a, ws):
+    """H[dd] += a * (real coordinates of dz z^dagger + z dz^dagger), z = x + i y, dz = dx + i dy
+    (kd, B, d): the derivative of :func:`_add_outer`'s z z^dagger along dz.  Diagonal
+    2 (x_a dx_a + y_a dy_a); for a < b, Re: x_a dx_b + dx_a x_b + y_a dy_b + dy_a y_b, Im:
+    y_a dx_b + dy_a x_b - x_a dy_b - dx_a y_b."""
+    m = _raw(H)
+    ax, ay, adx, ady, t = (ws.get(name, x.shape, x) for name in ("pax", "pay", "padx", "pady", "pt"))
+    m.multiply(x, a, out=ax)
+    m.multiply(y, a, out=ay)
+    m.multiply(dx, a, out=adx)
+    m.multiply(dy, a, out=ady)
+    m.multiply(ax, dx, out=t)
+    H[lay.diag] += t
+    H[lay.diag] += t
+    m.multiply(ay, dy, out=t)
+    H[lay.diag] += t
+    H[lay.diag] += t
+    t = t[0]
+    R, I = H[lay.pr], H[lay.pi]
+    for p, (i, j) in enumerate(lay.pairs):
+        for u, v in ((ax, dx), (adx, x), (ay, dy), (ady, y)):
+            m.multiply(u[i], v[j], out=t)
+            R[p] += t
+        for u, v, add in ((ay, dx, True), (ady, x, True), (ax, dy, False), (adx, y, False)):
+            m.multiply(u[i], v[j], out=t)
+            if add:
+                I[p] += t
+            else:
+                I[p] -= t
+
 def _outer_adjoint(lay, ob, x, y, ws):
     """Adjoint of the real coordinates of dz dz^dagger (see :func:`_add_outer`): the cotangents
     ``ob`` (kd^2, B, d) of the mixed channels -> (xbar, ybar) as one (2 kd, B, d) array."""
@@ -544,6 +583,42 @@ def _forward(config, layers, X, lay, keep, ws):
         Z = _affine(H, W, scales[l], sb, b, ws.get(("Z", l if keep else l % 2), (C, B, widths[l + 1]), X))
     return Z[:, :, 0], tape
 
+
+def _forward_tangent(config, layers, dlayers, X, lay, ws):
+    """The output channels (C, B) of :func:`_forward` and their derivative along the parameter
+    direction ``dlayers`` (forward mode in the parameters; the inputs X do not depend on them).
+
+    Per affine layer dZ = s (dH W + H dW) + s_b db (bias on the value channel); per activation,
+    differentiating H of :func:`_forward`: dH[0] = act' dZ[0], dH[1:] = act' dZ[1:] + act'' dZ[0]
+    Z[1:], dH[dd] += act^(3) dZ[0] (dz dz^dagger) + act'' (t z^dagger + z t^dagger), t the
+    tangent of dz (:func:`_add_polar`)."""
+    widths = (X.shape[2],) + tuple(W.shape[1] for W, _ in layers)
+    scales, sb = _scales(config, widths)
+    m = _raw(X)
+    C, B = X.shape[:2]
+    (W0, b0), (dW0, db0) = layers[0], dlayers[0]
+    Z = _affine(X, W0, scales[0], sb, b0, ws.get(("Z", 0), (C, B, widths[1]), X))
+    dZ = _affine(X, dW0, scales[0], sb, db0, ws.get(("dZ", 0), (C, B, widths[1]), X))
+    for l in range(1, len(layers)):
+        d = widths[l]
+        a1, a2, a3, t = (ws.get(name, (B, d), X) for name in ("a1", "a2", "a3", "ta"))
+        H, dH, T = (ws.get(name, (C, B, d), X) for name in ("H", "dH", "tH"))
+        _act(config.activation, Z[0], H[0], a1, a2, a3, ws.get("s1", (B, d), X), ws.get("s2", (B, d), X))
+        m.multiply(Z[1:], a1, out=H[1:])
+        _add_outer(lay, H, Z[lay.re], Z[lay.im], a2, ws)
+        m.multiply(dZ, a1, out=dH)
+        m.multiply(dZ[0], a2, out=t)
+        m.multiply(Z[1:], t, out=T[1:])
+        dH[1:] += T[1:]
+        m.multiply(dZ[0], a3, out=t)
+        _add_outer(lay, dH, Z[lay.re], Z[lay.im], t, ws)
+        _add_polar(lay, dH, Z[lay.re], Z[lay.im], dZ[lay.re], dZ[lay.im], a2, ws)
+        (W, b), (dW, db) = layers[l], dlayers[l]
+        shape = (C, B, widths[l + 1])
+        Z = _affine(H, W, scales[l], sb, b, ws.get(("Z", l % 2), shape, X))
+        dZ = _affine(dH, W, scales[l], 0.0, b, ws.get(("dZ", l % 2), shape, X))
+        dZ += _affine(H, dW, scales[l], sb, db, ws.get("tZ", shape, X))
+    return Z[:, :, 0], dZ[:, :, 0]
 
 def _channel_dot(a, b, out):
     """out = sum_c a[c] b[c] for (c, B, d) arrays."""
@@ -779,3 +854,36 @@ def phi_vjp(config: PhiNetwork, params: Array, frame: SectionFrame, c: Array, *,
         return Zbar
 
     return _chunked_pullback(config, params, frame, value_cotangent, chunk)
+
+def _chunked_tangent(config, params, frame, dparams, chunk):
+    """The derivative of the output channels along ``dparams`` (P,), (C, N), in blocks of points."""
+    xp, params, layers, lay = _prepare(config, params, frame)
+    if not (backend.is_cupy(dparams) or isinstance(dparams, np.ndarray)):
+        dparams = np.asarray(dparams)
+    if tuple(dparams.shape) != tuple(params.shape) or not xp.isdtype(dparams.dtype, "real floating"):
+        raise ValueError(f"dparams must be a real direction of shape {tuple(params.shape)} (one entry per parameter); "
+                         f"got shape {tuple(dparams.shape)}, dtype {dparams.dtype}")
+    dlayers = unflatten(config, xp.astype(dparams, xp.float64, copy=False), frame.s.shape[1])
+    ws = Workspace()
+    parts = []
+    for sl in _chunks(frame.s.shape[0], chunk):
+        _, dout = _forward_tangent(config, layers, dlayers, _input_channels(_take(frame, sl), lay, xp, ws), lay, ws)
+        parts.append(xp.asarray(dout, copy=True))
+    return xp.concat(parts, axis=1), lay, xp
+
+
+def metric_jvp(config: PhiNetwork, params: Array, frame: SectionFrame, dparams: Array, *,
+               chunk: int | None = None) -> Array:
+    """dg/dtheta . dparams = i dd-bar (dphi/dtheta . dparams), (N, kd, kd) complex Hermitian: the
+    derivative of :func:`metric` along the parameter direction ``dparams`` (P,), by forward mode
+    through the jets (:func:`_forward_tangent`), in blocks of ``chunk`` points.  The transpose of
+    :func:`metric_vjp`: sum_x Re tr(G_x^dagger metric_jvp(v)_x) = metric_vjp(G) . v."""
+    out, lay, xp = _chunked_tangent(config, params, frame, dparams, chunk)
+    return _dd_to_metric(out, lay, xp)
+
+
+def phi_jvp(config: PhiNetwork, params: Array, frame: SectionFrame, dparams: Array, *,
+            chunk: int | None = None) -> Array:
+    """dphi/dtheta . dparams at the frame's points, (N,) real (the transpose of :func:`phi_vjp`)."""
+    out, _, _ = _chunked_tangent(config, params, frame, dparams, chunk)
+    return out[0]

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 Array = Any
 
-__all__ = ["SectionPotential", "orthonormal_basis", "phi_features", "phi_metric", "phi_metric_vjp", "phi_values"]
+__all__ = ["SectionPotential", "TangentPotential", "orthonormal_basis", "phi_features", "phi_metric", "phi_metric_vjp", "phi_values"]
 
 
 def phi_values(frame: SectionFrame, H: Array) -> Array:
@@ -220,6 +220,74 @@ class NetworkPotential:
     def describe(self) -> dict:
         return {"name": "NetworkPotential", **self.config.to_attrs()}
 
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TangentPotential:
+    r"""A phi-network linearised at fixed parameters ``at`` (theta_*): the potential
+
+    .. math::
+
+        \phi_\delta = \frac{\partial\phi_\theta}{\partial\theta}\Big|_{\theta_*}\cdot\delta,
+        \qquad g = g_{FS} + i\partial\bar\partial\phi_\delta\quad(B.6),
+
+    with parameters delta (P,), zero at the start (g = g_FS).  Linear in delta, over the
+    network's tangent features, so its tangent kernel J J^T is the phi-network's empirical
+    metric-NTK at theta_*, frozen (2.7 with global parameters;
+    :func:`mfarray.experiments.phi_kernel.phi_network_ntk`): :func:`mfarray.kahler_flow` with it
+    is the frozen-kernel flow of that kernel from g_FS -- the phi-network's after-kernel
+    (theta_* trained) or its initial NTK (theta_* = theta_0: the linearised network 2.11, started
+    at g_FS).  Chart-free like the network.  A step costs a reverse pass over the train points
+    (:func:`mfarray.kahler.network.metric_vjp`) and a forward-tangent pass over train and test
+    points (:func:`~mfarray.kahler.network.metric_jvp`); nothing of size N x P is formed.
+    """
+
+    config: _network.PhiNetwork
+    at: Any
+    linear = True
+
+    def __post_init__(self):
+        if not isinstance(self.config, _network.PhiNetwork):
+            raise TypeError(f"config must be a mfarray.kahler.PhiNetwork; got {type(self.config).__name__}")
+        at = self.at if backend.is_cupy(self.at) else np.asarray(self.at)
+        if at.ndim != 1 or not backend.namespace(at).isdtype(at.dtype, "real floating"):
+            raise ValueError(f"at must be the phi-network's flat real parameters (P,), e.g. a trained result's "
+                             f"'params'; got shape {tuple(at.shape)}, dtype {at.dtype}")
+        object.__setattr__(self, "at", at)
+
+    def size(self, surface: Hypersurface) -> int:
+        return _network.num_params(self.config, surface)
+
+    def init(self, surface: Hypersurface) -> np.ndarray:
+        """delta = 0 (the flow starts at g_FS), (P,) float64."""
+        if self.at.shape[0] != self.size(surface):
+            raise ValueError(f"at has {self.at.shape[0]} parameters; the network has {self.size(surface)} on this "
+                             f"surface: pass parameters of this config")
+        return np.zeros(self.size(surface))
+
+    def prepare(self, surface: Hypersurface, z: Array, patch: Array, elim: Array) -> SectionFrame:
+        return section_frame(surface, z, section_exponents(surface, self.config.k), patch, elim)
+
+    def ddbar(self, theta: Array, frame: SectionFrame) -> Array:
+        """i dd-bar phi_delta = J delta, (N, kd, kd)."""
+        return _network.metric_jvp(self.config, self.at, frame, theta)
+
+    def metric(self, theta: Array, frame: SectionFrame) -> Array:
+        xp = backend.namespace(frame.g_fs)
+        return 0.5 * (frame.g_fs + xp.conj(xp.matrix_transpose(frame.g_fs))) + self.ddbar(theta, frame)
+
+    def vjp(self, theta: Array, frame: SectionFrame, G: Array) -> Array:
+        """J^T G: the phi-network's parameter gradient at theta_* (independent of delta), (P,)."""
+        return _network.metric_vjp(self.config, self.at, frame, G)
+
+    def values(self, theta: Array, frame: SectionFrame) -> Array:
+        return _network.phi_jvp(self.config, self.at, frame, theta)
+
+    def values_vjp(self, theta: Array, frame: SectionFrame, c: Array) -> Array:
+        return _network.phi_vjp(self.config, self.at, frame, c)
+
+    def describe(self) -> dict:
+        return {"name": "TangentPotential", **self.config.to_attrs(),
+                "linearised_at": "variable linearised_at (the phi-network's parameters theta_*)"}
 
 class CosineFrame(NamedTuple):
     """Per-point data of :class:`CosinePotential`: the features' values f (N, M), their
