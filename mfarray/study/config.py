@@ -122,11 +122,12 @@ class FeatureLearning:
     the gains kernels (tuned too where ``tuned`` and the tuning ran), the network's
     infinite-width, initial and after-kernels, the ``depth`` x ``network_widths`` network under
     Adam (``epochs``) and under the kernel flows' integrator (``flow_steps``), the phi-network
-    (``phi_epochs``) and the phi-kernel (``kahler_degrees``, ``kahler_steps``).  The curves
+    (``phi_epochs``), its frozen empirical metric-NTK after training and at initialisation, and the
+    phi-kernel (``kahler_degrees``; these three flow ``kahler_steps``).  The curves
     (experiments.feature_learning.kernel_evolution): 1 hidden ReLU layer per width in ``widths``,
     SGD for ``width_epochs``, the kernel measured on the first ``n_probe`` test points.  At the
-    defaults the two stages took 26 s on 2 quiet cores (benchmarks/bench_model_comparison.py runs
-    the comparison at 5000 points).
+    defaults the two stages took 26 s on 2 quiet cores, and the phi-network's two frozen kernels add
+    26 s more (benchmarks/bench_model_comparison.py runs the comparison at 5000 points).
     """
 
     enabled: bool = False
