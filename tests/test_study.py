@@ -108,7 +108,7 @@ def test_feature_learning_section_has_every_model(tmp_path, monkeypatch):
     ds, curves = first["feature_learning"], first["kernel_evolution"]
     expected = ["fs", "gaussian", "gaussian-tuned", "analytic_ntk", "network_adam_8", "network_flow_8",
                 "initial_ntk_8", "after_kernel_8", "after_kernel_flow_8", "fs_all_charts", "phi_network",
-                "phi_kernel_k2"]
+                "phi_after_kernel", "phi_initial_ntk", "phi_kernel_k2"]
     assert list(ds.model.values) == expected
     for name in ("sigma_train", "sigma_test", "gain_train", "gain_test", "gain_test_one_chart", "seconds"):
         assert np.all(np.isfinite(ds[name].values)), name
