@@ -197,3 +197,23 @@ def test_float32_flow_within_float32_rounding_of_float64():
             a, b = r32[g].values.reshape(r32[g].shape[0], -1), r64[g].values.reshape(r64[g].shape[0], -1)
             assert np.max(np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)) <= 1e-5
             assert not np.array_equal(a, b)
+
+
+def test_fs_tiles_give_every_row_the_bits_it_has_alone(u):
+    """The FS tiles form |<u, v>|^2 two rows at a time (an odd last row pairs with itself): each
+    row of a tile is bit for bit the tile of that row alone, float64 (distance, both kernel forms)
+    and float32, with identical and nearly identical points among the rows."""
+    a = np.array(u[:9])
+    a[3] = a[5] * np.exp(0.7j)  # the same point up to phase
+    a[4] = a[6] + 1e-9
+    a[4] /= np.linalg.norm(a[4])
+    b = np.concatenate([u[:40], u[200:600]])
+    tiles = (lambda x: fused.fs_distance_tile(x, b),
+             lambda x: fused.gaussian_fs_tile(x, b, sigma=0.3, squared=True),
+             lambda x: fused.gaussian_fs_tile(x, b, sigma=0.05, squared=False),
+             lambda x: fused32.gaussian_fs_tile32(x, b, sigma=0.3, squared=True))
+    for tile in tiles:
+        for n1 in (9, 8):
+            together = tile(a[:n1])
+            alone = np.concatenate([tile(a[i:i + 1]) for i in range(n1)])
+            np.testing.assert_array_equal(together, alone)

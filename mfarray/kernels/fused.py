@@ -11,6 +11,8 @@ coordinates, in registers), the transcendental functions and the kernel are comp
 short branch-free loops over the columns that LLVM vectorises (4 doubles a lane with AVX2 +
 FMA; short loop bodies keep more iterations in flight than one long one), in the output row
 and row buffers that stay in L1.  There are no (n1, n2) temporaries: the output is written once.
+The FS tiles form |<u, v>|^2 for two rows per load of the columns (the loop is bound by its
+loads and multiply-adds: one thread, 7-10 % faster, the same bits).
 Measured on AMD EPYC (Zen 3, AVX2) cores, one 1024 x 1024 tile on one thread: gaussian_fs
 2.2-2.5x, the ReLU NTK 3.3-3.8x (depth 1) and ~5x (depth 3) faster than the NumPy paths; in a
 BlockwiseOperator mat-vec, whose BLAS products with v are the same for both, 1.8-2.6x and
@@ -514,36 +516,46 @@ def _fs_tile(ura, uia, vra, via, width, mode, out):
         nb = min(COLS, n2 - j0)
         br = _cut(vra, j0, j0 + nb)
         bi = _cut(via, j0, j0 + nb)
-        for i in range(n1):
-            row = out[i, j0:j0 + nb]
-            ar = _take(ura, i)
-            ai = _take(uia, i)
-            for j in range(nb):  # vectorised: |<u, v>|^2
-                row[j] = _cnorm2(ar, ai, br, bi, j)
-            near = 0
-            for j in range(nb):  # vectorised: -> d (two short loops run faster than one long)
-                d = _acos_sqrt(row[j])
-                row[j] = d
-                near += 1 if d < _NEAR else 0
-            count = 0
-            for c0 in range(0, nb, 32):  # the few near pairs: their columns
-                if count == near:
-                    break
-                c1 = min(nb, c0 + 32)
-                found = 0
-                for j in range(c0, c1):  # vectorised count: most chunks have none
-                    found += 1 if row[j] < _NEAR else 0
-                if found:
-                    for j in range(c0, c1):
-                        idx[count] = j
-                        count += 1 if row[j] < _NEAR else 0
-            for t in range(count):  # and the cancellation-free sine form
-                row[idx[t]] = _sine_form(ar, ai, _take(br, idx[t]), _take(bi, idx[t]))
-            if mode == 0:
-                continue
-            for j in range(nb):  # vectorised: the kernel
-                t = row[j] / width
-                row[j] = _exp(-(t * t) if mode == 1 else -t)
+        for i0 in range(0, n1, 2):
+            i1 = min(i0 + 1, n1 - 1)  # an odd last row pairs with itself (same values written twice)
+            r0, r1 = out[i0, j0:j0 + nb], out[i1, j0:j0 + nb]
+            a0, b0, a1, b1 = _take(ura, i0), _take(uia, i0), _take(ura, i1), _take(uia, i1)
+            for j in range(nb):  # vectorised: |<u, v>|^2 of two rows per load of the columns
+                r0[j] = _cnorm2(a0, b0, br, bi, j)
+                r1[j] = _cnorm2(a1, b1, br, bi, j)
+            for i in range(i0, i1 + 1):
+                _fs_row(out[i, j0:j0 + nb], _take(ura, i), _take(uia, i), br, bi, width, mode, idx)
+
+
+@_jit()
+def _fs_row(row, ar, ai, br, bi, width, mode, idx):
+    """One row of :func:`_fs_tile` from its |<u, v>|^2: the FS distance (cancellation-free near
+    u), then the kernel of ``mode``, in place."""
+    nb = row.shape[0]
+    near = 0
+    for j in range(nb):  # vectorised: -> d (two short loops run faster than one long)
+        d = _acos_sqrt(row[j])
+        row[j] = d
+        near += 1 if d < _NEAR else 0
+    count = 0
+    for c0 in range(0, nb, 32):  # the few near pairs: their columns
+        if count == near:
+            break
+        c1 = min(nb, c0 + 32)
+        found = 0
+        for j in range(c0, c1):  # vectorised count: most chunks have none
+            found += 1 if row[j] < _NEAR else 0
+        if found:
+            for j in range(c0, c1):
+                idx[count] = j
+                count += 1 if row[j] < _NEAR else 0
+    for t in range(count):  # and the cancellation-free sine form
+        row[idx[t]] = _sine_form(ar, ai, _take(br, idx[t]), _take(bi, idx[t]))
+    if mode == 0:
+        return
+    for j in range(nb):  # vectorised: the kernel
+        t = row[j] / width
+        row[j] = _exp(-(t * t) if mode == 1 else -t)
 
 
 def _soa(u):

@@ -181,26 +181,36 @@ def _gauss32_tile(ura, uia, vra, via, width, squared, out):
     """out (n1, n2) float32 <- exp(-(d/width)^2) (squared) or exp(-d/width): d from the float64
     c2 = |<u, v>|^2 and 1 - c2 of the unit vectors u, v (tuples of coordinate rows, float64)."""
     n1, n2 = out.shape
-    c2b = np.empty(COLS, dtype=np.float32)
-    s2b = np.empty(COLS, dtype=np.float32)
+    c2b = np.empty((2, COLS), dtype=np.float32)
+    s2b = np.empty((2, COLS), dtype=np.float32)
     w = np.float32(width)
     for j0 in range(0, n2, COLS):
         nb = min(COLS, n2 - j0)
         br = _cut(vra, j0, j0 + nb)
         bi = _cut(via, j0, j0 + nb)
-        for i in range(n1):
-            row = out[i, j0:j0 + nb]
-            ar = _take(ura, i)
-            ai = _take(uia, i)
-            for j in range(nb):  # vectorised, float64: c2 and 1 - c2, then rounded
-                c2 = _cnorm2(ar, ai, br, bi, j)
-                c2 = 1.0 if c2 > 1.0 else c2
-                s2 = 1.0 - c2
-                c2b[j] = np.float32(c2)
-                s2b[j] = np.float32(0.0 if s2 < _S2_FLOOR else s2)
-            for j in range(nb):  # vectorised, float32: d and the kernel
-                t = _acos_sqrt32(c2b[j], s2b[j]) / w
-                row[j] = _exp32(-(t * t) if squared else -t)
+        for i0 in range(0, n1, 2):
+            i1 = min(i0 + 1, n1 - 1)  # an odd last row pairs with itself
+            a0, b0, a1, b1 = _take(ura, i0), _take(uia, i0), _take(ura, i1), _take(uia, i1)
+            c0, s0, c1, s1 = c2b[0], s2b[0], c2b[1], s2b[1]
+            for j in range(nb):  # vectorised, float64, two rows per load of the columns
+                _rounded_c2(a0, b0, br, bi, j, c0, s0)
+                _rounded_c2(a1, b1, br, bi, j, c1, s1)
+            for r in range(i1 - i0 + 1):
+                row, cr, sr = out[i0 + r, j0:j0 + nb], c2b[r], s2b[r]
+                for j in range(nb):  # vectorised, float32: d and the kernel
+                    t = _acos_sqrt32(cr[j], sr[j]) / w
+                    row[j] = _exp32(-(t * t) if squared else -t)
+
+
+@_jit(inline=True)
+def _rounded_c2(ar, ai, br, bi, j, c2b, s2b):
+    """c2b[j], s2b[j] <- c2 = |<u, v_j>|^2 (at most 1) and 1 - c2 (0 below _S2_FLOOR), both formed
+    in float64 and rounded once."""
+    c2 = _cnorm2(ar, ai, br, bi, j)
+    c2 = 1.0 if c2 > 1.0 else c2
+    s2 = 1.0 - c2
+    c2b[j] = np.float32(c2)
+    s2b[j] = np.float32(0.0 if s2 < _S2_FLOOR else s2)
 
 
 def gaussian_fs_tile32(u: Any, v: Any, *, sigma: float, squared: bool) -> np.ndarray:
