@@ -449,3 +449,28 @@ def test_plot_kernel_evolution_draws_both_kinds():
     with pytest.raises(ValueError, match="kernel_evolution"):
         plot_kernel_evolution(xr.Dataset({"a": ("x", [1.0])}))
     plt.close("all")
+
+
+def test_an_operator_pair_pulls_each_train_gradient_back_once(split, monkeypatch):
+    """K(train, train) and K(test, train) share J_train^T v: a flow step applies both to the same
+    v, so one reverse pass serves both, with the bits of ntk_matvec; a new v is pulled back anew."""
+    from mfarray.experiments import after_kernel
+    from mfarray.kernels.empirical import ntk_matvec
+
+    train, test = split[0].isel(point=slice(0, 30)), split[1].isel(point=slice(0, 12))
+    cfg = metric_mlp((16,), "relu")
+    p = nw.init(cfg, 4)
+    K, K_test = after_kernel.network_kernel_operators(cfg, p, train, test)
+    calls = []
+    real_vjp = nw.vjp
+    monkeypatch.setattr(nw, "vjp", lambda *a, **kw: calls.append(1) or real_vjp(*a, **kw))
+    rng = np.random.default_rng(1)
+    x, xt = network_inputs(train), network_inputs(test)
+    for _ in range(2):
+        v = rng.standard_normal((30, 9))
+        out, out_test = K.inner.matvec(v), K_test.inner.matvec(v.copy())  # equal values, another array
+        np.testing.assert_array_equal(out, ntk_matvec(cfg, p, x, x, v))
+        np.testing.assert_array_equal(out_test, ntk_matvec(cfg, p, xt, x, v))
+    assert len(calls) == 2 + 4  # one pull-back per v for the pair, one per ntk_matvec call
+    r = mf.kernel_flow(train, (K, K_test), steps=3, test=test)
+    assert np.all(np.isfinite(r.sigma_test.values))

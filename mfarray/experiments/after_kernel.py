@@ -26,8 +26,8 @@ about as well as the network; if not, the network's nonlinear dynamics matter be
 The three kernel flows are :func:`mfarray.flows.kernel_flow` with the same steps, step control
 and loss; the empirical kernels enter as a pair of operators ``(K_train_train, K_test_train)``
 (:func:`network_kernel_operators`): matrix-free by default (:class:`NetworkKernelOperator`,
-``Theta v = J (J^T v)``, one reverse and one forward pass, O(n P) per product, no memory), or
-dense (n, n, c, c) blocks for small sets.  Read in the orthonormal Hermitian basis
+``Theta v = J (J^T v)``, one reverse and one forward pass, O(n P) per product, no memory; the
+pair shares the reverse pass), or dense (n, n, c, c) blocks for small sets.  Read in the orthonormal Hermitian basis
 (:class:`mfarray.flows.evolving.RealBasisOperator`), they act on dl/dg as the metric-NTK of the
 network metric :func:`mfarray.flows.evolving.network_metric` does.
 """
@@ -38,9 +38,10 @@ import functools
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ from .. import networks as nw
 from ..flows import FlowError, kernel_flow
 from ..flows.evolving import RealBasisOperator, network_inputs, network_metric
 from ..geometry import measures
-from ..kernels.empirical import empirical_ntk, ntk_matvec
+from ..kernels.empirical import empirical_ntk
 from ..kernels.features import patch_features
 from ..kernels.operators import DenseOperator
 from ..kernels.relu import relu_ntk
@@ -81,21 +82,42 @@ AFTER_KERNEL_DOCS = {
 }
 
 
+class _Pullback:
+    """The last J_in^T v of operators that share ``x_in`` and ``params``: a flow applies
+    K(train, train) and K(test, train) to the same v every step, so one reverse pass serves both
+    (reused only for a v equal, entry for entry, to the last one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._v = self._t = None
+
+    def __call__(self, config: nw.MLP, params: tuple, x_in: Any, v: np.ndarray) -> nw.Params:
+        with self._lock:
+            if self._v is not None and self._v.shape == v.shape and np.array_equal(self._v, v):
+                return self._t
+        t = nw.vjp(config, params, x_in, v)
+        with self._lock:
+            self._v, self._t = np.array(v, copy=True), t
+        return t
+
+
 @dataclass(frozen=True, eq=False)
 class NetworkKernelOperator:
     r"""The empirical metric-NTK :math:`\Theta(x_{out}, x_{in})` (2.7) of an MLP at ``params`` as a
-    matrix-free operator on real components: ``matvec(v (n_in, c)) = J_out (J_in^T v)``
-    (:func:`mfarray.kernels.empirical.ntk_matvec`), shape (n_out, n_in).
+    matrix-free operator on real components: ``matvec(v (n_in, c)) = J_out (J_in^T v)`` (the
+    products of :func:`mfarray.kernels.empirical.ntk_matvec`), shape (n_out, n_in).
 
     config : mfarray.networks.MLP; params : parameter tree; x_out (n_out, d_in), x_in (n_in, d_in):
-    network inputs.  Wrap it in :class:`~mfarray.flows.evolving.RealBasisOperator` to act on
-    Hermitian metrics.
+    network inputs; pullback : a :class:`_Pullback` shared by operators with the same x_in and
+    params (:func:`network_kernel_operators` gives its pair one), so J_in^T v is computed once per
+    v.  Wrap it in :class:`~mfarray.flows.evolving.RealBasisOperator` to act on Hermitian metrics.
     """
 
     config: nw.MLP
     params: tuple
     x_out: Any
     x_in: Any
+    pullback: _Pullback = field(default_factory=_Pullback, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,7 +129,8 @@ class NetworkKernelOperator:
         if v.shape[0] != n_in or math.prod(v.shape[1:]) != c:
             raise ValueError(f"v must have shape ({n_in}, {c}) (real components per point); got {v.shape}")
         with backend.one_blas_thread():
-            out = ntk_matvec(self.config, self.params, self.x_out, self.x_in, v.reshape(n_in, c))
+            t = self.pullback(self.config, self.params, self.x_in, v.reshape(n_in, c))
+            out = nw.jvp(self.config, self.params, self.x_out, t)
         return out.reshape((self.shape[0], *v.shape[1:]))
 
 
@@ -117,8 +140,9 @@ def network_kernel_operators(config: nw.MLP, params: nw.Params, train: xr.Datase
     """``(K_train_train, K_test_train)`` of the MLP's empirical metric-NTK at ``params``, for
     ``kernel_flow(train, pair, test=test)`` (``K_test_train`` None without test points).
 
-    method : "matvec" (:class:`NetworkKernelOperator`, no memory) or "dense" (``empirical_ntk``
-        blocks (n_out, n_in, c, c) in a DenseOperator; n_train (n_train + n_test) c^2 floats).
+    method : "matvec" (two :class:`NetworkKernelOperator` sharing one pull-back per v, no memory)
+        or "dense" (``empirical_ntk`` blocks (n_out, n_in, c, c) in a DenseOperator; n_train
+        (n_train + n_test) c^2 floats).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -127,12 +151,13 @@ def network_kernel_operators(config: nw.MLP, params: nw.Params, train: xr.Datase
         raise ValueError(f"the network has {config.c_out} outputs; {k}x{k} metrics need c = {k * k}")
     x = network_inputs(train, features)
     x_test = None if test is None else network_inputs(test, features)
+    shared = _Pullback()  # one reverse pass per flow step for the pair
 
     def op(x_out):
         if method == "dense":
             with backend.one_blas_thread():
                 return DenseOperator(empirical_ntk(config, params, x_out, x))
-        return NetworkKernelOperator(config, params, x_out, x)
+        return NetworkKernelOperator(config, params, x_out, x, shared)
 
     return RealBasisOperator(op(x), k), None if x_test is None else RealBasisOperator(op(x_test), k)
 
