@@ -23,7 +23,7 @@ import copy
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -217,6 +217,23 @@ def one_blas_thread() -> Iterator[None]:
                 for lib, n in saved:
                     _set_blas_threads(lib, n)
 
+
+
+def thread_map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int | None = None) -> list:
+    """``[fn(item) for item in items]`` on ``threads`` threads (default: :func:`cores`, at most one
+    per item), holding BLAS to one thread (:func:`one_blas_thread`); the results in the order of
+    ``items``, so a caller that combines them in that order gets the same bits for any thread
+    count.  For work that releases the GIL on parts of arrays (NumPy ufuncs and GEMMs on blocks,
+    numba ``nogil`` code)."""
+    items = list(items)
+    threads = min(cores() if threads is None else max(int(threads), 1), max(len(items), 1))
+    with one_blas_thread():
+        if threads == 1:
+            return [fn(item) for item in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, items))
 
 # ----------------------------------------------------------------------------- scheduler
 

@@ -183,3 +183,13 @@ def test_a_limit_context_held_by_another_thread_does_not_disable_it():
         assert w.seen == [{1}]
         assert blas_threads() == {2}
     assert blas_threads() == {ORIGINAL}
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2, 5])
+def test_thread_map_keeps_order_holds_one_blas_thread_and_restores(threads):
+    seen = []
+    out = backend.thread_map(lambda i: seen.append(blas_threads()) or i * i, range(7), threads=threads)
+    assert out == [i * i for i in range(7)]
+    assert all(s == {1} for s in seen) and len(seen) == 7
+    assert blas_threads() == {ORIGINAL}
+    assert backend.thread_map(lambda i: i, [], threads=threads) == []

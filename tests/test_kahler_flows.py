@@ -185,3 +185,31 @@ def test_a_linearised_phi_network_flows_its_frozen_empirical_ntk():
         TangentPotential(config, at[None])
     with pytest.raises(ValueError, match="parameters of this config"):
         TangentPotential(PhiNetwork(widths=(5,)), at).init(QUINTIC)
+
+
+def test_phi_network_potentials_split_their_points_into_parts_on_threads(monkeypatch):
+    """NetworkPotential and TangentPotential evaluate parts of PART points on threads: the same bits
+    for one thread and two, and the bare one-call functions' numbers to rounding (sums in another
+    order)."""
+    from mfarray import backend
+    from mfarray.kahler import NetworkPotential, PhiNetwork, TangentPotential, network, potentials
+
+    ds = _points(2500, 21)  # three parts
+    config = PhiNetwork(widths=(10, 8), zero_head=False, seed=2)
+    theta = network.init(config, QUINTIC)
+    rng = np.random.default_rng(4)
+    G = rng.standard_normal((2500, 3, 3)) + 1j * rng.standard_normal((2500, 3, 3))
+    G = G + np.conj(np.swapaxes(G, 1, 2))
+    c, d = rng.standard_normal(2500), rng.standard_normal(theta.shape)
+    for pot, arg in ((NetworkPotential(config), theta), (TangentPotential(config, theta), d)):
+        frame = pot.prepare(QUINTIC, ds.z.values, ds.patch.values, ds.elim.values)
+        runs = []
+        for n in (1, 2):
+            monkeypatch.setattr(backend, "cores", lambda n=n: n)
+            runs.append((pot.ddbar(arg, frame), pot.vjp(arg, frame, G), pot.values(arg, frame),
+                         pot.values_vjp(arg, frame, c)))
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+        bare_vjp = network.metric_vjp(config, theta, frame, G)
+        np.testing.assert_allclose(runs[0][1], bare_vjp, rtol=1e-12, atol=1e-12 * np.abs(bare_vjp).max())
+    assert potentials.PART < 2500

@@ -181,6 +181,33 @@ class SectionPotential:
                 "phi": "s'^T H conj(s'), s' = s_hat B over degree-k sections modulo p, theta = hermitian_to_real(H)"}
 
 
+PART = 1024
+"""Points per part of a phi-network's evaluation: :class:`NetworkPotential` and
+:class:`TangentPotential` run their parts on the usable cores (:func:`mfarray.backend.thread_map`)
+and combine them in order, so the numbers do not depend on the thread count."""
+
+
+def _part(frame: SectionFrame, sl: slice) -> SectionFrame:
+    return frame._replace(s=frame.s[sl], ds=frame.ds[sl], g_fs=frame.g_fs[sl],
+                          g_ref=None if frame.g_ref is None else frame.g_ref[sl])
+
+
+def _on_parts(fn, frame: SectionFrame, *per_point: Array, reduce: bool = False) -> Array:
+    """``fn(part, *arrays of the part)`` over parts of :data:`PART` points, on threads (one for
+    CuPy): concatenated along the points, or summed in part order with ``reduce``."""
+    n = frame.s.shape[0]
+    parts = [slice(i, min(i + PART, n)) for i in range(0, n, PART)] or [slice(0, 0)]
+    xp = backend.namespace(frame.s)
+    out = backend.thread_map(lambda sl: fn(_part(frame, sl), *(a[sl] for a in per_point)), parts,
+                             threads=1 if backend.is_cupy(frame.s) else None)
+    if not reduce:
+        return xp.concat(out)
+    total = out[0]
+    for r in out[1:]:
+        total = total + r
+    return total
+
+
 @dataclasses.dataclass(frozen=True)
 class NetworkPotential:
     """A phi-network (:class:`mfarray.kahler.network.PhiNetwork`) as a potential spec, so the one
@@ -202,20 +229,20 @@ class NetworkPotential:
         return section_frame(surface, z, section_exponents(surface, self.config.k), patch, elim)
 
     def metric(self, theta: Array, frame: SectionFrame) -> Array:
-        return _network.metric(self.config, theta, frame)
+        return _on_parts(lambda f: _network.metric(self.config, theta, f), frame)
 
     def ddbar(self, theta: Array, frame: SectionFrame) -> Array:
         xp = backend.namespace(frame.g_fs)
         return self.metric(theta, frame) - 0.5 * (frame.g_fs + xp.conj(xp.matrix_transpose(frame.g_fs)))
 
     def vjp(self, theta: Array, frame: SectionFrame, G: Array) -> Array:
-        return _network.metric_vjp(self.config, theta, frame, G)
+        return _on_parts(lambda f, g: _network.metric_vjp(self.config, theta, f, g), frame, G, reduce=True)
 
     def values(self, theta: Array, frame: SectionFrame) -> Array:
-        return _network.phi(self.config, theta, frame)
+        return _on_parts(lambda f: _network.phi(self.config, theta, f), frame)
 
     def values_vjp(self, theta: Array, frame: SectionFrame, c: Array) -> Array:
-        return _network.phi_vjp(self.config, theta, frame, c)
+        return _on_parts(lambda f, cc: _network.phi_vjp(self.config, theta, f, cc), frame, c, reduce=True)
 
     def describe(self) -> dict:
         return {"name": "NetworkPotential", **self.config.to_attrs()}
@@ -269,7 +296,7 @@ class TangentPotential:
 
     def ddbar(self, theta: Array, frame: SectionFrame) -> Array:
         """i dd-bar phi_delta = J delta, (N, kd, kd)."""
-        return _network.metric_jvp(self.config, self.at, frame, theta)
+        return _on_parts(lambda f: _network.metric_jvp(self.config, self.at, f, theta), frame)
 
     def metric(self, theta: Array, frame: SectionFrame) -> Array:
         xp = backend.namespace(frame.g_fs)
@@ -277,13 +304,13 @@ class TangentPotential:
 
     def vjp(self, theta: Array, frame: SectionFrame, G: Array) -> Array:
         """J^T G: the phi-network's parameter gradient at theta_* (independent of delta), (P,)."""
-        return _network.metric_vjp(self.config, self.at, frame, G)
+        return _on_parts(lambda f, g: _network.metric_vjp(self.config, self.at, f, g), frame, G, reduce=True)
 
     def values(self, theta: Array, frame: SectionFrame) -> Array:
-        return _network.phi_jvp(self.config, self.at, frame, theta)
+        return _on_parts(lambda f: _network.phi_jvp(self.config, self.at, f, theta), frame)
 
     def values_vjp(self, theta: Array, frame: SectionFrame, c: Array) -> Array:
-        return _network.phi_vjp(self.config, self.at, frame, c)
+        return _on_parts(lambda f, cc: _network.phi_vjp(self.config, self.at, f, cc), frame, c, reduce=True)
 
     def describe(self) -> dict:
         return {"name": "TangentPotential", **self.config.to_attrs(),
