@@ -59,10 +59,6 @@ def phi_frame(points: xr.Dataset, config: network.PhiNetwork) -> tuple[SectionFr
     return section_frame(surface, z, section_exponents(surface, config.k), sites.patch, sites.elim), surface
 
 
-def _take(frame, sl):
-    return SectionFrame(frame.s[sl], frame.ds[sl], frame.g_fs[sl], frame.k)
-
-
 def phi_jacobian(config: network.PhiNetwork, params: Array, frame: SectionFrame) -> np.ndarray:
     """d r_i(g(x_a)) / d theta, shape (n, kd^2, P): per point, the pull-backs of the real basis."""
     params = np.asarray(params, dtype=np.float64)
@@ -72,7 +68,7 @@ def phi_jacobian(config: network.PhiNetwork, params: Array, frame: SectionFrame)
     ws = network.Workspace()
     with backend.one_blas_thread():
         for a in range(n):
-            _, pullback = network.metric_and_pullback(config, params, _take(frame, slice(a, a + 1)), workspace=ws)
+            _, pullback = network.metric_and_pullback(config, params, frame.take(slice(a, a + 1)), workspace=ws)
             for i in range(kd * kd):
                 out[a, i] = pullback(basis[i][None])
     return out

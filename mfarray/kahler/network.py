@@ -733,10 +733,6 @@ def _chunks(N, chunk):
     return [slice(i, min(i + chunk, N)) for i in range(0, N, chunk)] or [slice(0, 0)]
 
 
-def _take(frame: SectionFrame, sl) -> SectionFrame:
-    return SectionFrame(frame.s[sl], frame.ds[sl], frame.g_fs[sl], frame.k)
-
-
 def phi(config: PhiNetwork, params: Array, frame: SectionFrame) -> Array:
     """phi = MLP(hermitian_to_real(s_hat s_hat^dagger)) at the frame's points, (N,) real.
 
@@ -761,7 +757,7 @@ def phi_jets(config: PhiNetwork, params: Array, frame: SectionFrame, *, chunk: i
     ws = Workspace()
     vals, ds, dds = [], [], []
     for sl in _chunks(N, chunk):
-        out, _ = _forward(config, layers, _input_channels(_take(frame, sl), lay, xp, ws), lay, False, ws)
+        out, _ = _forward(config, layers, _input_channels(frame.take(sl), lay, xp, ws), lay, False, ws)
         vals.append(xp.asarray(out[0], copy=True))
         ds.append(xp.permute_dims(out[lay.re] + 1j * out[lay.im], (1, 0)))
         dds.append(_dd_to_metric(out, lay, xp))
@@ -778,7 +774,7 @@ def metric(config: PhiNetwork, params: Array, frame: SectionFrame, *, chunk: int
     ws.generation += 1
     parts = []
     for sl in _chunks(N, chunk):
-        out, _ = _forward(config, layers, _input_channels(_take(frame, sl), lay, xp, ws), lay, False, ws)
+        out, _ = _forward(config, layers, _input_channels(frame.take(sl), lay, xp, ws), lay, False, ws)
         parts.append(_with_fs(frame.g_fs[sl], out, lay, xp))
     return xp.concat(parts)
 
@@ -825,7 +821,7 @@ def _chunked_pullback(config, params, frame, cotangent, chunk):
     flat, grads = _zero_grads(config, params, frame.s.shape[1], xp)
     ws = Workspace()
     for sl in _chunks(frame.s.shape[0], chunk):
-        X = _input_channels(_take(frame, sl), lay, xp, ws)
+        X = _input_channels(frame.take(sl), lay, xp, ws)
         _, tape = _forward(config, layers, X, lay, True, ws)
         _reverse(config, layers, X, lay, tape, cotangent(sl, lay, xp), grads, ws)
     return flat
@@ -867,7 +863,7 @@ def _chunked_tangent(config, params, frame, dparams, chunk):
     ws = Workspace()
     parts = []
     for sl in _chunks(frame.s.shape[0], chunk):
-        _, dout = _forward_tangent(config, layers, dlayers, _input_channels(_take(frame, sl), lay, xp, ws), lay, ws)
+        _, dout = _forward_tangent(config, layers, dlayers, _input_channels(frame.take(sl), lay, xp, ws), lay, ws)
         parts.append(xp.asarray(dout, copy=True))
     return xp.concat(parts, axis=1), lay, xp
 

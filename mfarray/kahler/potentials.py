@@ -187,18 +187,13 @@ PART = 1024
 and combine them in order, so the numbers do not depend on the thread count."""
 
 
-def _part(frame: SectionFrame, sl: slice) -> SectionFrame:
-    return frame._replace(s=frame.s[sl], ds=frame.ds[sl], g_fs=frame.g_fs[sl],
-                          g_ref=None if frame.g_ref is None else frame.g_ref[sl])
-
-
 def _on_parts(fn, frame: SectionFrame, *per_point: Array, reduce: bool = False) -> Array:
     """``fn(part, *arrays of the part)`` over parts of :data:`PART` points, on threads (one for
     CuPy): concatenated along the points, or summed in part order with ``reduce``."""
     n = frame.s.shape[0]
     parts = [slice(i, min(i + PART, n)) for i in range(0, n, PART)] or [slice(0, 0)]
     xp = backend.namespace(frame.s)
-    out = backend.thread_map(lambda sl: fn(_part(frame, sl), *(a[sl] for a in per_point)), parts,
+    out = backend.thread_map(lambda sl: fn(frame.take(sl), *(a[sl] for a in per_point)), parts,
                              threads=1 if backend.is_cupy(frame.s) else None)
     if not reduce:
         return xp.concat(out)
@@ -315,6 +310,7 @@ class TangentPotential:
     def describe(self) -> dict:
         return {"name": "TangentPotential", **self.config.to_attrs(),
                 "linearised_at": "variable linearised_at (the phi-network's parameters theta_*)"}
+
 
 class CosineFrame(NamedTuple):
     """Per-point data of :class:`CosinePotential`: the features' values f (N, M), their

@@ -139,6 +139,11 @@ class SectionFrame(NamedTuple):
     k: int
     g_ref: Array = None  # the reference metric g_0 of (B.6) where a potential sets one; None: g_FS
 
+    def take(self, index: Any) -> SectionFrame:
+        """The frame at the points ``index`` (a slice or an index array)."""
+        return self._replace(s=self.s[index], ds=self.ds[index], g_fs=self.g_fs[index],
+                             g_ref=None if self.g_ref is None else self.g_ref[index])
+
 
 def section_frame(surface: Hypersurface, z: Array, exponents: np.ndarray, patch: Array | None = None,
                   elim: Array | None = None) -> SectionFrame:

@@ -58,7 +58,7 @@ from .. import backend, io, linalg, losses, optim
 from ..geometry import measures
 from ..geometry.hypersurface import Hypersurface
 from . import network
-from .sections import SectionFrame, section_exponents, section_frame
+from .sections import section_exponents, section_frame
 
 __all__ = ["LOSSES", "BLOCK", "block_size", "train_phi_network", "phi_network_metric", "read_checkpoint"]
 
@@ -113,10 +113,6 @@ class _Points:
         return h.digest()
 
 
-def _take(frame: SectionFrame, idx) -> SectionFrame:
-    return SectionFrame(frame.s[idx], frame.ds[idx], frame.g_fs[idx], frame.k)
-
-
 def _check_int(name, value, lo):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
@@ -162,7 +158,7 @@ def _batch_gradient(pool, local, config, params, pts, idx, kappa, loss):
     blocks = [idx[i:i + size] for i in range(0, len(idx), size)]
 
     def task(b):
-        return _block_gradient(config, params, _take(pts.frame, b), pts.omega2[b], pts.weight[b], kappa, loss,
+        return _block_gradient(config, params, pts.frame.take(b), pts.omega2[b], pts.weight[b], kappa, loss,
                                _workspace(local))
 
     results = list(pool.map(task, blocks)) if pool is not None else [task(b) for b in blocks]
@@ -183,8 +179,7 @@ def _metric(pool, local, config, params, frame):
     slices = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
     def task(sl):
-        return network.metric(config, params, SectionFrame(frame.s[sl], frame.ds[sl], frame.g_fs[sl], frame.k),
-                              chunk=256, workspace=_workspace(local))
+        return network.metric(config, params, frame.take(sl), chunk=256, workspace=_workspace(local))
 
     parts = list(pool.map(task, slices)) if pool is not None else [task(sl) for sl in slices]
     return np.concatenate(parts)
