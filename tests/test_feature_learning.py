@@ -474,3 +474,18 @@ def test_an_operator_pair_pulls_each_train_gradient_back_once(split, monkeypatch
     assert len(calls) == 2 + 4  # one pull-back per v for the pair, one per ntk_matvec call
     r = mf.kernel_flow(train, (K, K_test), steps=3, test=test)
     assert np.all(np.isfinite(r.sigma_test.values))
+
+
+def test_a_shared_pullback_is_not_reused_across_parameters(split):
+    from mfarray.experiments import after_kernel
+    from mfarray.kernels.empirical import ntk_matvec
+
+    x = network_inputs(split[0].isel(point=slice(0, 20)))
+    cfg = metric_mlp((16,), "relu")
+    p1, p2 = nw.init(cfg, 1), nw.init(cfg, 2)
+    shared = after_kernel._Pullback()
+    v = np.random.default_rng(2).standard_normal((20, 9))
+    a = after_kernel.NetworkKernelOperator(cfg, p1, x, x, shared).matvec(v)
+    b = after_kernel.NetworkKernelOperator(cfg, p2, x, x, shared).matvec(v)
+    np.testing.assert_array_equal(a, ntk_matvec(cfg, p1, x, x, v))
+    np.testing.assert_array_equal(b, ntk_matvec(cfg, p2, x, x, v))

@@ -27,9 +27,9 @@ The three kernel flows are :func:`mfarray.flows.kernel_flow` with the same steps
 and loss; the empirical kernels enter as a pair of operators ``(K_train_train, K_test_train)``
 (:func:`network_kernel_operators`): matrix-free by default (:class:`NetworkKernelOperator`,
 ``Theta v = J (J^T v)``, one reverse and one forward pass, O(n P) per product, no memory; the
-pair shares the reverse pass), or dense (n, n, c, c) blocks for small sets.  Read in the orthonormal Hermitian basis
-(:class:`mfarray.flows.evolving.RealBasisOperator`), they act on dl/dg as the metric-NTK of the
-network metric :func:`mfarray.flows.evolving.network_metric` does.
+pair shares the reverse pass), or dense (n, n, c, c) blocks for small sets.  Read in the
+orthonormal Hermitian basis (:class:`mfarray.flows.evolving.RealBasisOperator`), they act on
+dl/dg as the metric-NTK of the network metric :func:`mfarray.flows.evolving.network_metric` does.
 """
 
 from __future__ import annotations
@@ -85,19 +85,22 @@ AFTER_KERNEL_DOCS = {
 class _Pullback:
     """The last J_in^T v of operators that share ``x_in`` and ``params``: a flow applies
     K(train, train) and K(test, train) to the same v every step, so one reverse pass serves both
-    (reused only for a v equal, entry for entry, to the last one)."""
+    (reused only for the same config, params and x_in objects and a v equal, entry for entry, to
+    the last one)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._v = self._t = None
+        self._key = self._v = self._t = None
 
     def __call__(self, config: nw.MLP, params: tuple, x_in: Any, v: np.ndarray) -> nw.Params:
+        key = (config, params, x_in)  # held, so compared by identity
         with self._lock:
-            if self._v is not None and self._v.shape == v.shape and np.array_equal(self._v, v):
+            same = self._key is not None and all(a is b for a, b in zip(self._key, key))
+            if same and self._v.shape == v.shape and np.array_equal(self._v, v):
                 return self._t
         t = nw.vjp(config, params, x_in, v)
         with self._lock:
-            self._v, self._t = np.array(v, copy=True), t
+            self._key, self._v, self._t = key, np.array(v, copy=True), t
         return t
 
 

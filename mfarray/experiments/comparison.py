@@ -37,10 +37,11 @@ on the row's own train and test points.  Rows of :func:`model_comparison` (coord
 * ``fs_all_charts``      g_FS on the all-chart points (only when they are given);
 * ``phi_network``        the chart-free phi-network g = g_FS + i dd-bar phi (B.6), Adam
   (:func:`mfarray.kahler.training.train_phi_network`);
-* ``phi_initial_ntk``    the phi-network's empirical metric-NTK at theta_0, frozen, and
-* ``phi_after_kernel``   at the Adam-trained parameters (the phi-network's after-kernel):
-  :func:`mfarray.kahler_flow` from g_FS with :class:`mfarray.kahler.TangentPotential` (the
-  network linearised there), ``kahler_steps`` normalised backtracking steps;
+* ``phi_after_kernel``   the phi-network's empirical metric-NTK at the Adam-trained parameters,
+  frozen (its after-kernel), and
+* ``phi_initial_ntk``    the same at theta_0: :func:`mfarray.kahler_flow` from g_FS with
+  :class:`mfarray.kahler.TangentPotential` (the network linearised there), ``kahler_steps``
+  normalised backtracking steps;
 * ``phi_kernel_k<k>``    the phi-NTK of degree-k sections, frozen (:func:`mfarray.kahler_flow`
   with an int model: normalised backtracking steps of (B.14)).
 
@@ -104,7 +105,8 @@ COMPARISON_DOCS = {
     "gain_test_one_chart": "sigma of g_FS on the one-chart test points / sigma_test_one_chart",
     "seconds": "wall time of the model's training or flow, with its operators and per-step evaluations",
     "parameters": "trained real numbers: dual coefficients n_train k^2 for kernel flows, weights for networks, "
-                  "n_s^2 for the phi-kernel (0 for g_FS)",
+                  "n_s^2 for the phi-kernel, the phi-network's P for its frozen kernels (the linearised network's "
+                  "delta; 0 for g_FS)",
     "steps": "optimiser steps taken (flow steps, or Adam mini-batch steps)",
     "n_train": "train points of the model",
     "n_test": "test points of the model (sigma_test)",
