@@ -218,7 +218,6 @@ def one_blas_thread() -> Iterator[None]:
                     _set_blas_threads(lib, n)
 
 
-
 def thread_map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int | None = None) -> list:
     """``[fn(item) for item in items]`` on ``threads`` threads (default: :func:`cores`, at most one
     per item), holding BLAS to one thread (:func:`one_blas_thread`); the results in the order of
@@ -234,6 +233,7 @@ def thread_map(fn: Callable[[Any], Any], items: Sequence[Any], threads: int | No
 
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(fn, items))
+
 
 # ----------------------------------------------------------------------------- scheduler
 
