@@ -41,7 +41,7 @@ import xarray as xr
 
 from .flows import FlowError, evaluate, kernel_flow
 from .geometry import Hypersurface, fermat_quintic
-from .kernels import Kernel, NonFiniteKernelError, as_kernel
+from .kernels import Kernel, NonFiniteKernelError, as_kernel, kernel_named
 from .pointset import sample_chart
 from .pointset.provenance import format_call, provenance
 
@@ -334,12 +334,10 @@ def _dataset(objective: Callable, space: Mapping[str, Dim], records: list[dict],
 
 def named_kernel(name: str | Kernel | Callable) -> Kernel:
     """A kernel spec by name (:data:`KERNELS`), or the given kernel as a spec."""
-    from . import kernels
-
     if isinstance(name, str):
         if name not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS} or a kernel spec; got {name!r}")
-        return as_kernel(getattr(kernels, name))
+        return kernel_named(name)
     return as_kernel(name)
 
 

@@ -264,3 +264,16 @@ def test_kernel_decorator_and_refusals():
         Kernel(mine.fn, inputs="z")
     with pytest.raises(TypeError, match="callable"):
         as_kernel(3.0)
+
+
+def test_kernel_named_is_the_one_lookup_by_name():
+    """Presets, the noise study and tuning find kernels by name through kernel_named: the spec
+    itself, or a ValueError naming the argument and the choices."""
+    from mfarray.experiments.presets import Preset
+    from mfarray.kernels import kernel_named
+
+    assert kernel_named("gaussian_fs") is mf.kernels.gaussian_fs
+    with pytest.raises(ValueError, match=r"Preset kernel must name a kernel of mfarray.kernels, one of \[.*'relu_ntk'"):
+        Preset("no_such_kernel").spec()
+    with pytest.raises(ValueError, match="must name a kernel"):
+        kernel_named("as_kernel")  # a function of the package, not a kernel

@@ -52,6 +52,7 @@ import xarray as xr
 from ..flows import evaluate, kernel_flow, predict
 from ..flows.evaluate import sigma_of
 from ..flows.frozen import kernel_spec
+from ..kernels import kernel_named
 from ..geometry.distance import nearest
 from ..geometry.local import chart_geometry
 from ..geometry.projection import (
@@ -202,16 +203,6 @@ def _kernel_label(spec: Any) -> str:
     return f"{record['name']}({hyper}){extra}"
 
 
-def _named_kernel(name: str) -> Any:
-    from .. import kernels
-
-    known = getattr(kernels, name, None)
-    if not isinstance(known, kernels.Kernel):
-        raise ValueError(f"kernels: {name!r} is not a kernel of mfarray.kernels (e.g. 'delta', 'relu_ntk', or "
-                         "functools.partial(mfarray.kernels.gaussian_fs, sigma=0.05) for one with hyper-parameters)")
-    return known
-
-
 def _check_kernels(kernels: Any) -> list[tuple[str, Any, Any]]:
     """[(label, spec, kernel as given)]: a kernel, a name, a sequence of them or {label: kernel}."""
     if isinstance(kernels, Mapping):
@@ -228,7 +219,7 @@ def _check_kernels(kernels: Any) -> list[tuple[str, Any, Any]]:
         raise ValueError("kernels is empty: give at least one kernel")
     out = []
     for label, k in items:
-        k = _named_kernel(k) if isinstance(k, str) else k
+        k = kernel_named(k, "kernels entries") if isinstance(k, str) else k
         if not callable(k):
             raise ValueError(f"kernels: {k!r} is not a kernel (a spec from mfarray.kernels, a partial of one, or a "
                              "name such as 'delta')")

@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..kernels import Kernel, as_kernel
+from ..kernels import Kernel, kernel_named
 
 __all__ = ["PAPER_GAINS", "PRESETS", "TABLE1", "Preset"]
 
@@ -48,12 +48,7 @@ class Preset:
 
     def spec(self) -> Kernel:
         """The bound kernel spec."""
-        from .. import kernels
-
-        fn = getattr(kernels, self.kernel, None)
-        if fn is None or not isinstance(fn, Kernel):
-            raise ValueError(f"Preset kernel must name a kernel of mfarray.kernels (e.g. 'relu_ntk'); got {self.kernel!r}")
-        spec = as_kernel(fn)
+        spec = kernel_named(self.kernel, "Preset kernel")
         return spec.bind(**self.hyper) if self.hyper else spec
 
     def replace(self, **changes: Any) -> Preset:

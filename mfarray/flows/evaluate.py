@@ -158,7 +158,7 @@ def _kernel_of(result: xr.Dataset, kernel: Any) -> Any:
         known = getattr(kernels, record["name"], None)
         if not isinstance(known, kernels.Kernel) or record["factors"] or record["opaque"]:
             raise ValueError(f"cannot rebuild kernel {record['name']!r} from the result: pass kernel=<the flow's kernel>")
-        kernel = known.bind(**{k: v for k, v in record["hyper"].items()})
+        kernel = known.bind(**record["hyper"])
     spec = kernel_spec(kernel)
     mine = spec.describe()
     if mine != record:

@@ -20,10 +20,10 @@ from .fs import delta, gaussian_fs, nearest_index
 from .relu import (relu_kernels, relu_kernels_diag, relu_nngp, relu_nngp_diag, relu_ntk,
                    relu_ntk_diag)
 from .rescale import det_metric_rescaling, rescaled
-from .spec import Kernel, Rescaling, as_kernel, kernel
+from .spec import Kernel, Rescaling, as_kernel, kernel_named, kernel
 
 __all__ = [
-    "Kernel", "Rescaling", "as_kernel", "kernel", "NonFiniteKernelError",
+    "Kernel", "Rescaling", "as_kernel", "kernel", "kernel_named", "NonFiniteKernelError",
     "cosine_ntk", "cosine_ntk_empirical", "cosine_net_apply", "cosine_net_init",
     "gaussnet_nngp", "gaussnet_ntk", "gaussnet_ntk_empirical",
     "KernelOperator", "DenseOperator", "BlockwiseOperator", "ZarrOperator", "FactoredOperator", "as_operator",

@@ -49,7 +49,7 @@ from typing import Any
 
 from .checks import NonFiniteKernelError, check_finite_values, check_hyper, kernel_input, require_real
 
-__all__ = ["Kernel", "Rescaling", "as_kernel", "kernel", "INPUT_KINDS", "NonFiniteKernelError",
+__all__ = ["Kernel", "Rescaling", "as_kernel", "kernel", "kernel_named", "INPUT_KINDS", "NonFiniteKernelError",
            "check_finite_values", "require_real"]
 
 INPUT_KINDS = ("points", "features")
@@ -317,6 +317,18 @@ def kernel(inputs: str = "features", *, pairwise: bool = True, symmetric: bool =
         return spec
 
     return wrap
+
+
+def kernel_named(name: str, what: str = "kernel") -> Kernel:
+    """The kernel spec of :mod:`mfarray.kernels` called ``name`` (``"gaussian_fs"``,
+    ``"relu_ntk"``, ...); ValueError naming ``what`` and the choices otherwise."""
+    from .. import kernels
+
+    known = getattr(kernels, name, None) if isinstance(name, str) else None
+    if not isinstance(known, Kernel):
+        names = sorted(n for n in kernels.__all__ if isinstance(getattr(kernels, n, None), Kernel))
+        raise ValueError(f"{what} must name a kernel of mfarray.kernels, one of {names}; got {name!r}")
+    return known
 
 
 def as_kernel(obj: Callable[..., Array]) -> Kernel:
