@@ -302,12 +302,9 @@ def _empirical_ntk_array(xp, config, params, x1, x2, same, symmetric, block_rows
     if n_threads == 1:
         work(starts)
         return out
-    from concurrent.futures import ThreadPoolExecutor
-
-    with backend.one_blas_thread(), ThreadPoolExecutor(n_threads) as pool:
-        # Interleaved assignment balances the work; every block is written exactly once (a
-        # mirrored part lies in rows below and columns left of every later block's).
-        list(pool.map(work, [starts[t::n_threads] for t in range(n_threads)]))
+    # Interleaved assignment balances the work; every block is written exactly once (a mirrored
+    # part lies in rows below and columns left of every later block's).
+    backend.thread_map(work, [starts[t::n_threads] for t in range(n_threads)], threads=n_threads)
     return out
 
 

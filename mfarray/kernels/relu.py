@@ -113,7 +113,6 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import array_api_compat
@@ -425,9 +424,7 @@ def _compute(x1, x2, depth, sigma_w, sigma_b, dtype, refine_tol, block_rows, n_t
                 ntk[i0:i1, :] = tb
 
     if n_threads > 1:
-        chunks = [starts[t::n_threads] for t in range(n_threads)]
-        with ThreadPoolExecutor(max_workers=n_threads) as ex:
-            list(ex.map(work, chunks))
+        backend.thread_map(work, [starts[t::n_threads] for t in range(n_threads)], threads=n_threads)
     else:
         work(starts)
     for K in (nngp, ntk):
@@ -476,8 +473,7 @@ def _compute_fused(x1, x2, depth, a, b, refine_tol, n_threads, want_nngp, want_n
         tile(x1[rows], x2, out=(None if nngp is None else nngp[rows],
                                            None if ntk is None else ntk[rows]), **kw)
 
-    with ThreadPoolExecutor(max_workers=n_threads) as ex:
-        list(ex.map(work, range(0, n1, step)))
+    backend.thread_map(work, range(0, n1, step), threads=n_threads)
     return nngp, ntk
 
 
