@@ -104,9 +104,8 @@ hyper-parameters and depth 3 included, tests/test_fused_kernels.py).  With ``dty
 it runs in float32 except where D = s^2 - c^2 cancels: pairs with sin^2 theta <= 0.05 are
 recomputed in float64 from x' - x (:func:`mfarray.kernels.fused32.relu_tile32`: within
 2 (depth + 1) float32 ulps of the float64 kernel, relative to sqrt(Theta(x, x) Theta(x', x'))).
-``"auto"`` (the default) is ``"fused"`` for NumPy inputs where numba is
-installed, else ``"numpy"``.  Dask inputs give a lazy result: the in-memory kernels mapped over pairs of
-chunks.
+``"auto"`` (the default) is ``"fused"`` for NumPy inputs where numba is installed, else
+``"numpy"``.  Dask inputs give a lazy result: the in-memory kernels mapped over pairs of chunks.
 """
 
 from __future__ import annotations
