@@ -155,8 +155,9 @@ def tune(objective: Callable[[dict, int], Any], space: Mapping[str, Any], *, ini
     ``init`` random evaluations, then ``iterations`` suggested by the Gaussian-process model
     (upper confidence bound), ``batch`` at a time as parallel Dask tasks (a batch of suggestions
     from the constant-liar strategy).  ``state``: a JSON file written atomically after every
-    batch; if it exists, tuning resumes from it (the same space is required) and continues to
-    ``init + iterations`` evaluations.  ``holdout``: score the best parameters once more with
+    batch; if it exists, tuning resumes from it (the same space, seed and objective -- its
+    ``describe()``, where it has one -- are required) and continues to ``init + iterations``
+    evaluations.  ``holdout``: score the best parameters once more with
     ``objective.holdout(params)`` where the objective has one (a point set never seen during
     tuning).
 
@@ -182,7 +183,7 @@ def tune(objective: Callable[[dict, int], Any], space: Mapping[str, Any], *, ini
                                    random_state=seed, verbose=0, allow_duplicate_points=True)
     records: list[dict] = []
     if state is not None and os.path.exists(state):
-        records = _load(state, space, opt)
+        records = _load(state, space, opt, _about(objective, seed))
     total = init + iterations
     while len(records) < total:
         k = min(batch, total - len(records))
@@ -204,7 +205,7 @@ def tune(objective: Callable[[dict, int], Any], space: Mapping[str, Any], *, ini
                 print(f"tune {len(records)}/{total}: {p} -> {out['target']:.4g}{' (failed)' if failed else ''}",
                       flush=True)
         if state is not None:
-            _save(state, space, opt, records)
+            _save(state, space, opt, records, _about(objective, seed))
     return _dataset(objective, space, records, seed, holdout, init, iterations, batch)
 
 
@@ -245,7 +246,14 @@ def _space_json(space: Mapping[str, Dim]) -> dict:
     return {k: d.to_json() for k, d in space.items()}
 
 
-def _save(path: str | os.PathLike, space: Mapping[str, Dim], opt: Any, records: list[dict]) -> None:
+def _about(objective: Callable, seed: int) -> dict:
+    """What a state's records depend on besides the space: the objective (its ``describe()``,
+    where it has one) and the seed the evaluation seeds come from."""
+    describe = getattr(objective, "describe", None)
+    return {"objective": describe() if callable(describe) else None, "seed": int(seed)}
+
+
+def _save(path: str | os.PathLike, space: Mapping[str, Dim], opt: Any, records: list[dict], about: dict) -> None:
     """Write the optimiser's and our records atomically (a crash leaves the previous state)."""
     folder = os.path.dirname(os.path.abspath(path))
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -253,14 +261,14 @@ def _save(path: str | os.PathLike, space: Mapping[str, Dim], opt: Any, records: 
         opt.save_state(inner)
         with open(inner) as f:
             optimizer = json.load(f)
-        doc = {"mfarray_tune": 1, "space": _space_json(space), "records": records, "optimizer": optimizer}
+        doc = {"mfarray_tune": 1, "space": _space_json(space), **about, "records": records, "optimizer": optimizer}
         out = os.path.join(tmp, "state.json")
         with open(out, "w") as f:
             json.dump(doc, f, default=_json_default)
         os.replace(out, path)
 
 
-def _load(path: str | os.PathLike, space: Mapping[str, Dim], opt: Any) -> list[dict]:
+def _load(path: str | os.PathLike, space: Mapping[str, Dim], opt: Any, about: dict) -> list[dict]:
     with open(path) as f:
         doc = json.load(f)
     if doc.get("mfarray_tune") != 1:
@@ -268,6 +276,10 @@ def _load(path: str | os.PathLike, space: Mapping[str, Dim], opt: Any) -> list[d
     if doc["space"] != _space_json(space):
         raise ValueError(f"state={str(path)!r} was tuned over another space ({doc['space']}); "
                          "pass a new state path or the same space")
+    for key, value in about.items():  # states written before these were recorded have neither
+        if key in doc and doc[key] != value:
+            raise ValueError(f"state={str(path)!r} was tuned with another {key} ({doc[key]!r}; now {value!r}): "
+                             f"its evaluations do not score this one; pass a new state path or the same {key}")
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as tmp:
         inner = os.path.join(tmp, "optimizer.json")
         with open(inner, "w") as f:
@@ -370,7 +382,7 @@ class GainObjective:
     def describe(self) -> str:
         name = self.kernel if isinstance(self.kernel, str) else named_kernel(self.kernel).name
         return (f"log10 test gain of kernel_flow({name}, {self.flow}, fixed {self.fixed}) on {self.n_train} train / "
-                f"{self.n_test} test one-chart points of {self.surface.name}, "
+                f"{self.n_test} test one-chart points of {self.surface.label}, "
                 f"{'fresh points per evaluation' if self.fresh else f'one set (seed {self.points_seed})'}")
 
     def __call__(self, params: dict, seed: int) -> dict:

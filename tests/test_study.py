@@ -1,6 +1,7 @@
 """The study pipeline (mfarray.study): config in and out, stages stored and resumed, the report."""
 
 import dataclasses
+import json
 import os
 import tomllib
 
@@ -209,3 +210,29 @@ def test_gains_per_cluster_as_the_paper_did():
 def test_gpu_is_refused_until_a_device_path_is_tested(tmp_path):
     with pytest.raises(ValueError, match="gpu = true"):
         run_study(load_config({"compute": {"gpu": True}}), tmp_path / "x", progress=False)
+
+
+def test_a_stage_is_recomputed_when_what_it_flows_changes(tmp_path):
+    """A stage's record covers its inputs from other sections: the gains and noise stages flow
+    the tuned presets, and the tuning stage tunes the gains section's kernels."""
+    config = load_config({**TINY, "noise": {**TINY["noise"], "kernels": ["gaussian"]},
+                          "spacing": {"enabled": False}, "figure2": {"enabled": False}})
+    out = tmp_path / "study"
+    first = {k: v.compute() for k, v in run_study(config, out, progress=False).items() if k != "report"}
+    retuned = dataclasses.replace(config, tuning=dataclasses.replace(
+        config.tuning, spaces={"gaussian": {"sigma": [0.3, 0.31], "lr": [0.05, 0.5]}}))
+    again = run_study(retuned, out, progress=False)
+    best = json.loads(str(again["tuning"].best_params.sel(kernel="gaussian").values))
+    assert 0.3 <= best["sigma"] <= 0.31
+    # both stages that flow the tuned preset were recomputed with it
+    assert again["gains"].attrs["study_section"] != first["gains"].attrs["study_section"]
+    assert again["noise"].attrs["study_section"] != first["noise"].attrs["study_section"]
+    assert float(again["gains"].gain_train.sel(kernel="gaussian-tuned")) != float(
+        first["gains"].gain_train.sel(kernel="gaussian-tuned"))
+    # a kernel added to the gains section is tuned too
+    more = dataclasses.replace(retuned, gains=dataclasses.replace(retuned.gains, kernels=("gaussian", "delta")),
+                               tuning=dataclasses.replace(retuned.tuning, spaces={
+                                   **retuned.tuning.spaces, "delta": {"lr": [0.05, 0.5]}}))
+    third = run_study(more, out, progress=False)
+    assert list(third["tuning"].kernel.values) == ["gaussian", "delta"]
+    assert "delta-tuned" in third["gains"].kernel.values

@@ -53,6 +53,21 @@ def test_a_state_of_another_space_is_refused(tmp_path):
         T.tune(bowl, {**SPACE, "depth": T.integer(0, 5)}, init=2, iterations=1, state=state)
 
 
+def test_a_state_of_another_objective_or_seed_is_refused(tmp_path):
+    """Records scored by another objective (or seeded by another seed) must not be resumed as if
+    they scored this one."""
+    state = tmp_path / "tune.json"
+    small = T.GainObjective("delta", n_train=30, n_test=20, flow={"steps": 2})
+    T.tune(small, {"lr": T.real(0.05, 0.5, log=True)}, init=1, iterations=0, state=state, holdout=False)
+    bigger = T.GainObjective("delta", n_train=40, n_test=20, flow={"steps": 2})
+    with pytest.raises(ValueError, match="another objective"):
+        T.tune(bigger, {"lr": T.real(0.05, 0.5, log=True)}, init=2, iterations=0, state=state, holdout=False)
+    with pytest.raises(ValueError, match="another seed"):
+        T.tune(small, {"lr": T.real(0.05, 0.5, log=True)}, init=2, iterations=0, state=state, seed=1, holdout=False)
+    more = T.tune(small, {"lr": T.real(0.05, 0.5, log=True)}, init=2, iterations=0, state=state, holdout=False)
+    assert more.sizes["evaluation"] == 2  # the same objective and seed resume
+
+
 def test_batches_are_distinct_and_seeds_per_evaluation():
     seen = []
 

@@ -12,15 +12,19 @@ Stages, in order (each enabled by its config section, :mod:`.config`)::
     kernel_evolution   issue 13: the kernel distance per width
               (experiments.feature_learning.kernel_evolution)
 
-then the report (:mod:`.report`).  Each stage writes ``<out>/<stage>.zarr`` with its config
-section in the attrs (``study_section``); a rerun with the same config reads every complete
-store whose section matches and recomputes the others, so an interrupted run resumes (a
-stage's store is refused on open while incomplete, :func:`mfarray.open_zarr`, and rewritten).
+then the report (:mod:`.report`).  Each stage writes ``<out>/<stage>.zarr`` with its record in
+the attrs (``study_section``): its config section and what it takes from elsewhere (the kernels
+it tunes, the presets it flows, tuned ones included); a rerun reads every complete store whose
+record matches and recomputes the others, so an interrupted run resumes (a stage's store is
+refused on open while incomplete, :func:`mfarray.open_zarr`, and rewritten) and a changed
+tuning reaches every stage that flows its presets.  Tuning states (``tuning-<kernel>-<key>.json``)
+are keyed by space, objective and seed: a longer tuning resumes one, a changed one starts anew.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -59,6 +63,14 @@ def _space(config: StudyConfig, name: str) -> dict:
     return as_space(space)
 
 
+def _tuning_state(out: str, name: str, space: dict, objective: GainObjective, seed: int) -> str:
+    """The kernel's tuning state file, one per (space, objective, seed): a changed config starts
+    a new file (``tune`` refuses another's), a longer one (``init``, ``iterations``) resumes it."""
+    key = json.dumps({"space": {k: d.to_json() for k, d in space.items()}, "objective": objective.describe(),
+                      "seed": seed}, sort_keys=True)
+    return os.path.join(out, f"tuning-{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+
+
 def _tuning(config: StudyConfig, out: str, progress: bool) -> xr.Dataset:
     t = config.tuning
     parts = []
@@ -69,7 +81,7 @@ def _tuning(config: StudyConfig, out: str, progress: bool) -> xr.Dataset:
         flow = {"steps": t.steps, "lr": base.lr, "loss": base.loss}
         objective = GainObjective(base.kernel, surface=surface_named(config.surface), n_train=t.n_train,
                                   n_test=t.n_test, fresh=t.fresh, points_seed=config.seed, flow=flow, fixed=fixed)
-        state = os.path.join(out, f"tuning-{name}.json")
+        state = _tuning_state(out, name, space, objective, config.seed)
         ds = tune(objective, space, init=t.init, iterations=t.iterations, batch=t.batch, seed=config.seed,
                   state=state, progress=progress)
         keep = [v for v in ds.data_vars if v not in space]
@@ -104,15 +116,22 @@ def _gains(config: StudyConfig, tuning: xr.Dataset | None, progress: bool) -> xr
                  seed=config.seed, cluster_size=g.cluster_size or None, progress=progress)
 
 
+def _noise_presets(config: StudyConfig, tuning: xr.Dataset | None) -> dict[str, P.Preset]:
+    """The preset the noise study flows per kernel: the tuned one where ``tuned`` and the tuning
+    ran, else the gains stage's, else the preset's own."""
+    n = config.noise
+    presets = tuned_presets(config, tuning) if n.tuned else {}
+    return {name: presets.get(f"{name}-tuned") or presets.get(name) or P.PRESETS[name].replace(steps=n.steps)
+            for name in n.kernels}
+
+
 def _noise(config: StudyConfig, tuning: xr.Dataset | None, progress: bool) -> xr.Dataset:
     from ..experiments.noise import noise_study
 
     n = config.noise
-    presets = tuned_presets(config, tuning) if n.tuned else {}
     train = sample_chart(surface_named(config.surface), n.n_train, seed=config.seed)
     parts = []
-    for name in n.kernels:
-        p = presets.get(f"{name}-tuned") or presets.get(name) or P.PRESETS[name].replace(steps=n.steps)
+    for name, p in _noise_presets(config, tuning).items():
         parts.append(noise_study(train, {name: p.spec()}, scales=n.scales, steps=n.steps, seed=config.seed,
                                  flow_options={"lr": p.lr, "loss": p.loss}, progress=print if progress else None))
     by_kernel = [v for v in parts[0].data_vars if "kernel" in parts[0][v].dims]
@@ -148,6 +167,12 @@ def _feature_points(config: StudyConfig, all_charts: bool) -> tuple:
         return train, test, None, None
     every = sample_points(surface, f.n_train + f.n_test, seed=config.seed + 1).compute()
     return train, test, every.isel(point=slice(0, f.n_train)), every.isel(point=slice(f.n_train, None))
+
+
+def _with_presets(section: dict, presets: dict[str, P.Preset]) -> dict:
+    """A stage's record: its config section and the presets it flows (the tuned ones come from
+    the tuning stage's results, not from the stage's own section)."""
+    return {**section, "presets": {name: p.to_json() for name, p in presets.items()}}
 
 
 _CURVE_KEYS = ("n_train", "n_test", "widths", "width_epochs", "n_probe")
@@ -238,12 +263,15 @@ def run_study(config: StudyConfig | None = None, out: str | os.PathLike = "mfarr
     results: dict[str, Any] = {}
     with backend.use_scheduler(config.compute.scheduler or None):
         tuning = None
-        if config.tuning.enabled:
-            tuning = results["tuning"] = _stage("tuning", config, out, lambda: _tuning(config, out, progress),
-                                                progress, timings)
-        results["gains"] = _stage("gains", config, out, lambda: _gains(config, tuning, progress), progress, timings)
+        if config.tuning.enabled:  # it tunes the gains section's kernels
+            tuning = results["tuning"] = _stage(
+                "tuning", config, out, lambda: _tuning(config, out, progress), progress, timings,
+                record={**config.section("tuning"), "kernels": list(config.gains.kernels)})
+        results["gains"] = _stage("gains", config, out, lambda: _gains(config, tuning, progress), progress, timings,
+                                  record=_with_presets(config.section("gains"), tuned_presets(config, tuning)))
         if config.noise.enabled:
-            results["noise"] = _stage("noise", config, out, lambda: _noise(config, tuning, progress), progress, timings)
+            results["noise"] = _stage("noise", config, out, lambda: _noise(config, tuning, progress), progress, timings,
+                                      record=_with_presets(config.section("noise"), _noise_presets(config, tuning)))
         for name, fn in (("spacing", _spacing), ("figure2", _figure2)):
             if getattr(config, name).enabled:
                 results[name] = _stage(name, config, out, lambda fn=fn: fn(config, progress), progress, timings)
