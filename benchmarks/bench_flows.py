@@ -276,7 +276,7 @@ def main():
     A @ B
     t_gemm = best_auto(lambda: A @ B, budget=3.0)[0]
     gemm = 2 * gemm_n**3 / t_gemm / 1e9
-    del A, B
+    A = B = None  # free them (a del would unbind the lambdas above)
     print(f"float64 GEMM {gemm_n}^3: {t_gemm:.3f} s -> {gemm:.1f} GFLOP/s\n")
 
     rows, mv_rows, pieces, read_gbs = [], [], {}, {}
@@ -318,7 +318,7 @@ def main():
         pieces[n]["flow mat-vec phase dense"] = t_phase
         if n == sizes[-1]:
             profile_flow(train, K, dense_steps, f"dense N={n}")
-        del K, M
+        K = M = None
 
         # (b) lazy blockwise: every tile recomputed in every mat-vec
         setup_b, step_b, _ = flow_rate(train, KERNEL, lazy_steps[n], "blockwise")

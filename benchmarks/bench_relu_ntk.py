@@ -75,7 +75,7 @@ def main(argv=None):
 
     t_fma = _best(fma, args.repeat)
     floor = t_gemm + L * (t_atan2 + t_sqrt + 4 * t_fma)
-    del A, B, O, G
+    A = B = O = G = None  # free them (a del would unbind the closures above)
     print(f"floor parts (n={n}): gemm {t_gemm:.3f} s, atan2 {t_atan2:.3f} s, "
           f"sqrt {t_sqrt:.3f} s, multiply-add {t_fma:.3f} s")
     print(f"floor = gemm + {L} x (atan2 + sqrt + 4 multiply-add) = {floor:.3f} s")
