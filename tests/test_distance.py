@@ -376,6 +376,19 @@ def test_bounded_by_half_pi_for_orthogonal_points():
         assert fs_distance(z).max() <= HALF_PI
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64, np.float64, np.complex128, np.int64])
+@pytest.mark.parametrize("method", ["entrywise", "gemm"])
+def test_orthogonal_points_are_half_pi_in_every_precision(dtype, method):
+    """|<u, v>|^2 = 0 is below any underflow guard: in single precision the guard itself must
+    not round to zero (it did: 2^-1000 -> 0 in float32 gave 0/0 = NaN, and nearest() inf)."""
+    e = np.eye(5).astype(dtype)
+    D = fs_distance(e, e, method=method)
+    np.testing.assert_allclose(D[~np.eye(5, dtype=bool)], HALF_PI, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.diag(D), 0.0)
+    idx, dist = nearest(e[:1], e[1:])
+    assert idx[0] in range(4) and abs(float(dist[0]) - HALF_PI) < 1e-6
+
+
 def test_unit_vectors_are_unit_and_scale_free():
     rng = np.random.default_rng(2)
     z = random_points(rng, 10, 4)

@@ -72,9 +72,10 @@ def _sine_form(ua, vb):
     # lam = conj(c) / |c|, exactly 1 for u = v (sqrt(fl(x^2)) = |x|), so d(u, u) = 0 exactly.
     # sqrt of the squares, not hypot (~15x slower); where |c|^2 would lose bits to underflow
     # take lam = 1, which moves |u - lam v|^2 = 2 - 2 Re(lam c) by at most 4 |c| < 2^-498
+    # (single precision: the guard 2^-100, since 2^-1000 rounds to 0; 4 |c| < 2^-48)
     s = cr * cr
     s += xp.multiply(ci, ci, out=t)
-    normal = s >= 2.0**-1000
+    normal = s >= (2.0**-1000 if s.dtype.itemsize >= 8 else 2.0**-100)
     a = xp.sqrt(xp.where(normal, s, 1.0))
     lr, li = xp.where(normal, cr / a, 1.0), xp.where(normal, -ci / a, 0.0)
     # |u - lam v|^2 = sum_k |lam v_k - u_k|^2, in the buffers of s and c (no longer needed)
