@@ -151,7 +151,8 @@ class Metrics:
     rows : (k*k, N) float64, the real coordinates (:func:`hermitian_to_real`) as contiguous
         rows -- what flows move; the metrics are exactly Hermitian by construction.
     det : (N,) float, product of the LDL^H pivots (meaningful where ``valid``).
-    rcond : (N,) float, det / (tr g e_{k-1}) (0 where not positive definite).
+    rcond : (N,) float, det / (tr g e_{k-1}) (0 where not positive definite or, from
+        :func:`metrics`, not Hermitian; NaN where not finite).
     valid : (N,) bool, the module's validity rule.
     g : (N, k, k) complex128 (built on first use); inverse : (N, k, k) and inverse_rows
         (k*k, N): g^{-1}, exactly Hermitian (on first use).
@@ -237,8 +238,11 @@ def metrics(g: Array, *, margin: float = MARGIN, hermitian_rtol: float = HERMITI
         top = xp.max(xp.abs(xp.reshape(g, (n, -1))), axis=-1)
         asym = xp.max(xp.abs(xp.reshape(g - xp.conj(xp.matrix_transpose(g)), (n, -1))), axis=-1)
     m = metrics_rows(to_rows(hermitian_part(g)), k, margin=margin)
-    ok = m.valid & finite & (asym <= hermitian_rtol * top)
-    return dataclasses.replace(m, valid=ok)
+    hermitian = asym <= hermitian_rtol * top
+    ok = m.valid & finite & hermitian
+    # rcond of what was given: NaN where it is not finite, 0 where not Hermitian (describe_invalid)
+    rcond = xp.where(finite, xp.where(hermitian, m.rcond, 0.0), xp.nan)
+    return dataclasses.replace(m, valid=ok, rcond=rcond)
 
 
 def metrics_rows(rows: Array, k: int, *, margin: float = MARGIN) -> Metrics:
@@ -381,12 +385,14 @@ def describe_invalid(m: Metrics) -> str:
     xp = backend.namespace(m.valid)
     bad = ~m.valid
     count = int(xp.sum(xp.astype(bad, xp.int64)))
-    positive = m.rcond > 0
-    singular = int(xp.sum(xp.astype(bad & positive, xp.int64)))
+    nonfinite = int(xp.sum(xp.astype(bad & xp.isnan(m.rcond), xp.int64)))
+    singular = int(xp.sum(xp.astype(bad & (m.rcond > 0), xp.int64)))
     first = backend.to_numpy(xp.nonzero(bad)[0][:5]).tolist()
+    why = f"{singular} of them are positive but numerically singular"
+    if nonfinite:
+        why = f"{nonfinite} of them have NaN or inf entries, {why}"
     return (f"{count} of {m.n} metrics are not valid (finite, Hermitian, positive definite with "
-            f"lambda_min >= {MARGIN:g} lambda_max); {singular} of them are positive but numerically "
-            f"singular; e.g. points {first}")
+            f"lambda_min >= {MARGIN:g} lambda_max); {why}; e.g. points {first}")
 
 
 def _as_complex(g):

@@ -237,6 +237,87 @@ def test_predict_refuses_another_chart_and_a_wrong_kernel(chart):
         predict(r, train, kernel=functools.partial(gaussian_fs, sigma=0.5))
 
 
+def test_predict_refuses_another_surface_and_names_its_points(chart):
+    """predict scored Dwork points with a Fermat flow, and blamed 'train' for its points' faults."""
+    from mfarray import networks as nw
+
+    train = chart.isel(point=slice(0, 100))
+    patch, elim = int(train.patch[0]), int(train.elim[0])
+    dwork = mf.select_chart(mf.sample_points(mf.dwork_quintic(0.5), 4000, seed=7), patch=patch, elim=elim)
+    cfg = nw.MLP((10, 8, 9), "tanh")
+    for r in (kernel_flow(train, functools.partial(gaussian_fs, sigma=0.3), steps=2, lr=0.1),
+              mf.flows.network_flow(train, cfg, nw.init(cfg, 0), steps=2, lr=1e-3, center=True)):
+        with pytest.raises(ValueError, match="points lie on another surface"):
+            predict(r, dwork)
+        with pytest.raises(ValueError, match="points lie on another surface"):
+            predict(r, mf.select_chart(mf.sample_points(mf.quartic_k3(), 500, seed=1)))
+        with pytest.raises(ValueError, match="points holds no points"):
+            predict(r, train.isel(point=[]))
+        bad = train.copy(deep=True)
+        bad["z"][0, 2] = np.inf
+        with pytest.raises(ValueError, match="points.z has non-finite"):
+            predict(r, bad)
+
+
+def test_a_complex_scalar_operator_is_refused(chart):
+    """A complex scalar kernel maps Hermitian metrics off the Hermitian ones: its imaginary part
+    was silently dropped (the same flow as the real operator's, and g != g0 - K A)."""
+    from mfarray.kernels import as_operator
+
+    train, test = chart.isel(point=slice(0, 60)), chart.isel(point=slice(60, 80))
+    kernel = functools.partial(gaussian_fs, sigma=0.3, squared=True)
+    K, K_test = kernel(train.z.values, train.z.values), kernel(test.z.values, train.z.values)
+    with pytest.raises(TypeError, match="real"):
+        kernel_flow(train, (as_operator(K * (1 + 1j)), as_operator(K_test * (1 + 1j))), steps=2, test=test)
+    with pytest.raises(TypeError, match="real"):
+        kernel_flow(train, as_operator(K * (1 + 1j)), steps=2)
+    real = kernel_flow(train, (as_operator(K), as_operator(K_test)), steps=2, test=test)
+    assert _valid(real.g_train.values)
+
+
+def test_predict_starts_from_the_flows_given_g0(chart):
+    """A flow from a given g0 predicts g0(x) - Theta(x, train) A: it needs g0 at the new points
+    (it used g_FS there: 0.6 off, or 'not valid')."""
+    train, test = chart.isel(point=slice(0, 120)), chart.isel(point=slice(120, 170))
+    kernel = functools.partial(gaussian_fs, sigma=0.3, squared=True)
+    g0, g0_test = 2 * train.g_fs.values, 2 * test.g_fs.values
+    r = kernel_flow(train, kernel, steps=5, test=test, g0=g0, g0_test=g0_test)
+    with pytest.raises(ValueError, match="g0="):
+        predict(r, test)
+    np.testing.assert_allclose(predict(r, test, g0=g0_test).values, r.g_test.values, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(predict(r, train, g0=g0).values, r.g_train.values, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="g0 must have shape"):
+        predict(r, test, g0=g0)
+    plain = kernel_flow(train, kernel, steps=5)
+    with pytest.raises(ValueError, match="started from g_FS"):
+        predict(plain, test, g0=g0_test)
+
+
+def test_messages_name_what_is_wrong(chart):
+    """Each of these was an error blaming something else, a bare KeyError, or 0/0 = inf."""
+    from mfarray.cluster import cluster_quality
+
+    train = chart.isel(point=slice(0, 40))
+    bad = train.g_fs.values.copy()
+    bad[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="1 of them have NaN or inf entries, 0 of them are positive but"):
+        mf.sigma_measure(train, bad)
+    with pytest.raises(ValueError, match="ds holds no points"):
+        mf.sigma_measure(train.isel(point=[]))
+    with pytest.raises(ValueError, match="MC weights of ds must be finite, >= 0 and not all 0"):
+        mf.sigma_measure(train.assign(weight=train.weight * 0))
+    with pytest.raises(ValueError, match="cluster it first"):
+        cluster_quality(train, k=3)
+    kernel = functools.partial(gaussian_fs, sigma=0.3)
+    with pytest.raises(ValueError, match=r"operator_options=\{'path'"):
+        kernel_flow(train, kernel, steps=1, method="zarr")
+    r = kernel_flow(train, kernel, steps=1)
+    with pytest.raises(TypeError, match="not its evaluate"):
+        predict(evaluate(r), train)
+    one = evaluate(kernel_flow(train.isel(point=[0]), kernel, steps=1))
+    assert one.sigma_train_initial.item() < 1e-15 and np.isnan(one.gain_train.item())  # rounding / rounding: none
+
+
 def test_results_know_where_they_came_from(chart):
     train, test = chart.isel(point=slice(0, 100)), chart.isel(point=slice(100, 150))
     r = kernel_flow(train, functools.partial(gaussian_fs, sigma=0.3), steps=3, lr=0.1, test=test)

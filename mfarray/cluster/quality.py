@@ -91,7 +91,10 @@ def cluster_quality(points: xr.Dataset, k: int = 10, queries: int | None = None,
     Cost sum_c n_c^2 + queries N distances; memory O(N + tiles).  Computed at once (a lazy set is
     computed in one pass: z and the labels together).
     """
-    _require_point_set(points, "points", needs=("z", labels))
+    _require_point_set(points, "points", needs=("z",))
+    if labels not in points.variables:
+        raise ValueError(f"points has no {labels!r} labels: cluster it first, mfarray.cluster(points, ...), or pass "
+                         "labels= the name of its integer (point,) labels")
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer (neighbours); got k={k!r}")
     z, lab = dask.compute(points["z"].transpose("point", ...).data, points[labels].data)

@@ -53,7 +53,8 @@ def _evaluation_docs() -> dict[str, dict[str, str]]:
                                        "convention": sigma}
         docs[f"gain_{part}"] = {"description": f"sigma_{part}_initial / sigma_{part}_final: how many times the flow "
                                                f"reduced sigma on {where}",
-                                "convention": "> 1 is an improvement; inf where the final sigma is 0"}
+                                "convention": "> 1 is an improvement; inf where the final sigma is 0; NaN for a "
+                                              "single point (sigma is 0 there for every metric)"}
         docs[f"positive_fraction_{part}"] = {"description": f"fraction of the final metrics at {where} that are valid "
                                                             "(finite, Hermitian, positive definite; mfarray.linalg)",
                                              "convention": "in [0, 1]; 1 for every flow result"}
@@ -142,7 +143,8 @@ def _summary(arrays: dict[str, Any], parts: list[str]) -> dict[str, float]:
         s1 = sigma_of(g, omega2, weight, f"g_{name}")
         out[f"sigma_{name}_initial"] = s0
         out[f"sigma_{name}_final"] = s1
-        out[f"gain_{name}"] = s0 / s1 if s1 > 0 else np.inf
+        # one point: eta = 1 and sigma = 0 for every metric, up to rounding, so no gain is defined
+        out[f"gain_{name}"] = np.nan if omega2.shape[0] < 2 else s0 / s1 if s1 > 0 else np.inf
         out[f"positive_fraction_{name}"] = float(np.mean(linalg.valid(g)))
     return out
 
@@ -167,14 +169,16 @@ def _kernel_of(result: xr.Dataset, kernel: Any) -> Any:
 
 
 def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
-            features: Callable | None = None, invalid: str = "raise") -> xr.DataArray:
+            features: Callable | None = None, g0: Any = None, invalid: str = "raise") -> xr.DataArray:
     """Metrics (point, row, col) of a finished flow at the points of ``points``.
 
     ``points`` must be in the flow's chart (``mfarray.select_chart(points, like=train)``).  Kernel
     flows rebuild their kernel from the result's record (pass ``kernel=`` for a rescaled or
     user-wrapped kernel, and ``features=`` if the flow had custom features); the operator is
     built as the flow built its test operator, so the prediction equals ``g_test`` of a flow
-    run with ``test=points``.  A predicted metric that is not valid (:mod:`mfarray.linalg`)
+    run with ``test=points``; a flow started from a given ``g0`` (attribute ``initial = "g0"``)
+    needs ``g0`` (N, k, k), the initial metrics at ``points``, and no other flow takes one.  The
+    points must lie on the flow's surface.  A predicted metric that is not valid (:mod:`mfarray.linalg`)
     raises ValueError (``invalid="raise"``; pass those points as ``test=`` to the flow: its step
     control keeps test metrics valid), or with ``invalid="nan"`` comes back as NaN, flagged
     False in the ``valid`` (point,) coordinate -- never passed on as a metric.
@@ -186,11 +190,20 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
     from .frozen import kernel_inputs
     from .models import KernelModel, NetworkModel
 
-    if not isinstance(result, xr.Dataset) or "model" not in result.attrs:
-        raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow, kahler_flow)")
+    if not isinstance(result, xr.Dataset) or "model" not in result.attrs or "g_train" not in result:
+        raise TypeError("result must be the Dataset returned by a flow (kernel_flow, network_flow, kahler_flow), "
+                        "not its evaluate() summary")
+    _require_surface(result, points)
+    given = result.attrs.get("initial") == "g0"
+    if given and g0 is None:
+        raise ValueError("this flow started from a given g0 (kernel_flow(..., g0=...)): pass g0=, the initial "
+                         "metrics (N, k, k) at the points, in the flow's chart")
+    if g0 is not None and not given:
+        raise ValueError("this flow started from g_FS, so its prediction does too: drop g0= (only a flow run "
+                         "with kernel_flow(..., g0=...) takes one)")
     if result.attrs["model"] == "kahler":
         return _checked_prediction(_kahler_prediction(result, points), result, points, invalid)
-    sites = materialize(points)[0]
+    sites = materialize(points, g0=g0, name="points")[0]
     chart = tuple(result.attrs["chart"])
     if sites.chart != chart:
         raise ValueError(f"points are in chart {sites.chart}, the flow in {chart}: select them with "
@@ -208,7 +221,7 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
         K_new = as_operator(spec, kernel_inputs(spec, sites.z, features), x_train, method=method, **options)
         k = sites.k
         rows = KernelModel(None, None, None, k=k).predict(linalg.to_rows(result["dual"].values), K_new,
-                                                           linalg.to_rows(sites.g_fs))
+                                                           linalg.to_rows(sites.g0))
         g = linalg.from_rows(rows, k)
     elif result.attrs["model"] == "network":
         info = json.loads(result.attrs["network"])
@@ -225,16 +238,22 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
     return _checked_prediction(g, result, points, invalid, chart=list(chart))
 
 
-def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
-    """The metrics of a Kähler-potential flow's final theta at any point set, each point in its chart."""
-    from ..kahler import CosinePotential, NetworkPotential, PhiNetwork, SectionPotential, TangentPotential
-    from ..pointset.charts import surface_of
-    from .kahler import potential_metrics
+def _require_surface(result: xr.Dataset, points: Any) -> None:
+    """Refuse points of another surface than the flow's (ValueError)."""
+    from ..pointset.charts import _require_point_set, surface_of
 
-    info = json.loads(result.attrs["potential"])
+    _require_point_set(points, "points", needs=())
     if surface_of(points) != surface_of(result):
         raise ValueError("points lie on another surface than the flow's train points: sample them from the same "
                          "Hypersurface")
+
+
+def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:
+    """The metrics of a Kähler-potential flow's final theta at any point set, each point in its chart."""
+    from ..kahler import CosinePotential, NetworkPotential, PhiNetwork, SectionPotential, TangentPotential
+    from .kahler import potential_metrics
+
+    info = json.loads(result.attrs["potential"])
     if info.get("name") == "CosinePotential":
         spec = CosinePotential(**{key: v for key, v in info.items() if key != "name"})
         return potential_metrics(spec, result["theta"].values, points)

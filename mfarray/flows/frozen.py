@@ -189,6 +189,7 @@ def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator
         raise _where(exc, tr, te) from None
     model = KernelModel(K, K_test, tr.m0.rows, None if te is None else te.m0.rows, k=tr.k)
     attrs = {"flow": "frozen-kernel flow (2.12)", "model": "kernel", "loss": loss_fn.name,
+             "initial": "g_fs" if g0 is None else "g0",
              "kernel": json.dumps(kernel_record), "step_control": json.dumps(control.describe()),
              "features": getattr(features or patch_features, "__qualname__", repr(features)),
              "method": method, "operator_options": json.dumps(_json_safe(operator_options or {})),

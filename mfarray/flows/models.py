@@ -78,9 +78,20 @@ def rows_matvec(K: KernelOperator, rows: Array, k: int, componentwise: bool | No
     ``componentwise`` caches :func:`acts_componentwise` (K) for callers in a loop."""
     if acts_componentwise(K) if componentwise is None else componentwise:
         r = K.matvec(rows.T)
-        if r.dtype.kind != "c":
-            return r.T
-    return linalg.to_rows(K.matvec(linalg.from_rows(rows, k)))
+        if r.dtype.kind == "c":
+            raise TypeError(f"the kernel operator {type(K).__name__} has complex values: a metric flow's scalar "
+                            "kernel is real (eq. 2.23; a complex one maps Hermitian metrics to non-Hermitian "
+                            "ones), so pass its real kernel matrix")
+        return r.T
+    out = K.matvec(linalg.from_rows(rows, k))
+    if not backend.is_dask(out):  # to_rows would keep only the Hermitian part of a step off the metrics
+        xp = backend.namespace(out)
+        skew = float(xp.max(xp.abs(out - xp.conj(xp.matrix_transpose(out))))) if out.size else 0.0
+        if not skew <= linalg.HERMITIAN_RTOL * float(xp.max(xp.abs(out)) if out.size else 0.0):
+            raise TypeError(f"the kernel operator {type(K).__name__} maps Hermitian metrics to non-Hermitian "
+                            f"ones (max |Theta.G - (Theta.G)^dagger| = {skew:.3g}): a metric-NTK must preserve "
+                            "Hermiticity (a scalar kernel must be real, eq. 2.23)")
+    return linalg.to_rows(out)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

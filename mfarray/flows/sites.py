@@ -75,7 +75,7 @@ def _require_point_set(ds, name):
         raise ValueError(f"{name} is not a point set: variables {missing} are missing "
                          "(make it with mfarray.sample_points or mfarray.points_from_z)")
     if ds.sizes.get("point", 0) == 0:
-        raise ValueError(f"{name} holds no points: a flow needs at least one {name} point")
+        raise ValueError(f"{name} holds no points: pass a set of at least one point")
 
 
 def _compute_together(*datasets):
@@ -140,7 +140,7 @@ def _sites(ds, arrays, name, g0, chart):
         if backend.is_dask(g_init):
             g_init = g_init.compute()
         g_init = xp.asarray(g_init) if backend.is_cupy(g_fs) else backend.to_numpy(g_init)
-        label = "g0" if name == "train" else "g0_test"
+        label = "g0_test" if name == "test" else "g0"
         if tuple(g_init.shape) != tuple(g_fs.shape):
             raise ValueError(f"{label} must have shape {tuple(g_fs.shape)} (one {k}x{k} metric per {name} point); "
                              f"got {tuple(g_init.shape)}")
@@ -153,16 +153,17 @@ def _sites(ds, arrays, name, g0, chart):
 
 
 def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0: Array | None = None,
-                g0_test: Array | None = None, one_chart: bool = True) -> tuple[Sites, Sites | None]:
+                g0_test: Array | None = None, one_chart: bool = True, name: str = "train") -> tuple[Sites, Sites | None]:
     """(train Sites, test Sites or None): both sets computed together, checked once.
 
     Refuses (ValueError/TypeError naming the argument): a non-Dataset, a set missing point-set
     variables, an empty set, points of more than one chart (unless ``one_chart=False``: the
     metric models of Kähler potentials give each point its metric in its own chart), a test set
     in another chart or on another surface than train, non-finite points, weights or |Omega|^2,
-    and initial metrics (g_fs, g0, g0_test) that are not valid metrics.
+    and initial metrics (g_fs, g0, g0_test) that are not valid metrics.  ``name``: what the
+    messages call the first set (``"points"`` for a prediction).
     """
-    _require_point_set(train, "train")
+    _require_point_set(train, name)
     sets = [train]
     if test is not None:
         _require_point_set(test, "test")
@@ -172,8 +173,8 @@ def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0: Array 
                 raise ValueError("test points lie on another surface than the train points "
                                  f"(attribute {key!r} differs): sample both from the same Hypersurface")
     arrays = _compute_together(*sets)
-    chart = _chart(arrays[0], "train") if one_chart else None
-    out = [_sites(train, arrays[0], "train", g0, chart)]
+    chart = _chart(arrays[0], name) if one_chart else None
+    out = [_sites(train, arrays[0], name, g0, chart)]
     if test is not None:
         test_chart = _chart(arrays[1], "test") if one_chart else None
         if test_chart != chart:

@@ -210,7 +210,8 @@ def as_operator(
     block = backend.TILE if block is None else block
     if method == "zarr":
         if path is None:
-            raise ValueError("path is required for method='zarr'")
+            raise ValueError("method='zarr' needs a path for the kernel store: as_operator(..., path=...), or "
+                             "kernel_flow(..., operator_options={'path': ...})")
         return ZarrOperator.build(obj, x_out, x_in, path, block=block, **build_kwargs)
     blockwise_kwargs = {k: build_kwargs.pop(k) for k in _BLOCKWISE_OPTIONS if k in build_kwargs}
     if build_kwargs:
