@@ -318,6 +318,19 @@ def test_messages_name_what_is_wrong(chart):
     assert one.sigma_train_initial.item() < 1e-15 and np.isnan(one.gain_train.item())  # rounding / rounding: none
 
 
+def test_weight_normalisation_scales_the_step_unless_steps_are_normalised(chart):
+    """paper-notes 17: the loss is the plain MC mean, so weights w and c w flow alike only with
+    normalize=True; sigma itself does not see c."""
+    train = chart.isel(point=slice(0, 80))
+    scaled = train.assign(weight=train.weight * 1.3)
+    kernel = functools.partial(gaussian_fs, sigma=0.3, squared=True)
+    assert mf.sigma_measure(train) == pytest.approx(mf.sigma_measure(scaled), rel=1e-14)
+    a, b = (kernel_flow(ds, kernel, steps=4, normalize=True) for ds in (train, scaled))
+    np.testing.assert_allclose(a.sigma_train.values, b.sigma_train.values, rtol=1e-12)
+    a, b = (kernel_flow(ds, kernel, steps=4) for ds in (train, scaled))
+    assert abs(a.sigma_train.values[1] - b.sigma_train.values[1]) > 1e-4
+
+
 def test_results_know_where_they_came_from(chart):
     train, test = chart.isel(point=slice(0, 100)), chart.isel(point=slice(100, 150))
     r = kernel_flow(train, functools.partial(gaussian_fs, sigma=0.3), steps=3, lr=0.1, test=test)

@@ -151,6 +151,9 @@ def kernel_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOperator
     steps : number of steps.
     lr, adaptive, grow, normalize, clip, max_halvings : step control
         (:class:`~mfarray.flows.integrate.StepControl`).  Default: backtracking from lr = 1.
+        The loss is the MC mean (1/N) sum w l with the weights as given, so a step scales with
+        mean(w) (a subset taken with ``isel`` keeps its superset's weights; ``normalize=True``
+        steps do not depend on it; docs/paper-notes.md, note 17).
     loss : "sigma_squared" ((1 - eta)^2, B.14; the default, see docs/paper-notes.md: with the
         paper's |1 - eta| (B.11) no step control gets the Delta kernel past a train gain of
         ~14), "sigma" (B.11, kappa fixed at the initial metric), "sigma_dynamic", "mse" (needs
