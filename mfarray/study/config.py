@@ -33,9 +33,55 @@ __all__ = [
 def _known_kernels(names: tuple, section: str) -> None:
     from ..experiments.presets import PRESETS
 
-    unknown = [k for k in names if k not in PRESETS]
+    unknown = [k for k in names if not isinstance(k, str) or k not in PRESETS]
     if unknown or not names:
         raise ValueError(f"{section}.kernels must name presets among {sorted(PRESETS)}; got {list(names)}")
+
+
+def _integers(obj: Any, section: str, **least: int) -> None:
+    """Each named field an integer >= its least value (ValueError naming ``section.field``)."""
+    for name, lo in least.items():
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{section}.{name} must be an integer >= {lo}; got {value!r}")
+
+
+def _increasing(values: tuple, what: str, least: int, kind: type | tuple = (int, float)) -> None:
+    """``values`` an increasing list of at least ``least`` positive numbers of ``kind``."""
+    ok = len(values) >= least and all(isinstance(v, kind) and not isinstance(v, bool) and 0 < v < float("inf")
+                                      for v in values)
+    if not ok or any(a >= b for a, b in zip(values, values[1:])):
+        noun = "integers" if kind is int else "numbers"
+        raise ValueError(f"{what} must be {'a non-empty' if least == 1 else 'an'} increasing list of "
+                         f"{'' if least == 1 else f'at least {least} '}positive {noun}; got {list(values)}")
+
+
+# what a tuning space may search besides the kernel's hyper-parameters: kernel_flow's step options
+FLOW_PARAMETERS = ("lr", "loss", "adaptive", "normalize", "clip", "grow", "max_halvings")
+
+
+def _check_space(name: str, space: Any) -> None:
+    """A preset's tuning space: known parameters, each [low, high] with 0 < low < high (searched
+    in log10) or a list of choices."""
+    from ..experiments.presets import PRESETS
+    from ..kernels import kernel_named
+
+    if name not in PRESETS:
+        raise ValueError(f"tuning.spaces names no preset {name!r}; presets: {sorted(PRESETS)}")
+    if not isinstance(space, Mapping):
+        raise ValueError(f"tuning.spaces.{name} must be a table of parameter -> [low, high]; got {space!r}")
+    known = (*kernel_named(PRESETS[name].kernel).domains, *FLOW_PARAMETERS)
+    for key, value in space.items():
+        if key not in known:
+            raise ValueError(f"tuning.spaces.{name} has no parameter {key!r}; it searches {sorted(known)}")
+        numeric = isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if numeric and not 0 < value[0] < value[1] < float("inf"):
+            raise ValueError(f"tuning.spaces.{name}.{key} = {value}: a range [low, high] is searched in log10, so "
+                             "it needs 0 < low < high")
+        if not numeric and not (isinstance(value, list) and value):
+            raise ValueError(f"tuning.spaces.{name}.{key} must be [low, high] or a non-empty list of choices; "
+                             f"got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +97,7 @@ class Gains:
 
     def __post_init__(self) -> None:
         _known_kernels(self.kernels, "gains")
+        _integers(self, "gains", n_test=1, steps=1, cluster_size=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +122,15 @@ class Tuning:
         "cosine": {"sigma_w": [0.3, 30.0], "lr": [0.01, 1.0]},
     })
 
+    def __post_init__(self) -> None:
+        _integers(self, "tuning", init=0, iterations=0, batch=1, n_train=1, n_test=1, steps=1)
+        if self.init + self.iterations < 1:
+            raise ValueError("tuning.init + tuning.iterations must be at least 1 evaluation")
+        if not isinstance(self.spaces, Mapping):
+            raise ValueError(f"tuning.spaces must be a table of kernel -> parameter ranges; got {self.spaces!r}")
+        for name, space in self.spaces.items():
+            _check_space(name, space)
+
 
 @dataclasses.dataclass(frozen=True)
 class Noise:
@@ -88,6 +144,8 @@ class Noise:
 
     def __post_init__(self) -> None:
         _known_kernels(self.kernels, "noise")
+        _integers(self, "noise", n_train=2, steps=1)
+        _increasing(self.scales, "noise.scales", 1)
 
     n_train: int = 1000
     steps: int = 100
@@ -102,6 +160,10 @@ class Spacing:
     sizes: tuple = (100, 300, 1000, 3000, 10000)
     n_test: int = 1000
 
+    def __post_init__(self) -> None:  # the report fits a power law: 3 sizes at least
+        _increasing(self.sizes, "spacing.sizes", 3, int)
+        _integers(self, "spacing", n_test=1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Figure2:
@@ -111,6 +173,12 @@ class Figure2:
     n: int = 1000
     clusters: int = 10
     batches: int = 5
+
+    def __post_init__(self) -> None:
+        _integers(self, "figure2", n=2, clusters=1, batches=1)
+        if self.clusters > self.n // self.batches:
+            raise ValueError(f"figure2: each of the {self.batches} batches of {self.n // self.batches} points must "
+                             f"hold {self.clusters} clusters; raise figure2.n or lower clusters / batches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,11 +215,8 @@ class FeatureLearning:
     n_probe: int = 200
 
     def __post_init__(self) -> None:
-        for name, lo in (("n_train", 2), ("n_test", 2), ("epochs", 1), ("flow_steps", 0), ("depth", 1),
-                         ("phi_epochs", 1), ("kahler_steps", 0), ("width_epochs", 1), ("n_probe", 2)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"feature_learning.{name} must be an integer >= {lo}; got {value!r}")
+        _integers(self, "feature_learning", n_train=2, n_test=2, epochs=1, flow_steps=0, depth=1, phi_epochs=1,
+                  kahler_steps=0, width_epochs=1, n_probe=2)
         for name, least in (("network_widths", 1), ("kahler_degrees", 0), ("widths", 2)):
             values = getattr(self, name)
             if len(values) < least or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
@@ -170,6 +235,11 @@ class Compute:
     scheduler: str = ""
     gpu: bool = False
 
+    def __post_init__(self) -> None:
+        from ..backend import _parse_address
+
+        _parse_address(self.scheduler, "compute.scheduler")
+
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
@@ -185,6 +255,18 @@ class StudyConfig:
     figure2: Figure2 = Figure2()
     feature_learning: FeatureLearning = FeatureLearning()
     compute: Compute = Compute()
+
+    def __post_init__(self) -> None:
+        from ..geometry import surface_named
+
+        if not isinstance(self.surface, str):
+            raise ValueError(f"surface must be a string such as 'quintic' or 'dwork:0.5'; got {self.surface!r}")
+        try:
+            surface_named(self.surface)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"surface = {self.surface!r}: {exc}") from None
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32 - 1] (the tuner's range); got {self.seed!r}")
 
     def section(self, name: str) -> dict:
         """A stage's settings with the study-wide ones, as JSON-ready data (what its store records)."""
@@ -213,6 +295,8 @@ def _build(cls: type, data: Mapping, where: str) -> Any:
     values = {}
     for name, value in data.items():
         current = getattr(default, name)
+        if cls is Tuning and name == "spaces" and isinstance(value, Mapping):  # per kernel over the defaults
+            value = {**current, **value}
         if dataclasses.is_dataclass(current):
             if not isinstance(value, Mapping):
                 raise ValueError(f"[{name}] of the study config must be a table; got {value!r}")

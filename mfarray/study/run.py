@@ -242,9 +242,35 @@ def _stage(name: str, config: StudyConfig, out: str, compute: Callable[[], xr.Da
     return io.open_zarr(path)
 
 
+# the file that marks a folder as a study's: only such a folder (or an empty one) is written into
+MARKER = ".mfarray-study"
+
+
+def _claim(out: str) -> str:
+    """``out`` as the study's folder: created, or empty, or marked by an earlier run; a folder of
+    someone else's files is refused (FileExistsError) before anything is written there."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"out={out!r} is a file; pass a folder for the study's stores and report")
+    os.makedirs(out, exist_ok=True)
+    marker = os.path.join(out, MARKER)
+    if not os.path.exists(marker):
+        theirs = sorted(os.listdir(out))
+        if theirs:
+            raise FileExistsError(f"out={out!r} holds files that no mfarray study wrote ({', '.join(theirs[:4])}"
+                                  f"{', ...' if len(theirs) > 4 else ''}): the study writes its stores, report.md "
+                                  "and figures there, so pass a new or empty folder")
+        with open(marker, "w") as fh:
+            json.dump({"mfarray_study": 1}, fh)
+    return out
+
+
 def run_study(config: StudyConfig | None = None, out: str | os.PathLike = "mfarray-study", *,
               progress: bool = True) -> dict[str, Any]:
     """Run every enabled stage into ``out`` (created if missing), then write the report.
+
+    ``out`` must be new, empty, or a folder an earlier run wrote (marked by ``.mfarray-study``):
+    a folder of other files is refused before anything is written, so no file of the user's is
+    replaced by a store, the report or a figure.
 
     Returns the stage Datasets by name and ``"report"``, the report's path.  Rerun with the same
     config, it reads what is stored and computes only what is missing or changed.
@@ -255,10 +281,7 @@ def run_study(config: StudyConfig | None = None, out: str | os.PathLike = "mfarr
     if config.compute.gpu:
         raise ValueError("[compute] gpu = true: the study's stages run on NumPy; running them on CuPy awaits a "
                          "tested device path (benchmarks/gpu_check.py checks the kernel operators); set gpu = false")
-    out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"out={out!r} is a file; pass a folder for the study's stores and report")
-    os.makedirs(out, exist_ok=True)
+    out = _claim(os.fspath(out))
     timings: dict[str, float] = {}
     results: dict[str, Any] = {}
     with backend.use_scheduler(config.compute.scheduler or None):
