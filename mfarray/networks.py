@@ -33,6 +33,7 @@ parameters are drawn with NumPy and moved to a namespace with ``like=``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ import numpy as np
 __all__ = [
     "ACTIVATIONS",
     "MLP",
+    "as_params",
     "init",
     "apply",
     "forward",
@@ -82,21 +84,26 @@ class MLP:
     sigma_b: float = 0.0
 
     def __post_init__(self):
-        try:
-            widths = tuple(int(w) for w in self.widths)
-        except TypeError as exc:
-            raise TypeError(f"widths must be a tuple of ints; got {self.widths!r}") from exc
+        what = "a tuple of integers (d_in, hidden..., c_out)"
+        if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
+            raise TypeError(f"widths must be {what}; got {self.widths!r}")
+        given = tuple(self.widths)
+        for w in given:  # a fractional width would be truncated
+            if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Integral):
+                raise TypeError(f"widths must be {what}; got {given!r}, whose {w!r} is not an integer")
+        widths = tuple(int(w) for w in given)
         if len(widths) < 2 or any(w < 1 for w in widths):
             raise ValueError(f"widths must be (d_in, ..., c_out) with entries >= 1; got {widths}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}")
-        if not (math.isfinite(self.sigma_w) and self.sigma_w >= 0):
-            raise ValueError(f"sigma_w must be finite and >= 0; got {self.sigma_w}")
-        if not (math.isfinite(self.sigma_b) and self.sigma_b >= 0):
-            raise ValueError(f"sigma_b must be finite and >= 0; got {self.sigma_b}")
+        for name in ("sigma_w", "sigma_b"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a finite real number >= 0; got {value!r} of type {type(value).__name__}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0; got {value}")
+            object.__setattr__(self, name, float(value))
         object.__setattr__(self, "widths", widths)
-        object.__setattr__(self, "sigma_w", float(self.sigma_w))
-        object.__setattr__(self, "sigma_b", float(self.sigma_b))
 
     @property
     def depth(self) -> int:
@@ -153,16 +160,42 @@ def _act_deriv(xp, name, z, a=None):
 
 
 # ------------------------------------------------------------------ helpers
-def _check_params(config, params):
+def _check_params(config, params, name="params"):
     shapes = config.shapes
     if len(params) != len(shapes):
-        raise ValueError(f"params has {len(params)} layers; config {config.widths} needs {len(shapes)}")
+        raise ValueError(f"{name} has {len(params)} layers; config {config.widths} needs {len(shapes)}")
     for l, ((W, b), (ws, bs)) in enumerate(zip(params, shapes)):
         if tuple(W.shape) != ws or tuple(b.shape) != bs:
             raise ValueError(
-                f"layer {l}: params have shapes {tuple(W.shape)}, {tuple(b.shape)}; "
+                f"layer {l}: {name} have shapes {tuple(W.shape)}, {tuple(b.shape)}; "
                 f"config {config.widths} needs {ws}, {bs}"
             )
+
+
+def as_params(config: MLP, params: Params | Array, name: str = "params") -> Params:
+    """``params`` checked as parameters of ``config``: a tuple ``((W_0, b_0), ...)`` as given, or a
+    flat vector of length P (:func:`flatten`'s order) unflattened.  ValueError naming ``name``
+    where the shapes do not fit ``config`` or an entry is NaN or inf; TypeError for complex
+    entries (the networks are real) and for anything else."""
+    if getattr(params, "ndim", None) == 1:
+        if params.shape[0] != num_params(config):
+            raise ValueError(f"{name} is a flat vector of length {params.shape[0]}; config {config.widths} has "
+                             f"P = {num_params(config)} parameters (networks.num_params)")
+        params = unflatten(config, params)
+    elif not isinstance(params, (tuple, list)):
+        raise TypeError(f"{name} must be a parameter tuple ((W_0, b_0), ...) (networks.init) or a flat vector of "
+                        f"length P (networks.flatten); got {type(params).__name__}")
+    _check_params(config, params, name)
+    for l, layer in enumerate(params):
+        for part, a in zip(("W", "b"), layer):
+            xp = array_api_compat.array_namespace(a)
+            if getattr(a.dtype, "kind", None) == "c":
+                raise TypeError(f"{name} is complex ({part}_{l} of dtype {a.dtype}); the networks' parameters are "
+                                "real: pass real parameters")
+            if not bool(xp.all(xp.isfinite(a))):
+                raise ValueError(f"{name} has NaN or inf entries ({part}_{l}, layer {l}): pass finite parameters, "
+                                 "e.g. mfarray.networks.init(config, seed)")
+    return tuple(tuple(layer) for layer in params)
 
 
 def _prep_x(config, params, x):

@@ -27,9 +27,23 @@ def _pyplot() -> Any:
     return plt
 
 
+def _require(ds: Any, plot: str, source: str, variables: tuple, dims: tuple) -> None:
+    """Refuse (ValueError, TypeError for a non-Dataset) a ``ds`` lacking what ``plot`` draws,
+    naming the function whose result it needs."""
+    need = f"{plot} draws the Dataset of mfarray.{source}(...)"
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"{need}; got {type(ds).__name__}")
+    missing = [v for v in variables if v not in ds.data_vars] + [d for d in dims if d not in ds.dims]
+    if missing:
+        raise ValueError(f"{need} (variables {list(variables)}, dims {list(dims)}); this Dataset lacks "
+                         f"{missing}: pass that function's result")
+
+
 def plot_gains(ds: xr.Dataset, ax: Any = None) -> Any:
     """Bars of ``gain_train`` and ``gain_test`` per kernel (log scale), the paper's orders of
     magnitude as markers; ``ds`` from :func:`mfarray.experiments.gains.gains`."""
+    _require(ds, "plot_gains", "experiments.gains.gains",
+             ("gain_train", "gain_test", "paper_gain_train", "paper_gain_test"), ("kernel",))
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(1.6 * ds.sizes["kernel"] + 2, 3.5))
@@ -49,6 +63,7 @@ def plot_gains(ds: xr.Dataset, ax: Any = None) -> Any:
 def plot_figure2(data: xr.Dataset, axes: Any = None) -> Any:
     """Three panels of ``data.distance`` (from :func:`mfarray.cluster.figure2_data`), one per
     order; returns the axes."""
+    _require(data, "plot_figure2", "cluster.figure2_data", ("distance",), ("order",))
     plt = _pyplot()
     if axes is None:
         _, axes = plt.subplots(1, len(data["order"]), figsize=(4 * len(data["order"]), 4))
@@ -68,6 +83,7 @@ def plot_spacing(ds: xr.Dataset, ax: Any = None, *, fit: xr.Dataset | None = Non
     :func:`~mfarray.experiments.spacing.nearest_distance_scaling`."""
     from .experiments.spacing import distance_for_points, fit_power_law, paper_fit
 
+    _require(ds, "plot_spacing", "experiments.spacing.nearest_distance_scaling", ("mean", "min", "max"), ("n_train",))
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.8))
@@ -94,6 +110,7 @@ def plot_noise(ds: xr.Dataset, ax: Any = None, *, distance: str = "distance_to_t
     :func:`~mfarray.experiments.noise.noise_study`."""
     if distance not in ("distance_to_train", "distance_to_source"):
         raise ValueError(f"distance must be 'distance_to_train' or 'distance_to_source'; got {distance!r}")
+    _require(ds, "plot_noise", "experiments.noise.noise_study", ("gain_test", distance), ("kernel", "variant"))
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.8))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -74,8 +75,10 @@ class Dim:
             return
         for name in ("low", "high"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not _is_number(v) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number; got {v!r}")
+            if isinstance(v, np.generic):  # NumPy scalars as Python numbers (JSON, equality)
+                object.__setattr__(self, name, v.item())
         if not self.low < self.high:
             raise ValueError(f"low must be below high; got low={self.low!r}, high={self.high!r}")
         if self.log and self.low <= 0:
@@ -109,6 +112,11 @@ class Dim:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, False, ())}
 
 
+def _is_number(v: Any) -> bool:
+    """A real number (Python or NumPy; bools refused)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
 def real(low: float, high: float, *, log: bool = False) -> Dim:
     """A real parameter in [low, high]; ``log=True`` searches its log10 (widths, rates)."""
     return Dim(low, high, log=log)
@@ -135,8 +143,8 @@ def as_space(space: Mapping[str, Any]) -> dict[str, Dim]:
             out[name] = d
         elif isinstance(d, Mapping):
             out[name] = Dim(**d)
-        elif isinstance(d, tuple) and len(d) == 2 and all(isinstance(v, (int, float)) for v in d):
-            out[name] = integer(*d) if all(isinstance(v, int) for v in d) else real(*d)
+        elif isinstance(d, tuple) and len(d) == 2 and all(_is_number(v) for v in d):
+            out[name] = integer(*d) if all(isinstance(v, numbers.Integral) for v in d) else real(*d)
         elif isinstance(d, (list, tuple)):
             out[name] = choice(*d)
         else:
@@ -210,8 +218,18 @@ def tune(objective: Callable[[dict, int], Any], space: Mapping[str, Any], *, ini
 
 
 def best_params(tuned: xr.Dataset) -> dict:
-    """The best parameters of a :func:`tune` result."""
-    return json.loads(tuned.attrs["best_params"])
+    """The best parameters of a :func:`tune` result; ValueError where no evaluation succeeded."""
+    attrs = getattr(tuned, "attrs", {})
+    if "best_params" in attrs:
+        return json.loads(attrs["best_params"])
+    if isinstance(tuned, xr.Dataset) and "objective" in attrs and "failed" in tuned and "error" in tuned:
+        errors = tuned["error"].values
+        raise ValueError(
+            f"no evaluation of this tuning succeeded ({errors.size} failed), so it has no best parameters: "
+            f"its `error` variable says why each failed (the first: {str(errors[0]) if errors.size else 'none'}); "
+            "tune again over another space, or fix the objective")
+    raise ValueError(f"tuned must be a result of mfarray.tune.tune (with attrs['best_params']); "
+                     f"got {type(tuned).__name__} without one")
 
 
 def _evaluation_seed(seed: int, i: int) -> int:
@@ -380,7 +398,14 @@ class GainObjective:
         named_kernel(self.kernel)
 
     def describe(self) -> str:
-        name = self.kernel if isinstance(self.kernel, str) else named_kernel(self.kernel).name
+        """What the score depends on: the kernel with its bound hyper-parameters (and rescalings),
+        the flow settings, the points."""
+        spec = named_kernel(self.kernel).describe()
+        name = self.kernel if isinstance(self.kernel, str) else spec["name"]
+        if spec["hyper"]:
+            name += "(" + ", ".join(f"{k}={v!r}" for k, v in spec["hyper"].items()) + ")"
+        if spec["factors"]:
+            name += f" rescaled by {[f['name'] for f in spec['factors']]}"
         return (f"log10 test gain of kernel_flow({name}, {self.flow}, fixed {self.fixed}) on {self.n_train} train / "
                 f"{self.n_test} test one-chart points of {self.surface.label}, "
                 f"{'fresh points per evaluation' if self.fresh else f'one set (seed {self.points_seed})'}")

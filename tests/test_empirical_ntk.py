@@ -342,3 +342,63 @@ def test_float32_upper_blocks():
     assert got != want
     with pytest.raises(ValueError, match="dtype"):
         empirical_ntk_upper(cfg, p0, x, dtype="float16")
+
+
+def test_mlp_refuses_fractional_widths_and_non_numbers():
+    """A width of 2.5 was truncated to 2, a sigma_w of '1' gave a bare 'must be real number'."""
+    for widths in [(10, 2.5, 9), (10, "16", 9), (10, True, 9), "109", 5, (10, None)]:
+        with pytest.raises((TypeError, ValueError), match="widths"):
+            nw.MLP(widths)
+    for name in ("sigma_w", "sigma_b"):
+        for bad in ("1", None, 1j, True):
+            with pytest.raises(TypeError, match=name):
+                nw.MLP((10, 9), **{name: bad})
+    cfg = nw.MLP((np.int64(10), 4, np.int32(9)), sigma_w=np.float32(1.5), sigma_b=np.int64(0))
+    assert cfg.widths == (10, 4, 9) and all(type(w) is int for w in cfg.widths)
+    assert cfg.sigma_w == 1.5 and type(cfg.sigma_w) is float
+
+
+@pytest.mark.parametrize("method", ["fused", "array"])
+def test_empirical_ntk_refuses_what_the_scalar_kernels_refuse(method):
+    """NaN inputs gave NaN entries, complex inputs lost their imaginary part, flat parameters (which
+    network_flow takes) an IndexError."""
+    from mfarray.kernels import NonFiniteKernelError
+
+    cfg, params, x = _setup((4, 6, 3), "relu", 0.5, n=7)
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(NonFiniteKernelError, match="x1 has NaN"):
+        empirical_ntk(cfg, params, bad, method=method)
+    with pytest.raises(NonFiniteKernelError, match="x2 has NaN"):
+        empirical_ntk(cfg, params, x, bad, method=method)
+    with pytest.raises(TypeError, match="x1 is complex"):
+        empirical_ntk(cfg, params, x + 1j * x, method=method)
+    with pytest.raises(TypeError, match="x2 is complex"):
+        empirical_ntk(cfg, params, x, x + 1j, method=method)
+    flat = nw.flatten(params)
+    np.testing.assert_array_equal(empirical_ntk(cfg, flat, x, method=method), empirical_ntk(cfg, params, x, method=method))
+    inf = flat.copy()
+    inf[5] = np.inf
+    for p in (inf, nw.unflatten(cfg, inf)):
+        with pytest.raises(ValueError, match="params .*NaN or inf"):
+            empirical_ntk(cfg, p, x, method=method)
+    with pytest.raises(ValueError, match="params"):
+        empirical_ntk(cfg, flat[:-1], x, method=method)
+
+
+def test_empirical_ntk_trace_and_upper_blocks_refuse_bad_inputs():
+    from mfarray.kernels import NonFiniteKernelError
+
+    cfg, params, x = _setup((4, 6, 3), "tanh", 0.5, n=7)
+    bad = x.copy()
+    bad[0, 0] = np.inf
+    ref = empirical_ntk_upper(cfg, params, x)
+    for fn in (lambda y: empirical_ntk_trace(cfg, params, y), lambda y: empirical_ntk_upper(cfg, params, y),
+               lambda y: empirical_ntk_products(cfg, params, y, ref)):
+        with pytest.raises(NonFiniteKernelError, match="NaN or inf"):
+            fn(bad)
+        with pytest.raises(TypeError, match="complex"):
+            fn(x + 1j)
+    flat = nw.flatten(params)
+    np.testing.assert_array_equal(empirical_ntk_trace(cfg, flat, x), empirical_ntk_trace(cfg, params, x))
+    assert empirical_ntk_products(cfg, flat, x, ref)[2] == 0.0

@@ -170,3 +170,19 @@ def test_test_predictions_are_the_network_at_the_final_parameters(split, params0
     d = nw.unflatten(CFG, r.theta.values - r.theta_initial.values)
     lin = network_metric(CFG, small_params, test) + losses.real_to_hermitian(nw.jvp(CFG, small_params, x, d), 3)
     assert np.allclose(r.g_test.values, lin, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("center, linearized", [(True, False), (True, True), (False, False), (False, True)])
+def test_non_finite_parameters_are_refused_by_name(split, params0, center, linearized):
+    """A NaN parameter was flowed (center=True kept it in theta) or blamed on the metric not being
+    positive definite."""
+    train, test = split
+    flat = nw.flatten(params0).copy()
+    flat[0] = np.nan
+    for p in (flat, nw.unflatten(CFG, flat)):
+        with pytest.raises(ValueError, match="params .*NaN or inf"):
+            network_flow(train, CFG, p, steps=2, lr=1e-3, test=test, center=center, linearized=linearized)
+    with pytest.raises(ValueError, match="params .*NaN or inf"):
+        network_metric(CFG, flat, train)
+    with pytest.raises(ValueError, match="params0 .*NaN or inf"):
+        network_metric(CFG, params0, train, params0=flat)

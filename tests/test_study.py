@@ -236,3 +236,29 @@ def test_a_stage_is_recomputed_when_what_it_flows_changes(tmp_path):
     third = run_study(more, out, progress=False)
     assert list(third["tuning"].kernel.values) == ["gaussian", "delta"]
     assert "delta-tuned" in third["gains"].kernel.values
+
+
+@pytest.mark.parametrize("field, bad, error", [
+    ("lr", float("nan"), ValueError), ("lr", 0.0, ValueError), ("lr", "0.1", TypeError),
+    ("steps", -1, ValueError), ("steps", 2.5, TypeError),
+    ("n_train", 0, ValueError), ("n_train", 2.5, TypeError), ("n_train", True, TypeError),
+    ("loss", "foo", ValueError), ("loss", "mse", ValueError), ("loss", None, TypeError)])
+def test_preset_refuses_bad_flow_settings_by_name(field, bad, error):
+    """lr=nan, steps=-1, loss='foo', n_train=0 or 2.5 were accepted (the flow caught some later,
+    n_train=2.5 as 'n ... got 22.5')."""
+    with pytest.raises(error, match=f"Preset {field}"):
+        Preset("delta", **{"n_train": 50, "steps": 2, field: bad})
+    with pytest.raises(error, match=f"Preset {field}"):
+        TABLE1["delta"].replace(**{field: bad})
+    with pytest.raises(TypeError, match="'sigma' is neither a Preset field .* nor a hyper-parameter of delta"):
+        TABLE1["delta"].replace(sigma=0.1)
+    p = Preset("delta", lr=np.float32(0.5), n_train=np.int64(50), steps=np.int64(2))
+    assert json.loads(json.dumps(p.to_json()))["n_train"] == 50  # NumPy numbers stored as Python ones
+
+
+@pytest.mark.parametrize("n_test, error", [(-5, ValueError), (0, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_gains_refuses_a_bad_n_test_by_name(n_test, error):
+    from mfarray.experiments.gains import gains
+
+    with pytest.raises(error, match="n_test"):
+        gains({"d": Preset("delta", n_train=20, steps=1)}, n_test=n_test)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import mfarray as mf
 from mfarray import tune as T
@@ -158,3 +159,56 @@ def test_a_kernel_that_overflows_is_a_failed_evaluation_not_a_crash():
 
     ds = T.tune(f, SPACE, init=6, iterations=0, seed=5)
     assert ds.failed.any() and (ds.width.values[ds.failed.values] > 1).all()
+
+
+def test_describe_tells_bound_kernel_options_apart(tmp_path):
+    """A state is refused when its objective describes otherwise: a kernel bound with other options
+    (squared=True, dtype="float32") scores otherwise, so it must describe otherwise."""
+    import functools
+
+    from mfarray.kernels import gaussian_fs
+
+    kw = dict(n_train=40, n_test=20, flow={"steps": 2})
+    plain = T.GainObjective("gaussian_fs", **kw)
+    squared = T.GainObjective(functools.partial(gaussian_fs, squared=True), **kw)
+    single = T.GainObjective(functools.partial(gaussian_fs, dtype="float32"), **kw)
+    bound = T.GainObjective(gaussian_fs.bind(sigma=0.2), **kw)
+    texts = [o.describe() for o in (plain, squared, single, bound)]
+    assert len(set(texts)) == 4, texts
+    assert "squared" in texts[1] and "float32" in texts[2] and "0.2" in texts[3]
+    assert T.GainObjective(gaussian_fs, **kw).describe() == texts[0]  # the same kernel, unbound
+    state = tmp_path / "tune.json"
+    space = {"sigma": T.real(0.05, 1.0, log=True)}
+    T.tune(squared, space, init=1, iterations=0, state=state, holdout=False)
+    with pytest.raises(ValueError, match="another objective"):
+        T.tune(plain, space, init=2, iterations=0, state=state, holdout=False)
+
+
+def _diverges(params, seed):
+    raise FlowError("diverged")
+
+
+def _not_a_number(params, seed):
+    return math.nan
+
+
+@pytest.mark.parametrize("objective", [_diverges, _not_a_number])
+def test_best_params_when_no_evaluation_succeeded_says_so(objective):
+    ds = T.tune(objective, {"x": (0.0, 1.0)}, init=2, iterations=1)
+    assert ds.failed.all()
+    with pytest.raises(ValueError, match="no evaluation .*succeeded.*error"):
+        T.best_params(ds)
+    with pytest.raises(ValueError, match="mfarray.tune"):
+        T.best_params(xr.Dataset({"x": ("evaluation", [0.5])}))  # not a tuning result at all
+
+
+def test_numpy_numbers_make_dims():
+    assert T.integer(np.int64(1), np.int32(5)) == T.integer(1, 5)
+    assert T.real(np.float32(0.5), np.float64(2.0), log=True) == T.real(0.5, 2.0, log=True)
+    s = T.as_space({"a": (np.int64(1), np.int64(3)), "b": (np.float64(0.1), 2)})
+    assert s["a"] == T.integer(1, 3) and s["b"] == T.real(0.1, 2.0)  # not a choice of two values
+    ds = T.tune(lambda p, seed: -abs(p["a"] - 2) - p["b"], s, init=2, iterations=0)
+    assert json.loads(ds.attrs["space"])["a"] == {"low": 1, "high": 3, "integer": True}
+    for bad in (True, "1", np.nan, 1j):
+        with pytest.raises(ValueError, match="low must be a finite number"):
+            T.integer(bad, 5)

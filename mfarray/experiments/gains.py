@@ -21,6 +21,7 @@ import xarray as xr
 from ..cluster import cluster
 from ..flows import clustered_flow, evaluate, kernel_flow
 from ..geometry import Hypersurface, fermat_quintic
+from ..kernels.checks import Integer
 from ..pointset import sample_chart
 from ..pointset.provenance import format_call, provenance
 from .presets import PAPER_GAINS, TABLE1, Preset
@@ -50,6 +51,7 @@ def gains(presets: Mapping[str, Preset] = TABLE1, *, surface: Hypersurface | Non
     presets (JSON), the surface, seed, clustering and provenance.
     """
     surface = fermat_quintic() if surface is None else surface
+    n_test = Integer(low=1).check(n_test, "n_test (test points)")
     if not presets:
         raise ValueError("presets must name at least one Preset")
     for name, p in presets.items():

@@ -24,9 +24,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ..flows.integrate import check_steps
 from ..kernels import Kernel, kernel_named
+from ..kernels.checks import Choice, Integer, Real
 
-__all__ = ["PAPER_GAINS", "PRESETS", "TABLE1", "Preset"]
+__all__ = ["LOSSES", "PAPER_GAINS", "PRESETS", "TABLE1", "Preset"]
+
+#: the losses a preset may name (kernel_flow's; "mse" needs target metrics, which a preset has none of)
+LOSSES = ("sigma_squared", "sigma", "sigma_dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +50,12 @@ class Preset:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hyper", dict(self.hyper))
         self.spec()  # refuses unknown kernels and hyper-parameters out of their domains
+        checked = {"lr": Real(low=0, low_open=True).check(self.lr, "Preset lr"),
+                   "n_train": Integer(low=1).check(self.n_train, "Preset n_train"),
+                   "steps": check_steps(self.steps, "Preset steps"),
+                   "loss": Choice(LOSSES, doc="'mse' needs target metrics").check(self.loss, "Preset loss")}
+        for name, value in checked.items():  # NumPy numbers as Python ones (to_json)
+            object.__setattr__(self, name, value)
 
     def spec(self) -> Kernel:
         """The bound kernel spec."""
@@ -55,6 +66,11 @@ class Preset:
         """A copy with fields (or hyper-parameters, by name) changed: ``p.replace(sigma=0.05, steps=50)``."""
         spec = self.spec()
         hyper = {k: changes.pop(k) for k in list(changes) if k in spec.domains}
+        fields = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise TypeError(f"Preset.replace: {unknown[0]!r} is neither a Preset field ({fields}) nor a "
+                            f"hyper-parameter of {self.kernel} ({sorted(spec.domains)})")
         return dataclasses.replace(self, hyper={**self.hyper, **hyper}, **changes)
 
     def to_json(self) -> dict:

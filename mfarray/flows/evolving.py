@@ -103,10 +103,10 @@ def _k_of(config, k):
     return k
 
 
-def _as_tree(config, params):
-    if hasattr(params, "ndim") and params.ndim == 1:
-        return nw.unflatten(config, np.asarray(params, dtype=np.float64))
-    return params
+def _as_tree(config, params, name="params"):
+    """Parameters (a tuple or a flat vector) as float64 NumPy copies, refused up front (naming
+    ``name``) where their shapes do not fit or an entry is not finite (:func:`networks.as_params`)."""
+    return as_float_params(nw.as_params(config, params, name))
 
 
 def _model(config, params0, ds, *, features=patch_features, linearized=False, center=False):
@@ -130,7 +130,7 @@ def network_metric(config: nw.MLP, params: nw.Params | Array, ds: xr.Dataset, *,
         ``network_flow(center=True)``: ``g_{params0} = g_FS``).
     """
     params = _as_tree(config, params)
-    ref = params if params0 is None else _as_tree(config, params0)
+    ref = params if params0 is None else _as_tree(config, params0, "params0")
     model = _model(config, ref, ds, features=features, center=params0 is not None)
     return linalg.from_rows(model.metrics(nw.flatten(params)), int(ds["g_fs"].shape[-1]))
 
@@ -147,7 +147,7 @@ def parameter_gradient(config: nw.MLP, params: nw.Params | Array, ds: xr.Dataset
     Returns a float64 vector of length ``num_params(config)``.
     """
     theta = nw.flatten(_as_tree(config, params))
-    ref = _as_tree(config, theta if params0 is None else params0)
+    ref = _as_tree(config, theta) if params0 is None else _as_tree(config, params0, "params0")
     model = _model(config, ref, ds, features=features, center=params0 is not None)
     loss_fn = resolve_loss(loss)
     k = int(ds["g_fs"].shape[-1])
@@ -234,9 +234,7 @@ def network_flow(train: xr.Dataset, config: nw.MLP, params: nw.Params | Array, *
         raise ValueError(f"record_every must be a positive integer; got {record_every!r}")
     control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip, grow=grow,
                           max_halvings=max_halvings)
-    params0 = _as_tree(config, params)
-    nw._check_params(config, params0)
-    params0 = as_float_params(params0)
+    params0 = _as_tree(config, params)  # shapes and finite values, before any flow
     tr, te = materialize(train, test)
     _k_of(config, tr.k)
     x_train = _inputs(tr.z, features)

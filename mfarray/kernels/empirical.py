@@ -70,6 +70,7 @@ import numpy as np
 
 from .. import backend
 from .. import networks as _nw
+from .checks import check_finite_values, kernel_input
 
 try:  # numba is a dependency; without it empirical_ntk keeps its array path
     import numba
@@ -107,6 +108,9 @@ METHODS = ("auto", "fused", "array")
 
 
 def _prep(config, params, x1, x2):
+    """``(xp, params, x1, x2, same)``: the parameters as a tuple (a flat vector unflattened) and the
+    inputs, checked as the scalar kernels check theirs (:func:`_check_inputs`)."""
+    params = _nw.as_params(config, params)
     if not array_api_compat.is_array_api_obj(x1):
         x1 = np.asarray(x1, dtype=np.float64)
     same = x2 is None or x2 is x1
@@ -114,11 +118,20 @@ def _prep(config, params, x1, x2):
         x2 = x1
     elif not array_api_compat.is_array_api_obj(x2):
         x2 = np.asarray(x2, dtype=np.float64)
-    for name, x in (("x1", x1), ("x2", x2)):
-        if x.ndim != 2 or x.shape[1] != config.d_in:
-            raise ValueError(f"{name} must have shape (n, {config.d_in}); got {tuple(x.shape)}")
+    _check_inputs(config, x1, x2)
     xp = array_api_compat.array_namespace(x1, x2, params[0][0])
-    return xp, x1, x2, same
+    return xp, params, x1, x2, same
+
+
+def _check_inputs(config, x1, x2, label="empirical_ntk"):
+    """Real (n, d_in) inputs (TypeError for complex ones: casting would drop the imaginary part), finite
+    (:class:`~mfarray.kernels.checks.NonFiniteKernelError` naming the first of x1, x2 that is not)."""
+    for name, x in (("x1", x1), ("x2", x2)):
+        kernel_input(x, name, label, "features")
+        if x.shape[1] != config.d_in:
+            raise ValueError(f"{name} must have shape (n, {config.d_in}); got {tuple(x.shape)}")
+    for x in (x1, x2):
+        check_finite_values(x, label, (x1, x2))
 
 
 def _layer_data(config, params, x1, x2, same):
@@ -225,7 +238,7 @@ def empirical_ntk(config: _nw.MLP, params: _nw.Params, x1: Array, x2: Array | No
     (n1, n2, c, c) array in the namespace of the inputs.
     """
     _check_method(method)
-    xp, x1, x2, same = _prep(config, params, x1, x2)
+    xp, params, x1, x2, same = _prep(config, params, x1, x2)
     if symmetric is None:
         symmetric = same
     elif symmetric and not same:
@@ -465,7 +478,7 @@ def empirical_ntk_upper(config: _nw.MLP, params: _nw.Params, x: Array, *, block_
     n_threads : threads over the row blocks (default: the usable cores), one BLAS thread each.
     """
     dtype = _check_dtype(dtype)
-    x = _probe_points(config, x)
+    params, x = _probe_points(config, params, x)
     f = _Factors(config, params, x, dtype)
     n, c, L = x.shape[0], config.c_out, config.n_layers - 1
     rows = ROWS if block_rows is None else _positive_rows(block_rows)
@@ -500,7 +513,7 @@ def empirical_ntk_products(config: _nw.MLP, params: _nw.Params, x: Array, refere
     :math:`\Theta - \Theta_0` is taken entry by entry (no cancellation in the change), the sums
     in float64 (in block order: the same numbers for any thread count).
     """
-    x = _probe_points(config, x)
+    params, x = _probe_points(config, params, x)
     n, c, L = x.shape[0], config.c_out, config.n_layers - 1
     if (reference.n, reference.c) != (n, c):
         raise ValueError(f"reference is a kernel of {reference.n} points and c = {reference.c}; x has {n} "
@@ -527,13 +540,16 @@ def empirical_ntk_products(config: _nw.MLP, params: _nw.Params, x: Array, refere
     return float(total[0]), float(total[1]), float(total[2])
 
 
-def _probe_points(config, x):
+def _probe_points(config, params, x):
+    """``(params, x)``: checked parameters and a non-empty float64 NumPy x, checked as in :func:`_prep`."""
     if numba is None:  # pragma: no cover - numba is a dependency
         raise ImportError("empirical_ntk_upper / empirical_ntk_products need numba (pip install numba)")
-    x = np.asarray(x, dtype=np.float64)
+    params = _nw.as_params(config, params)
+    x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != config.d_in or x.shape[0] == 0:
         raise ValueError(f"x must have shape (n >= 1, {config.d_in}); got {x.shape}")
-    return x
+    _check_inputs(config, x, x, "the empirical_ntk of x with itself (x1 = x2 = x)")
+    return params, np.asarray(x, dtype=np.float64)
 
 
 def _positive_rows(block_rows):
@@ -652,7 +668,7 @@ def empirical_ntk_trace(config: _nw.MLP, params: _nw.Params, x1: Array, x2: Arra
     Costs :math:`O(n_1 n_2 c d)` per layer (one GEMM over ``c d``), a factor ``c`` less
     than :func:`empirical_ntk`.
     """
-    xp, x1, x2, same = _prep(config, params, x1, x2)
+    xp, params, x1, x2, same = _prep(config, params, x1, x2)
     hs1, B1, hs2, B2 = _layer_data(config, params, x1, x2, same)
     n1, n2, c = x1.shape[0], x2.shape[0], config.c_out
     L = config.n_layers - 1
