@@ -489,3 +489,9 @@ def test_a_shared_pullback_is_not_reused_across_parameters(split):
     b = after_kernel.NetworkKernelOperator(cfg, p2, x, x, shared).matvec(v)
     np.testing.assert_array_equal(a, ntk_matvec(cfg, p1, x, x, v))
     np.testing.assert_array_equal(b, ntk_matvec(cfg, p2, x, x, v))
+
+
+def test_metric_mlp_refuses_fractional_widths():
+    """metric_mlp cast each width with int(), so 2.5 hidden units became 2 before MLP could refuse it."""
+    with pytest.raises(TypeError, match="not an integer"):
+        metric_mlp((16, 2.5))

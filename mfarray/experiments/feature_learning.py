@@ -115,7 +115,7 @@ def metric_mlp(hidden: Sequence[int] = (64, 64, 64), activation: str = "relu", *
     ``d_in = 10`` is :func:`~mfarray.kernels.features.patch_features` of P^4 points; ``activation``
     one of :data:`mfarray.networks.ACTIVATIONS` ("relu", or "tanh" for a smooth network).
     """
-    return nw.MLP((int(d_in), *(int(h) for h in hidden), int(k) * int(k)), activation, sigma_w, sigma_b)
+    return nw.MLP((d_in, *hidden, k * k), activation, sigma_w, sigma_b)  # MLP refuses non-integer widths
 
 
 def default_checkpoints(epochs: int) -> tuple[int, ...]:
