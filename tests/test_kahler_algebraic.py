@@ -273,3 +273,51 @@ def test_optimise_sigma_improves_the_balanced_metric_on_test_points():
     assert len(o.losses) == 26 and o.losses[-1] < 0.5 * o.losses[0]
     assert np.all(np.linalg.eigvalsh(o.H) > 0)
     assert after < 0.7 * before, (before, after)
+
+
+# --------------------------------------------------------------------------- point sets
+def test_point_sets_must_lie_on_the_surface_and_hold_finite_points(quintic_small):
+    """balanced_metric, algebraic_sigma and optimise_sigma refuse points of another surface (a
+    Dwork quintic: silently wrong sigma; a K3: an IndexError inside numpy), empty point sets, and
+    NaN points, weights or |Omega|^2, naming the argument -- never a NaN sigma or H = I passed on."""
+    surface, k = mf.fermat_quintic(), 2
+    H = A.balanced_metric(surface, quintic_small, k, iterations=5).H
+    calls = {
+        "balanced_metric": lambda pts: A.balanced_metric(surface, pts, k, iterations=3),
+        "algebraic_sigma": lambda pts: A.algebraic_sigma(surface, pts, H, k),
+        "optimise_sigma": lambda pts: A.optimise_sigma(surface, pts, H, k, steps=1),
+    }
+    dwork = mf.sample_points(mf.dwork_quintic(0.5), 64, seed=5).compute()
+    k3 = mf.sample_points(mf.quartic_k3(), 64, seed=5).compute()
+    empty = quintic_small.isel(point=slice(0, 0))
+    for name, call in calls.items():
+        for other in (dwork, k3):
+            with pytest.raises(ValueError, match="points of `points` lie on .* another surface than `surface`"):
+                call(other)
+        with pytest.raises(ValueError, match="points holds no points"):
+            call(empty)
+        for var, index in (("z", (3, 1)), ("weight", 3), ("omega2", 3)):
+            if name == "balanced_metric" and var == "omega2":
+                continue  # T(H) does not read |Omega|^2
+            bad = quintic_small.copy(deep=True)
+            bad[var].values[index] = np.nan
+            with pytest.raises(ValueError, match=rf"points\.{var} has non-finite entries"):
+                call(bad)
+    neg = quintic_small.copy(deep=True)
+    neg["weight"].values[0] = -1.0
+    with pytest.raises(ValueError, match=r"points\.weight must be >= 0"):
+        A.balanced_metric(surface, neg, k)
+    with pytest.raises(TypeError, match="surface must be a"):
+        A.balanced_metric("quintic", quintic_small, k)
+
+
+def test_numpy_scalars_are_numbers(quintic_small):
+    surface = mf.fermat_quintic()
+    b = A.balanced_metric(surface, quintic_small, 2, iterations=3, tol=np.float32(1e-3))
+    assert b.iterations >= 1
+    o = A.optimise_sigma(surface, quintic_small, b.H, 2, steps=1, lr=np.float32(1e-3))
+    assert len(o.losses) == 2 and np.all(np.isfinite(o.losses))
+    with pytest.raises(ValueError, match="tol must be"):
+        A.balanced_metric(surface, quintic_small, 2, tol=np.float64(np.nan))
+    with pytest.raises(ValueError, match="lr must be"):
+        A.optimise_sigma(surface, quintic_small, b.H, 2, lr="0.1")

@@ -213,3 +213,44 @@ def test_phi_network_potentials_split_their_points_into_parts_on_threads(monkeyp
         bare_vjp = network.metric_vjp(config, theta, frame, G)
         np.testing.assert_allclose(runs[0][1], bare_vjp, rtol=1e-12, atol=1e-12 * np.abs(bare_vjp).max())
     assert potentials.PART < 2500
+
+
+def test_an_integer_degree_needs_as_many_train_points_as_sections(monkeypatch):
+    """kahler_flow(train, k) makes the degree-k sections orthonormal on the train points: fewer
+    points than sections (or too few with positive weight) is refused naming train and k, not
+    a LinAlgError from the Cholesky inside; a degree out of [1, 12] is refused before any point
+    is computed (k = 30 used to build a 7.6 GiB Gram matrix first)."""
+    for n, k, n_s in ((20, 3, 35), (10, 2, 15), (1, 3, 35)):
+        with pytest.raises(ValueError, match=rf"train has {n} point.* n_s = {n_s} sections.*more train points"):
+            mf.kahler_flow(_points(n, 2), k, steps=1)
+    ds = _points(40, 3).copy(deep=True)
+    ds["weight"].values[5:] = 0.0  # 5 points carry the measure
+    frame = section_frame(QUINTIC, ds.z.values, section_exponents(QUINTIC, 2), ds.patch.values, ds.elim.values)
+    with pytest.raises(ValueError, match="do not determine the 15 sections"):
+        orthonormal_basis(frame, ds.weight.values)
+    with pytest.raises(ValueError, match="train has 40 point.*5 of positive weight.* n_s = 15 sections"):
+        mf.kahler_flow(ds, 2, steps=1)
+
+    def no_points(*args, **kwargs):
+        raise AssertionError("the points were computed before the degree was checked")
+
+    monkeypatch.setattr("mfarray.flows.kahler.materialize", no_points)
+    for k in (0, 13, 30):
+        with pytest.raises(ValueError, match=r"k must be an integer in \[1, 12\]"):
+            mf.kahler_flow(_points(20, 2), k, steps=1)
+
+
+def test_non_finite_parameters_are_refused_by_name():
+    from mfarray.kahler import NetworkPotential, PhiNetwork, TangentPotential
+
+    train = _points(50, 4)
+    with pytest.raises(ValueError, match="theta0 has non-finite entries"):
+        mf.kahler_flow(train, 1, steps=1, theta0=np.full(25, np.nan))
+    config = PhiNetwork(widths=(6,))
+    at = np.zeros(TangentPotential(config, np.zeros(3)).size(QUINTIC))
+    at[2] = np.inf
+    with pytest.raises(ValueError, match="at has non-finite entries"):
+        TangentPotential(config, at)
+    wild = NetworkPotential(PhiNetwork(widths=(8,), zero_head=False, sigma_w=5.0))
+    with pytest.raises(ValueError, match="initial metrics of `model` at the train points"):
+        mf.kahler_flow(_points(200, 4), wild, steps=1)

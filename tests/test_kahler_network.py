@@ -5,6 +5,8 @@ local coordinates of several charts, for projective invariance, Hermiticity and 
 independence; the hand-written parameter gradient against central differences; training for
 progress, thread-count independence and bit-identical resumption from checkpoints."""
 
+import warnings
+
 import numpy as np
 import pytest
 import zarr
@@ -418,3 +420,105 @@ def test_metric_jvp_refuses_a_wrong_direction(few):
         pn.metric_jvp(cfg, params, frame, params[:-1])
     with pytest.raises(ValueError, match="dparams"):
         pn.metric_jvp(cfg, params, frame, np.ones(params.shape, dtype=np.complex128))
+
+
+def test_widths_must_be_integers():
+    """A string or fractional widths were truncated silently ("64" -> (6, 4), 4.7 -> 4)."""
+    for widths in ("64", (4.7, 2.2), (8, 2.5), (8, 4.0), (True,), 8):
+        with pytest.raises((TypeError, ValueError), match="widths"):
+            pn.PhiNetwork(widths=widths)
+    assert pn.PhiNetwork(widths=[np.int64(8), 4]).widths == (8, 4)
+    assert pn.PhiNetwork(widths=np.array([5, 3])).widths == (5, 3)
+
+
+def test_points_of_another_surface_or_not_finite_are_refused(split):
+    """train_phi_network and phi_network_metric refuse points that are empty, not finite or on
+    another surface than the network was trained on, naming the argument (not an internal g0, a
+    NaN metric passed on, or a shape error inside)."""
+    train, test = split
+    res = training.train_phi_network(train, SMALL, 1, 64, 1e-3)
+    dwork = mf.sample_points(mf.dwork_quintic(0.5), 20, seed=1).compute()
+    k3 = mf.sample_points(mf.quartic_k3(), 20, seed=1).compute()
+    for other in (dwork, k3):
+        with pytest.raises(ValueError, match="`points` lie on .* another surface than the network's train points"):
+            training.phi_network_metric(res, other)
+    with pytest.raises(ValueError, match="points holds no points"):
+        training.phi_network_metric(res, test.isel(point=slice(0, 0)))
+    with pytest.raises(ValueError, match="points of `test` lie on .* another surface than the train points"):
+        training.train_phi_network(train, SMALL, 1, 64, 1e-3, test=dwork)
+    bad = test.copy(deep=True)
+    bad["z"].values[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"points\.z has non-finite entries"):
+        training.phi_network_metric(res, bad)
+    with pytest.raises(ValueError, match=r"test\.z has non-finite entries"):
+        training.train_phi_network(train, SMALL, 1, 64, 1e-3, test=bad)
+    badtrain = train.copy(deep=True)
+    badtrain["z"].values[3, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before numpy warns about the NaN
+        with pytest.raises(ValueError, match=r"train\.z has non-finite entries"):
+            training.train_phi_network(badtrain, SMALL, 1, 64, 1e-3)
+    badw = train.copy(deep=True)
+    badw["weight"].values[0] = np.inf
+    with pytest.raises(ValueError, match=r"train\.weight has non-finite entries"):
+        training.train_phi_network(badw, SMALL, 1, 64, 1e-3)
+
+
+def _half_clear(slot, keep_root=False):
+    """What a kill inside to_zarr(overwrite=True)'s clear of ``slot`` leaves: the root zarr.json
+    and some array folders removed, one array folder half removed (its chunks without its zarr.json)."""
+    import os
+    import shutil
+
+    names = sorted(n for n in os.listdir(slot) if n != "zarr.json")
+    for n in names[: len(names) // 2]:
+        shutil.rmtree(slot / n)
+    os.remove(slot / names[-1] / "zarr.json")
+    if not keep_root:
+        os.remove(slot / "zarr.json")
+
+
+def test_a_checkpoint_slot_half_cleared_by_a_kill_is_replaced_and_nothing_else(split, tmp_path):
+    """A kill while to_zarr(overwrite=True) clears a checkpoint slot leaves it without zarr.json
+    (or with it and half its arrays): the next write of that slot replaces it -- it is provably
+    the run's own (its sibling holds this run's checkpoint, every file is one a checkpoint write
+    makes) -- and the resumed run gives the numbers of an uninterrupted one.  A slot holding any
+    other file, or beside a checkpoint of another run, is left alone and refused."""
+    import os
+
+    train, _ = split
+    kw = {"batch": 64, "lr": 4e-3, "seed": 1}
+    full = training.train_phi_network(train, SMALL, 4, **kw)
+    for keep_root in (False, True):
+        ck = tmp_path / f"ck{keep_root}"
+        training.train_phi_network(train, SMALL, 2, checkpoint=ck, **kw)  # even: epoch 2, odd: epoch 1
+        _half_clear(ck / "odd.zarr", keep_root)  # killed while epoch 3 replaced epoch 1
+        assert training.read_checkpoint(ck).attrs["epochs"] == 2
+        _same_run(full, training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw))
+        assert training.read_checkpoint(ck).attrs["epochs"] == 4
+
+    # a user's file in the half-cleared slot: refused, the file kept
+    ck = tmp_path / "foreign"
+    training.train_phi_network(train, SMALL, 2, checkpoint=ck, **kw)
+    _half_clear(ck / "odd.zarr")
+    (ck / "odd.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="odd.zarr"):
+        training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw)
+    assert (ck / "odd.zarr" / "notes.txt").read_text() == "mine"
+    # a root zarr.json left of another run's store: not provably this run's slot
+    ck = tmp_path / "otherroot"
+    training.train_phi_network(train, SMALL, 2, checkpoint=ck, **kw)
+    _half_clear(ck / "odd.zarr", keep_root=True)
+    zarr.open_group(str(ck / "odd.zarr"), mode="r+").attrs["fingerprint"] = "another run"
+    with pytest.raises(FileExistsError, match="odd.zarr"):
+        training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw)
+    assert (ck / "odd.zarr" / "zarr.json").exists()
+    # the sibling slot is not this run's checkpoint: nothing proves the slot is ours
+    ck = tmp_path / "lone"
+    training.train_phi_network(train, SMALL, 2, checkpoint=ck, **kw)
+    _half_clear(ck / "odd.zarr")
+    left = sorted(os.listdir(ck / "odd.zarr"))
+    zarr.open_group(str(ck / "even.zarr"), mode="r+").attrs["mfarray_complete"] = False  # unreadable
+    with pytest.raises(FileExistsError, match="odd.zarr"):
+        training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw)
+    assert sorted(os.listdir(ck / "odd.zarr")) == left

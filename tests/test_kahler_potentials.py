@@ -300,3 +300,13 @@ def test_cosine_features_ddbar_equals_finite_differences_and_flow():
     r = mf.kahler_flow(train, CosinePotential(n_features=512, scale=1.0), steps=10, test=test)
     assert r.sigma_test.values[-1] < 0.85 * r.sigma_test.values[0]
     np.testing.assert_allclose(mf.predict(r, test).values, r.g_test.values, atol=1e-13)
+
+
+def test_cosine_potential_takes_numpy_scalars():
+    from mfarray.kahler import CosinePotential
+
+    assert CosinePotential(8, scale=np.float32(1.5)).describe()["scale"] == 1.5
+    assert CosinePotential(np.int64(8), scale=np.int32(2)).describe()["scale"] == 2.0
+    for scale in (np.float32(np.nan), np.float64(-1.0), "1", True):
+        with pytest.raises(ValueError, match="scale must be"):
+            CosinePotential(8, scale=scale)

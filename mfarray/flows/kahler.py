@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .. import backend, losses
-from ..kahler import SectionPotential, balanced_metric
+from .. import backend, linalg, losses
+from ..kahler import SectionPotential, balanced_metric, section_count
 from ..kahler.velocities import velocity_named
 from ..pointset.charts import surface_of
 from .frozen import resolve_loss
@@ -45,6 +45,12 @@ def potential_of(model: Any, surface: Any = None, sites: Any = None, train: Any 
         k = int(model)
         if sites is None:
             return SectionPotential(k)
+        n_s = section_count(surface, k)
+        carried = int(np.count_nonzero(backend.to_numpy(sites.weight) > 0))
+        if carried < n_s:
+            raise ValueError(f"train has {sites.n} point(s), {carried} of positive weight, but degree k = {k} has "
+                             f"n_s = {n_s} sections: making them orthonormal needs at least n_s points of positive "
+                             f"weight; pass more train points (N >> n_s^2 = {n_s * n_s}) or a lower degree")
         base = SectionPotential.orthonormal(surface, sites.z, sites.patch, sites.elim, sites.weight, k)
         if reference in (None, "fs"):
             return base
@@ -111,8 +117,7 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
     (``_test``); :func:`mfarray.predict` gives the metric at any point set from it.
     """
     steps = check_steps(steps)
-    if model is not None and not isinstance(model, (int, np.integer)):
-        potential_of(model)  # refuse a wrong model before computing the points
+    potential_of(model)  # refuse a wrong model (or degree) before computing the points
     control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip, grow=grow,
                           max_halvings=max_halvings)
     loss_fn = resolve_loss(loss)
@@ -127,10 +132,15 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
     if th0.shape != (potential.size(surface),):
         raise ValueError(f"theta0 must have shape ({potential.size(surface)},) for {potential.describe()['name']}; "
                          f"got {th0.shape}")
+    if not np.all(np.isfinite(th0)):
+        raise ValueError("theta0 has non-finite entries (NaN or inf): pass finite initial parameters "
+                         "(default: the model's init, phi = 0)")
     data = potential.prepare(surface, tr.z, tr.patch, tr.elim)
     data_test = None if te is None else potential.prepare(surface, te.z, te.patch, te.elim)
     xp = backend.namespace(tr.g_fs)
     g_start = potential.metric(th0, data)
+    linalg.require_valid(g_start, "the initial metrics of `model` at the train points (theta0, default the model's "
+                                  "init) must be valid")
     loss_data = losses.loss_data(tr.omega2, tr.weight, xp.asarray(g_start))
     if velocity is None:
         model_ = PotentialModel(potential, th0, data, data_test)

@@ -74,12 +74,12 @@ import numpy as np
 from .. import backend, linalg, optim
 from .. import losses as _losses
 from ..geometry import measures
+from ..geometry.hypersurface import Hypersurface
+from ..pointset.charts import surface_of
 from .sections import SectionFrame, section_exponents, section_frame, sections
 
 if TYPE_CHECKING:
     import xarray as xr
-
-    from ..geometry.hypersurface import Hypersurface
 
 Array = Any
 
@@ -94,6 +94,8 @@ __all__ = [
     "balanced_metric",
     "normalised_sections",
     "optimise_sigma",
+    "point_arrays",
+    "real_number",
     "t_operator",
 ]
 
@@ -248,21 +250,72 @@ def balance_residual(H: Array, T: Array) -> float:
 
 
 # --------------------------------------------------------------------------- point sets
-def _point_arrays(points: xr.Dataset, names: tuple[str, ...], what: str = "points") -> list:
-    """The arrays ``names`` of a point set (dask computed, NumPy or CuPy kept)."""
+def real_number(value: Any) -> bool:
+    """Whether ``value`` is a real number: a Python or NumPy int or float, not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _require_surface(surface: Any) -> None:
+    if not isinstance(surface, Hypersurface):
+        raise TypeError(f"surface must be a mfarray Hypersurface (e.g. mfarray.fermat_quintic(), or "
+                        f"mfarray.surface_of(points)); got {type(surface).__name__}")
+
+
+def _same_polynomial(a: Hypersurface, b: Hypersurface) -> bool:
+    """Whether a and b have the same polynomial (whatever their names and monomial order)."""
+    def terms(h):
+        return {m: c for m, c in zip(h.monomials, h.coefficients) if c != 0}
+
+    return terms(a) == terms(b)
+
+
+def point_arrays(points: xr.Dataset, names: tuple[str, ...], surface: Hypersurface | None = None, *,
+                 what: str = "points", against: str = "`surface`") -> list:
+    """The arrays ``names`` of a point set, computed once (dask) or kept (NumPy, CuPy), checked.
+
+    Refuses (TypeError/ValueError naming ``what``, the argument): anything but an xarray.Dataset
+    holding ``names``, a set without points, points on another hypersurface than ``surface``
+    (when given; the polynomial recorded in the set's attributes,
+    :func:`mfarray.pointset.charts.surface_of`, named ``against`` in the message), and among
+    ``names`` non-finite z (N, n+1), weights (N,) that are not finite, >= 0 with a positive sum,
+    and |Omega|^2 omega2 (N,) that is not finite and > 0.
+    """
     if not hasattr(points, "data_vars"):
         raise TypeError(f"{what} must be a point set (an xarray.Dataset from mfarray.sample_points); "
                         f"got {type(points).__name__}")
     missing = [v for v in names if v not in points.variables]
     if missing:
         raise ValueError(f"{what} has no {', '.join(missing)}: make it with mfarray.sample_points")
+    if points.sizes.get("point", 0) == 0:
+        raise ValueError(f"{what} holds no points: pass a point set with at least one point")
+    if surface is not None:
+        _require_surface(surface)
+        found = surface_of(points)
+        if not _same_polynomial(found, surface):
+            raise ValueError(f"the points of `{what}` lie on {found.label}, another surface than {against} "
+                             f"({surface.label}): sample them from the same Hypersurface")
     sub = points[list(names)]
     if any(backend.is_dask(sub[v].data) for v in names):
         sub = sub.compute()  # one pass: a lazy point set is sampled once for all its variables
-    return [x if backend.is_cupy(x := sub[v].data) else np.asarray(x) for v in names]
+    arrays = [x if backend.is_cupy(x := sub[v].data) else np.asarray(x) for v in names]
+    for name, a in zip(names, arrays):
+        if name not in ("z", "weight", "omega2"):
+            continue
+        xp = backend.namespace(a)
+        ok = xp.isfinite(a) if a.ndim == 1 else xp.all(xp.isfinite(a), axis=-1)
+        bad = int(xp.sum(xp.astype(~ok, xp.int64)))
+        if bad:
+            raise ValueError(f"{what}.{name} has non-finite entries (NaN or inf) at {bad} of {a.shape[0]} points: "
+                             f"recompute or drop those points")
+        if name == "weight" and not (bool(xp.all(a >= 0)) and float(xp.sum(a)) > 0):
+            raise ValueError(f"{what}.weight must be >= 0 at every point with a positive sum (Monte-Carlo weights)")
+        if name == "omega2" and not bool(xp.all(a > 0)):
+            raise ValueError(f"{what}.omega2 (|Omega|^2) must be > 0 at every point")
+    return arrays
 
 
 def _exponents(surface: Hypersurface, k: int | np.ndarray) -> np.ndarray:
+    _require_surface(surface)
     if isinstance(k, np.ndarray):
         return k
     return section_exponents(surface, k)
@@ -299,15 +352,17 @@ def balanced_metric(surface: Hypersurface, points: xr.Dataset, k: int, *, iterat
     Stops when the balance residual ||T(H) - H^{-1}||/||H^{-1}|| drops below ``tol`` or after
     ``iterations`` updates (``converged`` says which).  ``points`` should hold N >> n_s^2 points
     (module docstring: Monte-Carlo bias); evaluate the result on an independent point set with
-    :func:`algebraic_sigma`.  N < n_s is refused (T would be singular).
+    :func:`algebraic_sigma`.  N < n_s is refused (T would be singular), as are points of another
+    surface than ``surface`` and non-finite points or weights (:func:`point_arrays`).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer; got {iterations!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+    if not (real_number(tol) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0; got {tol!r}")
+    tol = float(tol)
     e = _exponents(surface, k)
     n_s = int(e.shape[0])
-    z, weight = _point_arrays(points, ("z", "weight"))
+    z, weight = point_arrays(points, ("z", "weight"), surface)
     xp = backend.namespace(z)
     n = int(z.shape[0])
     if n < n_s:
@@ -340,10 +395,17 @@ def _chunks(n: int, kd: int, n_s: int, chunk: int | None):
 
 def algebraic_det(surface: Hypersurface, points: xr.Dataset, H: Array, k: int | np.ndarray, *,
                   chunk: int | None = None) -> Array:
-    """det g_H (N,) of the algebraic metric (1) at a point set's points, in their charts
-    (computed in chunks of points so that V never exceeds ~64 MB)."""
+    """det g_H (N,) of the algebraic metric (1) at a point set's points on ``surface``
+    (:func:`point_arrays`), in their charts (computed in chunks of points so that V never
+    exceeds ~64 MB)."""
     e = _exponents(surface, k)
-    z, patch, elim = _point_arrays(points, ("z", "patch", "elim"))
+    z, patch, elim = point_arrays(points, ("z", "patch", "elim"), surface)
+    return _det(surface, z, patch, elim, H, e, chunk)
+
+
+def _det(surface: Hypersurface, z: Array, patch: Array, elim: Array, H: Array, e: np.ndarray,
+         chunk: int | None) -> Array:
+    """det g_H (N,) at points z (N, n+1) in their charts (patch, elim (N,)), in chunks."""
     xp = backend.namespace(z)
     H = _check_H(xp.asarray(H), int(e.shape[0]))
     out = []
@@ -356,9 +418,11 @@ def algebraic_det(surface: Hypersurface, points: xr.Dataset, H: Array, k: int | 
 def algebraic_sigma(surface: Hypersurface, points: xr.Dataset, H: Array, k: int | np.ndarray, *,
                     chunk: int | None = None) -> float:
     """sigma (B.11) of the algebraic metric g_H of degree k (or section ``exponents``) on a point
-    set (z, patch, elim, omega2, weight).  Use points INDEPENDENT of those H was fitted on."""
-    omega2, weight = _point_arrays(points, ("omega2", "weight"))
-    det = algebraic_det(surface, points, H, k, chunk=chunk)
+    set (z, patch, elim, omega2, weight) on ``surface`` (checked by :func:`point_arrays`).  Use points
+    INDEPENDENT of those H was fitted on."""
+    e = _exponents(surface, k)
+    z, patch, elim, omega2, weight = point_arrays(points, ("z", "patch", "elim", "omega2", "weight"), surface)
+    det = _det(surface, z, patch, elim, H, e, chunk)
     xp = backend.namespace(det)
     if not bool(xp.all(xp.isfinite(det) & (det > 0))):
         raise ValueError("the algebraic metric is degenerate (det g <= 0 or not finite) at some points; "
@@ -392,16 +456,18 @@ def optimise_sigma(surface: Hypersurface, points: xr.Dataset, H0: Array, k: int 
 
     Gradient: L = mean_x l(x) and G(x) = N dL/dg(x) (``loss.gradient``), so
     dL/dH = algebraic_metric_vjp(frame, H, G)/N and dL/dM = 2 L0^dagger (dL/dH) L0 M.
-    Report sigma before and after on independent points (:func:`algebraic_sigma`).
+    Report sigma before and after on independent points (:func:`algebraic_sigma`).  ``points`` are
+    checked by :func:`point_arrays` (on ``surface``, non-empty, finite).
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (real_number(lr) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite positive number; got {lr!r}")
+    lr = float(lr)
     loss = _losses.sigma_squared_loss() if loss is None else loss
     e = _exponents(surface, k)
     n_s = int(e.shape[0])
-    z, patch, elim, omega2, weight = _point_arrays(points, ("z", "patch", "elim", "omega2", "weight"))
+    z, patch, elim, omega2, weight = point_arrays(points, ("z", "patch", "elim", "omega2", "weight"), surface)
     xp = backend.namespace(z)
     H0 = _check_H(xp.asarray(H0), n_s, "H0")
     start = time.perf_counter()

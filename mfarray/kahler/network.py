@@ -138,10 +138,12 @@ class PhiNetwork:
     zero_head: bool = True
 
     def __post_init__(self):
-        try:
-            widths = tuple(int(w) for w in self.widths)
-        except TypeError as exc:
-            raise TypeError(f"widths must be a tuple of hidden widths (ints); got {self.widths!r}") from exc
+        if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
+            raise TypeError(f"widths must be a tuple of hidden widths (ints), e.g. (64, 64, 64); got {self.widths!r}")
+        widths = tuple(self.widths)
+        if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in widths):
+            raise TypeError(f"widths must be integers (hidden widths), e.g. (64, 64, 64); got {self.widths!r}")
+        widths = tuple(int(w) for w in widths)
         if not widths or any(w < 1 for w in widths):
             raise ValueError(f"widths must be one or more hidden widths >= 1, e.g. (64, 64, 64); got {self.widths!r}")
         if self.activation not in ACTIVATIONS:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import backend, linalg
 from . import network as _network
-from .algebraic import algebraic_metric
+from .algebraic import _cholesky, algebraic_metric, real_number
 from .sections import SectionFrame, section_count, section_exponents, section_frame
 
 if TYPE_CHECKING:
@@ -78,11 +78,21 @@ def phi_features(frame: SectionFrame) -> Array:
 def orthonormal_basis(frame: SectionFrame, weight: Array) -> Array:
     """B (n_s, n_s) with E_w[s'_c conj(s'_d)] = delta_cd for s' = s_hat B: the sections made
     orthonormal in L^2(h^k, weight) (Cholesky Q = L L^dagger of the Gram Q_cd = E_w[s_c conj(s_d)],
-    B = L^{-T}).  With the MC weights of a sample this is the L^2 product of the CY measure."""
+    B = L^{-T}).  With the MC weights of a sample this is the L^2 product of the CY measure.
+
+    frame.s (N, n_s), weight (N,) >= 0.  Refused (ValueError) when the points of positive weight
+    do not determine the sections: fewer of them than n_s, or a singular Gram matrix.
+    """
     xp = backend.namespace(frame.s)
+    n_s = frame.s.shape[-1]
+    carried = int(xp.sum(xp.astype(weight > 0, xp.int64)))
+    hint = (f"the {carried} points of positive weight do not determine the {n_s} sections (fewer points than "
+            f"sections, or points on which the sections are dependent): use more points, N >> n_s^2 = {n_s * n_s}")
+    if carried < n_s:
+        raise ValueError(hint)
     w = weight / xp.sum(weight)
     Q = xp.matrix_transpose(frame.s * w[:, None]) @ xp.conj(frame.s)
-    L = xp.linalg.cholesky(Q)
+    L = _cholesky(Q, "the sections' Gram matrix E_w[s conj(s)^T]", hint)
     return xp.matrix_transpose(xp.linalg.inv(L))
 
 
@@ -274,6 +284,9 @@ class TangentPotential:
         if at.ndim != 1 or not backend.namespace(at).isdtype(at.dtype, "real floating"):
             raise ValueError(f"at must be the phi-network's flat real parameters (P,), e.g. a trained result's "
                              f"'params'; got shape {tuple(at.shape)}, dtype {at.dtype}")
+        if not bool(backend.namespace(at).all(backend.namespace(at).isfinite(at))):
+            raise ValueError("at has non-finite entries (NaN or inf): pass finite parameters theta_*, e.g. a "
+                             "trained result's 'params'")
         object.__setattr__(self, "at", at)
 
     def size(self, surface: Hypersurface) -> int:
@@ -346,8 +359,9 @@ class CosinePotential:
     def __post_init__(self):
         if isinstance(self.n_features, bool) or not isinstance(self.n_features, (int, np.integer)) or self.n_features < 1:
             raise ValueError(f"n_features must be a positive integer; got {self.n_features!r}")
-        if not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale) and self.scale > 0):
+        if not (real_number(self.scale) and np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number (the frequencies' standard deviation); got {self.scale!r}")
+        object.__setattr__(self, "scale", float(self.scale))
 
     def _draw(self, n_in: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(np.random.SeedSequence(int(self.seed)))

@@ -29,10 +29,12 @@ number of threads.
 Checkpoints: with ``checkpoint=path`` (a local path or fsspec URL) the run keeps two Zarr
 stores, ``path/even.zarr`` and ``path/odd.zarr`` (:func:`mfarray.io.to_zarr`), and after epoch e
 writes the whole state (history, parameters, Adam moments and step) to the one of e's parity,
-so a complete checkpoint survives a kill at any moment.  A later call with the same arguments
-(``epochs`` may be larger) resumes from the last complete epoch and gives the same numbers as an
-uninterrupted run (except the timings ``time``, ``cpu_time``, ``eval_time``); a checkpoint of
-another run (other data, config, batch, lr, lr_decay, loss or seed) is refused.
+so a complete checkpoint survives a kill at any moment (a slot that a kill left half cleared
+is replaced by the next write when it is provably the run's own: :func:`_write_checkpoint`).
+A later call with the same arguments (``epochs`` may be larger) resumes from the last complete
+epoch and gives the same numbers as an uninterrupted run (except the timings ``time``,
+``cpu_time``, ``eval_time``); a checkpoint of another run (other data, config, batch, lr,
+lr_decay, loss or seed) is refused.
 
 Cost (3 x 64 network, Fermat quintic, 2-core AMD EPYC shared with other jobs, load 4-6): one
 epoch over 10^5 points with batch 128 took 9.6 s wall (9.4 CPU seconds); the sigma evaluation of
@@ -46,6 +48,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -57,7 +60,9 @@ import xarray as xr
 from .. import backend, io, linalg, losses, optim
 from ..geometry import measures
 from ..geometry.hypersurface import Hypersurface
+from ..io import location, marks
 from . import network
+from .algebraic import point_arrays
 from .sections import section_exponents, section_frame
 
 __all__ = ["LOSSES", "BLOCK", "block_size", "train_phi_network", "phi_network_metric", "read_checkpoint"]
@@ -79,30 +84,25 @@ FORMAT = "mfarray-phi-network-checkpoint-1"
 
 # ----------------------------------------------------------------------------- inputs
 class _Points:
-    """A point set's arrays (NumPy) and its section frame in its own charts."""
+    """A point set's arrays (NumPy) and its section frame in its own charts; ``surface`` (when
+    given) the hypersurface the points must lie on, named ``against`` in the error."""
 
-    def __init__(self, ds: xr.Dataset, name: str, config: network.PhiNetwork, surface: Hypersurface | None):
+    def __init__(self, ds: xr.Dataset, name: str, config: network.PhiNetwork, surface: Hypersurface | None,
+                 against: str = "the train points"):
         if not isinstance(ds, xr.Dataset):
             raise TypeError(f"{name} must be a point set (xarray.Dataset from mfarray.sample_points); "
                             f"got {type(ds).__name__}")
-        missing = [v for v in ("z", "patch", "elim", "omega2", "weight") if v not in ds.variables]
+        names = ("z", "patch", "elim", "omega2", "weight")
+        missing = [v for v in names if v not in ds.variables]
         if missing:
             raise ValueError(f"{name} lacks {', '.join(missing)}: pass a point set of a Calabi-Yau hypersurface "
                              f"(mfarray.sample_points), which has |Omega|^2 and MC weights")
+        arrays = point_arrays(ds, names, surface, what=name, against=against)  # empty, other surface, not finite
         self.surface = Hypersurface.from_attrs(ds.attrs)
-        if surface is not None and self.surface.to_attrs() != surface.to_attrs():
-            raise ValueError(f"{name} lies on {self.surface.label}, the train set on {surface.label}: "
-                             f"test on points of the same surface")
-        sub = ds[["z", "patch", "elim", "omega2", "weight"]].compute()  # one pass over a lazy point set
-        arrays = {v: backend.to_numpy(sub[v].data) for v in ("z", "patch", "elim", "omega2", "weight")}
-        self.z = np.asarray(arrays["z"], dtype=np.complex128)
-        self.patch = np.asarray(arrays["patch"], dtype=np.int64)
-        self.elim = np.asarray(arrays["elim"], dtype=np.int64)
-        self.omega2 = np.asarray(arrays["omega2"], dtype=np.float64)
-        self.weight = np.asarray(arrays["weight"], dtype=np.float64)
+        self.z, self.patch, self.elim, self.omega2, self.weight = (
+            np.asarray(backend.to_numpy(a), dtype=t)
+            for a, t in zip(arrays, (np.complex128, np.int64, np.int64, np.float64, np.float64)))
         self.n = self.z.shape[0]
-        if self.n == 0:
-            raise ValueError(f"{name} has no points")
         exps = section_exponents(self.surface, config.k)
         self.frame = section_frame(self.surface, self.z, exps, self.patch, self.elim)
 
@@ -240,6 +240,60 @@ def _slot_paths(checkpoint) -> list[str]:
     return [f"{base}/{slot}" for slot in SLOTS]
 
 
+_CHUNK = re.compile(r"c(?:/\d+)*")
+
+
+def _checkpoint_file(rel: str, variables: set) -> bool:
+    """Whether ``rel`` (a ``/``-separated path inside a slot) is a file a checkpoint write makes:
+    the root zarr.json, a done-record, a Zarr temporary, or a checkpoint variable's zarr.json or
+    chunk (:mod:`mfarray.io.marks`)."""
+    head, _, rest = rel.partition("/")
+    return (rel == "zarr.json" or head == marks.DONE or marks.TEMPORARY.fullmatch(rel) is not None
+            or (head in variables and (rest == "zarr.json" or _CHUNK.fullmatch(rest) is not None)))
+
+
+def _own_leftover(path: str, sibling: str, ds: xr.Dataset) -> bool:
+    """Whether the slot ``path`` is provably what a kill left of this run's own checkpoint: a
+    directory beside ``sibling``, a complete checkpoint of this run (``ds``'s fingerprint),
+    whose root zarr.json, if any is left, is this run's, and holding only files that a write of
+    ``ds``'s variables makes."""
+    loc = location.locate(path)
+    if location.is_file(loc):
+        return False
+    root = marks.root_attrs(loc)
+    if root is not None and root.get("fingerprint") != ds.attrs["fingerprint"]:
+        return False
+    try:
+        other = io.open_zarr(sibling)
+    except (FileNotFoundError, ValueError):
+        return False
+    if other.attrs.get("format") != FORMAT or other.attrs.get("fingerprint") != ds.attrs["fingerprint"]:
+        return False
+    variables = {str(name) for name in ds.variables}
+    return all(_checkpoint_file(rel, variables) for rel in location.files(loc))
+
+
+def _write_checkpoint(ds: xr.Dataset, checkpoint, epoch: int) -> None:
+    """Write the checkpoint ``ds`` after ``epoch`` to the slot of its parity, replacing it.
+
+    A kill while :func:`mfarray.io.to_zarr` (``overwrite=True``) clears a slot can leave it without
+    its root zarr.json, or with array folders half removed, which ``overwrite`` refuses to replace
+    (it is no longer recognisably an mfarray store).  Such a slot is cleared first when it is
+    provably this run's own (:func:`_own_leftover`: the other slot holds this run's complete
+    checkpoint of the epoch before, and every file left is one a checkpoint write makes);
+    anything else is refused (FileExistsError) and left as it is.
+    """
+    paths = _slot_paths(checkpoint)
+    path = paths[epoch % 2]
+    try:
+        io.check_replaceable(path, io.store_kind(ds))
+    except FileExistsError:
+        if not _own_leftover(path, paths[1 - epoch % 2], ds):
+            raise
+        location.clear(location.locate(path))
+    io.to_zarr(ds, path, overwrite=True)
+
+
 def read_checkpoint(checkpoint: str | os.PathLike) -> xr.Dataset | None:
     """The latest complete checkpoint under ``checkpoint`` (loaded into memory), or None."""
     best = None
@@ -364,8 +418,7 @@ def train_phi_network(train: xr.Dataset, config: network.PhiNetwork, epochs: int
             optim.require_finite_epoch("phi-network", epoch, hist["loss"][epoch], params, lr)
             _record_eval(hist, epoch, pool, local, config, params, tr, te)
             if checkpoint is not None:
-                ds = _dataset(hist, epoch, params, state, attrs, with_state=True)
-                io.to_zarr(ds, _slot_paths(checkpoint)[epoch % 2], overwrite=True)
+                _write_checkpoint(_dataset(hist, epoch, params, state, attrs, with_state=True), checkpoint, epoch)
             if progress:
                 _report(hist, epoch, epochs)
     return _dataset(hist, epochs, params, state, attrs, with_state=False)
@@ -392,12 +445,13 @@ def _report(hist, epoch, epochs):
 
 def phi_network_metric(result: xr.Dataset, points: xr.Dataset, *, threads: int | None = None) -> np.ndarray:
     """The trained metric g (N, kd, kd) of a :func:`train_phi_network` result (or checkpoint) at a
-    point set's points, each in its own chart (blocks on ``threads`` threads, one BLAS thread)."""
+    point set's N points, each in its own chart (blocks on ``threads`` threads, one BLAS thread).
+    Points that are not finite, or lie on another surface than the train points, are refused."""
     if not isinstance(result, xr.Dataset) or "params" not in result or "config" not in result.attrs:
         raise ValueError("result must be the Dataset returned by train_phi_network (with 'params' and a 'config' "
                          "attribute)")
     config = network.PhiNetwork.from_attrs(json.loads(result.attrs["config"]))
-    pts = _Points(points, "points", config, None)
+    pts = _Points(points, "points", config, Hypersurface.from_attrs(result.attrs), "the network's train points")
     params = np.asarray(result["params"].values, dtype=np.float64)
     threads = backend.cores() if threads is None else _check_int("threads", threads, 1)
     with backend.one_blas_thread(), ThreadPoolExecutor(threads) as pool:
