@@ -304,7 +304,7 @@ def test_messages_name_what_is_wrong(chart):
         mf.sigma_measure(train, bad)
     with pytest.raises(ValueError, match="ds holds no points"):
         mf.sigma_measure(train.isel(point=[]))
-    with pytest.raises(ValueError, match="MC weights of ds must be finite, >= 0 and not all 0"):
+    with pytest.raises(ValueError, match=r"ds.weight must be >= 0 at every point with a positive sum"):
         mf.sigma_measure(train.assign(weight=train.weight * 0))
     with pytest.raises(ValueError, match="cluster it first"):
         cluster_quality(train, k=3)

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from .. import backend, linalg
+from ..pointset.checks import require_point_values
 
 __all__ = ["Sites", "materialize", "point_index"]
 
@@ -113,25 +114,14 @@ def _chart(arrays, name):
     return tuple(int(v) for v in pairs[0])
 
 
-def _finite(a, what, positive=False, nonnegative=False):
-    xp = backend.namespace(a)
-    if not bool(xp.all(xp.isfinite(a))):
-        raise ValueError(f"{what} has non-finite entries (NaN or inf): recompute or drop those points")
-    if positive and not bool(xp.all(a > 0)):
-        raise ValueError(f"{what} must be > 0 at every point")
-    if nonnegative and not (bool(xp.all(a >= 0)) and float(xp.sum(a)) > 0):
-        raise ValueError(f"{what} must be >= 0 at every point with a positive sum")
-    return a
-
-
 def _sites(ds, arrays, name, g0, chart):
     xp = backend.namespace(arrays["g_fs"])
     k = arrays["g_fs"].shape[-1]
-    _finite(arrays["z"], f"{name}.z")
-    weight = xp.astype(_finite(arrays["weight"], f"{name}.weight", nonnegative=True), xp.float64)
     omega2 = arrays.get("omega2")
+    require_point_values(name, z=arrays["z"], weight=arrays["weight"], omega2=omega2)
+    weight = xp.astype(arrays["weight"], xp.float64)
     if omega2 is not None:
-        omega2 = xp.astype(_finite(omega2, f"{name}.omega2", positive=True), xp.float64)
+        omega2 = xp.astype(omega2, xp.float64)
     g_fs = xp.astype(arrays["g_fs"], xp.complex128)
     if g0 is None:
         g_init, label = g_fs, f"{name}.g_fs"

@@ -76,6 +76,7 @@ from .. import losses as _losses
 from ..geometry import measures
 from ..geometry.hypersurface import Hypersurface
 from ..pointset.charts import surface_of
+from ..pointset.checks import require_point_values
 from .sections import SectionFrame, section_exponents, section_frame, sections
 
 if TYPE_CHECKING:
@@ -298,19 +299,7 @@ def point_arrays(points: xr.Dataset, names: tuple[str, ...], surface: Hypersurfa
     if any(backend.is_dask(sub[v].data) for v in names):
         sub = sub.compute()  # one pass: a lazy point set is sampled once for all its variables
     arrays = [x if backend.is_cupy(x := sub[v].data) else np.asarray(x) for v in names]
-    for name, a in zip(names, arrays):
-        if name not in ("z", "weight", "omega2"):
-            continue
-        xp = backend.namespace(a)
-        ok = xp.isfinite(a) if a.ndim == 1 else xp.all(xp.isfinite(a), axis=-1)
-        bad = int(xp.sum(xp.astype(~ok, xp.int64)))
-        if bad:
-            raise ValueError(f"{what}.{name} has non-finite entries (NaN or inf) at {bad} of {a.shape[0]} points: "
-                             f"recompute or drop those points")
-        if name == "weight" and not (bool(xp.all(a >= 0)) and float(xp.sum(a)) > 0):
-            raise ValueError(f"{what}.weight must be >= 0 at every point with a positive sum (Monte-Carlo weights)")
-        if name == "omega2" and not bool(xp.all(a > 0)):
-            raise ValueError(f"{what}.omega2 (|Omega|^2) must be > 0 at every point")
+    require_point_values(what, **{v: a for v, a in zip(names, arrays) if v in ("z", "weight", "omega2")})
     return arrays
 
 

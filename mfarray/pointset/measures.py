@@ -17,6 +17,7 @@ import xarray as xr
 
 from .. import backend, linalg
 from ..geometry import measures
+from .checks import require_point_values
 from .charts import _as_metric, _point_coords, _require_point_set, _unify, surface_of
 
 if TYPE_CHECKING:
@@ -90,14 +91,7 @@ def _cy_values(ds: xr.Dataset, g: Metrics | None, what: str) -> tuple:
     """det g, |Omega|^2 and w as computed arrays, computed together: one pass over lazy inputs;
     ValueError for an empty set and for weights or |Omega|^2 that make the MC average meaningless."""
     det, omega2, weight = dask.compute(*(a.data for a in _cy_inputs(ds, g, what)))
-    w, o = backend.to_numpy(weight), backend.to_numpy(omega2)
-    if w.shape[0] == 0:
-        raise ValueError(f"{what}: ds holds no points; it is a Monte-Carlo average over points")
-    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
-        raise ValueError(f"{what}: the MC weights of ds must be finite, >= 0 and not all 0 "
-                         "(recompute them with mfarray.sample_points or points_from_z)")
-    if not (np.all(np.isfinite(o)) and np.all(o > 0)):
-        raise ValueError(f"{what}: |Omega|^2 (omega2) of ds must be finite and > 0 at every point")
+    require_point_values("ds", weight=weight, omega2=omega2)
     return det, omega2, weight
 
 
