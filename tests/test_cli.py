@@ -1,6 +1,9 @@
 """The command line: `mfarray sample` writes a readable store and refuses bad options."""
 
+import os
+
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 import mfarray as mf
@@ -67,3 +70,99 @@ def test_sample_run_again_after_sigkill_resumes_to_the_uninterrupted_store(tmp_p
         assert (out / f).read_bytes() == (ref / f).read_bytes(), f
     assert {k: v for k, v in a.attrs.items() if k != "command"} == {k: v for k, v in b.attrs.items() if k != "command"}
     assert os.path.basename(a.attrs["command"].split("--out ")[1].split()[0]) == "p.zarr"
+
+
+def _one_line(result):
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_sample_out_url_goes_to_the_url(tmp_path, monkeypatch):
+    """typer's Path option turned 's3://b/p.zarr' into the local folder './s3:/b/p.zarr'."""
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)
+    url = f"memory://mfarray-cli-{os.getpid()}/pts.zarr"
+    try:
+        res = runner.invoke(app, ["sample", "--n", "30", "--chunk-size", "10", "--out", url])
+        assert res.exit_code == 0, res.output
+        assert list(tmp_path.iterdir()) == []
+        stored = mf.open_zarr(url)
+        assert stored.sizes["point"] == 30 and f"--out {url}" in stored.attrs["command"]
+    finally:
+        fs = fsspec.filesystem("memory")
+        if fs.exists(url.split("://")[1]):
+            fs.rm(url.split("://")[1], recursive=True)
+    res = runner.invoke(app, ["sample", "--n", "30", "--out", "nosuchproto://bucket/p.zarr"])
+    assert res.exit_code == 2 and "--out" in _one_line(res) and "nosuchproto" in _one_line(res)
+    res = runner.invoke(app, ["run", "--out", "s3://bucket/study"])
+    assert res.exit_code == 2 and "local folder" in _one_line(res)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _interrupt(monkeypatch, args):
+    """`mfarray sample args` interrupted after its metadata is written (no chunk yet)."""
+    import mfarray.io.write as write
+
+    def killed(writes, progress):
+        raise OSError("killed (simulated)")
+
+    with monkeypatch.context() as m:
+        m.setattr(write, "_compute", killed)
+        res = runner.invoke(app, ["sample", *args])
+    assert isinstance(res.exception, OSError), res.output
+
+
+def test_a_resume_spelling_out_differently_resumes_the_store(tmp_path, monkeypatch):
+    """The recorded command holds --out as typed, so a resume spelt otherwise (absolute, or
+    ../p.zarr from a subfolder) was refused as 'an interrupted write of another Dataset'."""
+    import os
+
+    args = ["--n", "300", "--seed", "2", "--chunk-size", "100"]
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["sample", *args, "--out", "ref.zarr"]).exit_code == 0
+    for resume in ([str(tmp_path / "p.zarr")], ["../p.zarr", "sub"]):
+        _interrupt(monkeypatch, [*args, "--out", "p.zarr"])
+        with pytest.raises(ValueError, match="incomplete"):
+            mf.open_zarr(tmp_path / "p.zarr")
+        if len(resume) > 1:
+            monkeypatch.chdir(tmp_path / resume[1])
+        res = runner.invoke(app, ["sample", *args, "--out", resume[0]])
+        monkeypatch.chdir(tmp_path)
+        assert res.exit_code == 0, res.output
+        a, b = mf.open_zarr(tmp_path / "p.zarr"), mf.open_zarr(tmp_path / "ref.zarr")
+        assert _chunk_files(tmp_path / "p.zarr") == _chunk_files(tmp_path / "ref.zarr")
+        assert a.attrs["command"] == b.attrs["command"].replace("ref.zarr", "p.zarr")  # as first typed
+        assert np.array_equal(a.z.values, b.z.values)
+        import shutil
+        shutil.rmtree(tmp_path / "p.zarr")
+    # another option is refused, naming what differs
+    _interrupt(monkeypatch, [*args, "--out", "p.zarr"])
+    res = runner.invoke(app, ["sample", "--n", "300", "--seed", "5", "--chunk-size", "100", "--out",
+                              os.path.abspath("p.zarr")])
+    assert res.exit_code == 2 and "--seed 2" in _one_line(res) and "--seed 5" in _one_line(res)
+
+
+def test_the_same_command_on_its_complete_store_has_nothing_to_do(tmp_path, monkeypatch):
+    """The docstring says a complete store is left alone; running the command again exited 2
+    with 'exists: choose another path'."""
+    monkeypatch.chdir(tmp_path)
+    args = ["sample", "--n", "200", "--chunk-size", "50", "--out", "p.zarr"]
+    assert runner.invoke(app, args).exit_code == 0
+    held = {f: (tmp_path / "p.zarr" / f).stat().st_mtime_ns for f in _chunk_files(tmp_path / "p.zarr")}
+    again = runner.invoke(app, [*args[:-1], str(tmp_path / "p.zarr")])
+    assert again.exit_code == 0, again.output
+    assert "nothing to do" in again.output and "sigma of the Fubini-Study metric" in again.output
+    assert {f: (tmp_path / "p.zarr" / f).stat().st_mtime_ns for f in _chunk_files(tmp_path / "p.zarr")} == held
+    other = runner.invoke(app, ["sample", "--n", "200", "--seed", "1", "--chunk-size", "50", "--out", "p.zarr"])
+    assert other.exit_code == 2 and "--overwrite" in other.output and "--seed 1" in _one_line(other)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--surface", "fermat:1"], "--surface"), (["--surface", "fermat:100"], "--surface"),
+    (["--n", "99999999999999999999"], "--n"), (["--n", "10000000", "--chunk-size", "1"], "--chunk-size"),
+])
+def test_sample_options_out_of_range_are_usage_errors(tmp_path, args, option):
+    res = runner.invoke(app, ["sample", "--n", "10", *args, "--out", str(tmp_path / "x.zarr")])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert option in _one_line(res) and not (tmp_path / "x.zarr").exists()

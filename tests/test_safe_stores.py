@@ -149,3 +149,85 @@ def test_store_without_marks_is_refused(tmp_path):
         mf.open_zarr(path)
     with pytest.raises(ValueError, match="not a Zarr v3 group"):
         mf.open_zarr(_notes_dir(tmp_path / "mine"))
+
+
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_file_urls_write_open_and_replace_like_local_paths(tmp_path):
+    """file:// URLs (listed as supported) failed with FileNotFoundError .../zarr.json, and an
+    overwrite of an empty folder or of an mfarray store through one removed it first: the
+    user was left with nothing."""
+    ds = xr.Dataset({"b": ("x", np.arange(3.0))})
+    mf.to_zarr(ds, f"file://{tmp_path}/a.zarr")
+    assert mf.open_zarr(f"file://{tmp_path}/a.zarr").b.values.tolist() == [0.0, 1.0, 2.0]
+    assert mf.open_zarr(tmp_path / "a.zarr").b.values.tolist() == [0.0, 1.0, 2.0]
+    (tmp_path / "empty").mkdir()
+    mf.to_zarr(ds, f"file://{tmp_path}/empty", overwrite=True)
+    assert mf.open_zarr(tmp_path / "empty").sizes["x"] == 3
+    mf.to_zarr(ds * 2, f"file://{tmp_path}/a.zarr", overwrite=True)
+    assert mf.open_zarr(tmp_path / "a.zarr").b.values.tolist() == [0.0, 2.0, 4.0]
+    with pytest.raises(FileExistsError, match=r"a\.zarr exists"):
+        mf.to_zarr(ds, f"file://{tmp_path}/a.zarr")
+    notes = _notes_dir(tmp_path / "mine")
+    with pytest.raises(FileExistsError, match="mine.*not a Zarr"):
+        mf.to_zarr(ds, f"file://{notes}", overwrite=True)
+    assert sorted(os.listdir(notes)) == ["notes.txt"]
+
+
+def test_an_overwrite_that_cannot_write_deletes_nothing(tmp_path, monkeypatch):
+    """overwrite=True removed the old store before it knew the new one could be written: a
+    write that then failed (a read-only disk, a Dataset xarray refuses) left nothing."""
+    path = tmp_path / "p.zarr"
+    mf.to_zarr(_pointset(), path)
+    held = _tree(path)
+    irregular = _pointset().chunk({"point": (15, 20, 5)})
+    with pytest.raises(ValueError, match="chunk"):
+        mf.to_zarr(irregular, path, overwrite=True)
+    assert _tree(path) == held
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="chunk"):
+        mf.to_zarr(irregular, tmp_path / "empty", overwrite=True)
+    assert list((tmp_path / "empty").iterdir()) == []
+
+    async def refuse(self, key, value, *args, **kwargs):
+        raise OSError(f"read-only file system (simulated): {key}")
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", refuse)
+    for target in (path, f"file://{path}"):
+        with pytest.raises(OSError, match="read-only"):
+            mf.to_zarr(_pointset(n=20), target, overwrite=True)
+        assert _tree(path) == held
+    monkeypatch.undo()
+    assert mf.open_zarr(path).sizes["point"] == 40
+    mf.to_zarr(_pointset(n=20), path, overwrite=True)
+    assert mf.open_zarr(path).sizes["point"] == 20
+
+
+def test_a_store_reached_through_a_symlink_opens_and_is_never_replaced_through_it(tmp_path):
+    """open_zarr refused a valid store reached through a symlink (xarray opens it); an
+    overwrite through the link is refused naming the link and its target, not 'is a file'."""
+    real, link = tmp_path / "real.zarr", tmp_path / "link.zarr"
+    mf.to_zarr(_pointset(), real)
+    link.symlink_to(real)
+    assert mf.open_zarr(link).sizes["point"] == 40
+    held = _tree(real)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"link\.zarr is a symbolic link.*real\.zarr"):
+            mf.to_zarr(_pointset(n=20), link, overwrite=overwrite)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        mf.io.check_replaceable(link, "pointset")
+    assert _tree(real) == held and link.is_symlink()
+    res = runner.invoke(app, ["sample", "--n", "20", "--out", str(link), "--overwrite"])
+    assert res.exit_code == 2 and "symbolic link" in res.output and "is a file" not in res.output
+    assert _tree(real) == held and link.is_symlink()
+    dangling = tmp_path / "dangling.zarr"
+    dangling.symlink_to(tmp_path / "gone.zarr")
+    with pytest.raises(FileNotFoundError, match="dangling"):
+        mf.open_zarr(dangling)
+    # a store under a symlinked folder is written and read as usual
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "par").symlink_to(tmp_path / "folder")
+    mf.to_zarr(_pointset(), tmp_path / "par" / "q.zarr")
+    assert mf.open_zarr(tmp_path / "folder" / "q.zarr").sizes["point"] == 40

@@ -21,6 +21,10 @@ Rules that keep data from being lost, faked or mixed up:
   plain file, a directory that is not a Zarr v3 group, a Zarr store without the mark or of
   another kind -- is refused with :class:`FileExistsError` naming the path and what it holds;
   nothing else is ever removed.
+* Nothing is deleted before a write is known to go on: an overwrite checks the Dataset with
+  xarray and writes the new root document before it removes the old store's files.
+* A symlink at the path is followed to read (:func:`open_zarr`, :func:`holds`) and refused
+  for a write: no store is resumed, replaced or deleted through a link.
 * :func:`open_zarr` refuses a store whose completion mark is not ``True`` (an interrupted
   write, whose missing chunks would read as fill values, or a store written before the marks
   existed).
@@ -40,7 +44,7 @@ from .marks import (
            store_kind,
 )
 from .read import open_zarr
-from .write import to_zarr
+from .write import holds, to_zarr
 
 __all__ = ["ATTR_COMPLETE", "ATTR_FINGERPRINT", "ATTR_KIND", "KINDS", "check_replaceable", "fingerprint",
-           "open_zarr", "store_kind", "to_zarr"]
+           "holds", "open_zarr", "store_kind", "to_zarr"]

@@ -2,8 +2,9 @@
 
 A :class:`Location` answers the few questions the store rules ask -- does anything exist
 there, is it a file, which files lie under it -- and gives the Zarr store object to read or
-write it.  Local paths use :mod:`os` (symlinks are not followed out of the path); URLs use
-the fsspec file system of their protocol.
+write it.  Local paths (``file://`` URLs included) use :mod:`os`: a write never follows a
+symlink at the path itself (:func:`link_target`), a read does (:func:`followed`); other URLs
+use the fsspec file system of their protocol.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ def locate(path: str | os.PathLike) -> Location:
     """The :class:`Location` of a local path (str or os.PathLike) or an fsspec URL."""
     if is_url(path):
         import fsspec
+        from fsspec.implementations.local import LocalFileSystem
 
         fs, root = fsspec.core.url_to_fs(path)
+        if isinstance(fs, LocalFileSystem):  # file://: a local path, with its rules (and its LocalStore)
+            return Location(path, None, os.path.abspath(root))
         return Location(path, fs, root.rstrip("/") or "/")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str, an os.PathLike or an fsspec URL; got {type(path).__name__}")
@@ -49,6 +53,19 @@ def locate(path: str | os.PathLike) -> Location:
 def exists(loc: Location) -> bool:
     """Anything at ``loc`` (a dangling symlink counts)."""
     return os.path.lexists(loc.root) if loc.fs is None else loc.fs.exists(loc.root)
+
+
+def link_target(loc: Location) -> str | None:
+    """The target of a local symlink at ``loc`` (absolute), None when it is not one."""
+    if loc.fs is None and os.path.islink(loc.root):
+        return os.path.realpath(loc.root)
+    return None
+
+
+def followed(loc: Location) -> Location:
+    """``loc`` with a local symlink followed to its target: where a read looks."""
+    target = link_target(loc)
+    return loc if target is None else Location(loc.text, None, target)
 
 
 def is_file(loc: Location) -> bool:
@@ -103,10 +120,15 @@ def remove(loc: Location, rels: Iterable[str]) -> None:
             loc.fs.rm(f"{loc.root}/{rel}", recursive=True)
 
 
-def clear(loc: Location) -> None:
-    """Remove everything under the directory ``loc``, keeping a local directory itself."""
+def clear(loc: Location, keep: Iterable[str] = ()) -> None:
+    """Remove everything under the directory ``loc`` but its entries named in ``keep``,
+    keeping a local directory itself."""
+    keep = set(keep)
     if loc.fs is None:
-        remove(loc, os.listdir(loc.root))
+        remove(loc, [n for n in os.listdir(loc.root) if n not in keep])
+    elif keep:
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.ls(loc.root, detail=False)]
+        remove(loc, [n for n in names if n not in keep])
     elif loc.fs.exists(loc.root):
         loc.fs.rm(loc.root, recursive=True)
 

@@ -22,6 +22,7 @@ from .location import (
     has_file,
     is_empty,
     is_file,
+    link_target,
     locate,
     zarr_store,
 )
@@ -99,14 +100,25 @@ def foreign_files(loc: Location) -> list[str]:
     return [n for n in names if not own(n)]
 
 
+def refuse_link(loc: Location) -> None:
+    """FileExistsError when ``loc`` is a local symlink: no write (nor delete) goes through one."""
+    target = link_target(loc)
+    if target is not None:
+        raise FileExistsError(
+            f"{loc.text} is a symbolic link (to {target}); mfarray never writes, resumes or replaces a store "
+            f"through a link: pass the store's own path {target}, or choose another path"
+        )
+
+
 def check_replaceable(path: str | os.PathLike, kind: str) -> None:
     """Raise :class:`FileExistsError` unless ``to_zarr(..., overwrite=True)`` of a ``kind``
     store may replace what is at ``path`` (a local path or an fsspec URL): nothing, an empty
     directory, or a store mfarray wrote with ``mfarray_store == kind`` (complete or
-    interrupted) holding no file that mfarray did not write."""
+    interrupted) holding no file that mfarray did not write.  A symlink at ``path`` is refused."""
     loc = locate(path)
     if not exists(loc):
         return
+    refuse_link(loc)
     if is_file(loc):
         raise FileExistsError(f"{path} is a file, not a Zarr store; refusing to overwrite it: choose another path")
     if is_empty(loc):

@@ -6,7 +6,7 @@ import os
 
 import xarray as xr
 
-from .location import exists, is_file, locate, zarr_store
+from .location import exists, followed, is_file, link_target, locate, zarr_store
 from .marks import ATTR_COMPLETE, MARKS, root_group
 
 
@@ -17,11 +17,14 @@ def open_zarr(path: str | os.PathLike) -> xr.Dataset:
     Refuses (ValueError naming the path) a store whose ``mfarray_complete`` mark, read from the
     root document itself, is not ``True``: an interrupted write, whose missing chunks would read
     as fill values, or a store without marks (written by an older mfarray, or not by mfarray).
-    The marks are removed from the returned Dataset's attributes.
+    The marks are removed from the returned Dataset's attributes.  A symlink at ``path`` is
+    followed.
     """
-    loc = locate(path)
+    loc = followed(locate(path))
     if not exists(loc):
-        raise FileNotFoundError(f"no Zarr store at {path}")
+        link = link_target(locate(path))
+        raise FileNotFoundError(f"no Zarr store at {path}" + (f" (a symbolic link to {link}, which does not exist)"
+                                                              if link else ""))
     group = None if is_file(loc) else root_group(loc)
     if group is None:
         raise ValueError(f"{path} is not a Zarr v3 group (no readable zarr.json); mf.open_zarr reads stores "
