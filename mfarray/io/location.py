@@ -10,7 +10,6 @@ use the fsspec file system of their protocol.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -113,11 +112,27 @@ def remove(loc: Location, rels: Iterable[str]) -> None:
         if loc.fs is None:
             p = os.path.join(loc.root, *rel.split("/"))
             if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
+                _remove_tree(p)
             elif os.path.lexists(p):
                 os.unlink(p)
         elif loc.fs.exists(f"{loc.root}/{rel}"):
             loc.fs.rm(f"{loc.root}/{rel}", recursive=True)
+
+
+def _remove_tree(top: str) -> None:
+    """Remove the local directory tree ``top``, each folder's zarr.json after its other files: a
+    kill at any moment leaves array folders that still say what they are, whose chunks a later
+    overwrite recognises as mfarray's (:func:`~mfarray.io.marks.foreign_files`), not the user's."""
+    for folder, dirs, names in os.walk(top, topdown=False):
+        for name in sorted(names, key=lambda n: n == "zarr.json"):  # zarr.json last
+            os.unlink(os.path.join(folder, name))
+        for d in dirs:
+            p = os.path.join(folder, d)
+            if os.path.islink(p):
+                os.unlink(p)
+            else:
+                os.rmdir(p)
+    os.rmdir(top)
 
 
 def clear(loc: Location, keep: Iterable[str] = ()) -> None:

@@ -29,8 +29,8 @@ number of threads.
 Checkpoints: with ``checkpoint=path`` (a local path or fsspec URL) the run keeps two Zarr
 stores, ``path/even.zarr`` and ``path/odd.zarr`` (:func:`mfarray.io.to_zarr`), and after epoch e
 writes the whole state (history, parameters, Adam moments and step) to the one of e's parity,
-so a complete checkpoint survives a kill at any moment (a slot that a kill left half cleared
-is replaced by the next write when it is provably the run's own: :func:`_write_checkpoint`).
+so a complete checkpoint survives a kill at any moment (one that kills the write of a slot
+leaves a store the next write replaces: :func:`mfarray.io.to_zarr`).
 A later call with the same arguments (``epochs`` may be larger) resumes from the last complete
 epoch and gives the same numbers as an uninterrupted run (except the timings ``time``,
 ``cpu_time``, ``eval_time``); a checkpoint of another run (other data, config, batch, lr,
@@ -48,7 +48,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -60,7 +59,6 @@ import xarray as xr
 from .. import backend, io, linalg, losses, optim
 from ..geometry import measures
 from ..geometry.hypersurface import Hypersurface
-from ..io import location, marks
 from . import network
 from .algebraic import point_arrays
 from .sections import section_exponents, section_frame
@@ -240,60 +238,6 @@ def _slot_paths(checkpoint) -> list[str]:
     return [f"{base}/{slot}" for slot in SLOTS]
 
 
-_CHUNK = re.compile(r"c(?:/\d+)*")
-
-
-def _checkpoint_file(rel: str, variables: set) -> bool:
-    """Whether ``rel`` (a ``/``-separated path inside a slot) is a file a checkpoint write makes:
-    the root zarr.json, a done-record, a Zarr temporary, or a checkpoint variable's zarr.json or
-    chunk (:mod:`mfarray.io.marks`)."""
-    head, _, rest = rel.partition("/")
-    return (rel == "zarr.json" or head == marks.DONE or marks.TEMPORARY.fullmatch(rel) is not None
-            or (head in variables and (rest == "zarr.json" or _CHUNK.fullmatch(rest) is not None)))
-
-
-def _own_leftover(path: str, sibling: str, ds: xr.Dataset) -> bool:
-    """Whether the slot ``path`` is provably what a kill left of this run's own checkpoint: a
-    directory beside ``sibling``, a complete checkpoint of this run (``ds``'s fingerprint),
-    whose root zarr.json, if any is left, is this run's, and holding only files that a write of
-    ``ds``'s variables makes."""
-    loc = location.locate(path)
-    if location.is_file(loc):
-        return False
-    root = marks.root_attrs(loc)
-    if root is not None and root.get("fingerprint") != ds.attrs["fingerprint"]:
-        return False
-    try:
-        other = io.open_zarr(sibling)
-    except (FileNotFoundError, ValueError):
-        return False
-    if other.attrs.get("format") != FORMAT or other.attrs.get("fingerprint") != ds.attrs["fingerprint"]:
-        return False
-    variables = {str(name) for name in ds.variables}
-    return all(_checkpoint_file(rel, variables) for rel in location.files(loc))
-
-
-def _write_checkpoint(ds: xr.Dataset, checkpoint, epoch: int) -> None:
-    """Write the checkpoint ``ds`` after ``epoch`` to the slot of its parity, replacing it.
-
-    A kill while :func:`mfarray.io.to_zarr` (``overwrite=True``) clears a slot can leave it without
-    its root zarr.json, or with array folders half removed, which ``overwrite`` refuses to replace
-    (it is no longer recognisably an mfarray store).  Such a slot is cleared first when it is
-    provably this run's own (:func:`_own_leftover`: the other slot holds this run's complete
-    checkpoint of the epoch before, and every file left is one a checkpoint write makes);
-    anything else is refused (FileExistsError) and left as it is.
-    """
-    paths = _slot_paths(checkpoint)
-    path = paths[epoch % 2]
-    try:
-        io.check_replaceable(path, io.store_kind(ds))
-    except FileExistsError:
-        if not _own_leftover(path, paths[1 - epoch % 2], ds):
-            raise
-        location.clear(location.locate(path))
-    io.to_zarr(ds, path, overwrite=True)
-
-
 def read_checkpoint(checkpoint: str | os.PathLike) -> xr.Dataset | None:
     """The latest complete checkpoint under ``checkpoint`` (loaded into memory), or None."""
     best = None
@@ -418,7 +362,8 @@ def train_phi_network(train: xr.Dataset, config: network.PhiNetwork, epochs: int
             optim.require_finite_epoch("phi-network", epoch, hist["loss"][epoch], params, lr)
             _record_eval(hist, epoch, pool, local, config, params, tr, te)
             if checkpoint is not None:
-                _write_checkpoint(_dataset(hist, epoch, params, state, attrs, with_state=True), checkpoint, epoch)
+                ds = _dataset(hist, epoch, params, state, attrs, with_state=True)
+                io.to_zarr(ds, _slot_paths(checkpoint)[epoch % 2], overwrite=True)
             if progress:
                 _report(hist, epoch, epochs)
     return _dataset(hist, epochs, params, state, attrs, with_state=False)
