@@ -402,3 +402,14 @@ def test_empirical_ntk_trace_and_upper_blocks_refuse_bad_inputs():
     flat = nw.flatten(params)
     np.testing.assert_array_equal(empirical_ntk_trace(cfg, flat, x), empirical_ntk_trace(cfg, params, x))
     assert empirical_ntk_products(cfg, flat, x, ref)[2] == 0.0
+
+
+def test_an_overflowing_network_is_refused_not_passed_on():
+    """Finite inputs and parameters whose kernel overflows (sigma_w = 1e200) gave inf/NaN entries."""
+    from mfarray.kernels.checks import NonFiniteKernelError
+
+    cfg = nw.MLP((4, 8, 4), "relu", sigma_w=1e200)
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    for method in ("fused", "array"):
+        with np.errstate(all="ignore"), pytest.raises(NonFiniteKernelError, match="empirical_ntk"):
+            empirical_ntk(cfg, nw.init(cfg, 0), x, method=method)

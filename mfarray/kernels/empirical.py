@@ -244,8 +244,11 @@ def empirical_ntk(config: _nw.MLP, params: _nw.Params, x1: Array, x2: Array | No
     elif symmetric and not same:
         raise ValueError("symmetric=True needs x2 None or x1 itself (the kernel of a set with itself)")
     if _fused(xp, method):
-        return _empirical_ntk_fused(config, params, x1, x2, same, bool(symmetric), block_rows, n_threads)
-    return _empirical_ntk_array(xp, config, params, x1, x2, same, bool(symmetric), block_rows, n_threads)
+        K = _empirical_ntk_fused(config, params, x1, x2, same, bool(symmetric), block_rows, n_threads)
+    else:
+        K = _empirical_ntk_array(xp, config, params, x1, x2, same, bool(symmetric), block_rows, n_threads)
+    # finite inputs and parameters can still overflow (sigma_w = 1e200): refused, never passed on
+    return check_finite_values(K, lambda: f"empirical_ntk of {config}", (x1, x2))
 
 
 def _empirical_ntk_array(xp, config, params, x1, x2, same, symmetric, block_rows, n_threads):
