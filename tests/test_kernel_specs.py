@@ -277,3 +277,28 @@ def test_kernel_named_is_the_one_lookup_by_name():
         Preset("no_such_kernel").spec()
     with pytest.raises(ValueError, match="must name a kernel"):
         kernel_named("as_kernel")  # a function of the package, not a kernel
+
+
+def test_records_tell_partials_and_dtypes_apart():
+    """Kernel(functools.partial(f, s=...)) was recorded as 'functools.partial' with no
+    hyper-parameters, so predict accepted another partial (another s, another f) as the flow's
+    kernel; a dtype bound as np.float32 was recorded as its repr, which predict could not rebuild."""
+    import functools
+    import json
+
+    import numpy as np
+
+    from mfarray.kernels import Kernel, gaussian_fs
+
+    def gauss(z1, z2, *, s):
+        return gaussian_fs(z1, z2, sigma=s, squared=True)
+
+    def other(z1, z2, *, s):
+        return gaussian_fs(z1, z2, sigma=s, squared=False)
+
+    a, b, c = (Kernel(functools.partial(f, s=s), inputs="points") for f, s in ((gauss, 0.3), (gauss, 0.6), (other, 0.3)))
+    records = [json.dumps(k.describe(), sort_keys=True) for k in (a, b, c)]
+    assert len(set(records)) == 3, records
+    assert "gauss" in a.describe()["function"] and "0.3" in a.describe()["function"]
+    for dt in (np.float32, np.dtype("float32"), "float32"):
+        assert gaussian_fs.bind(dtype=dt).describe()["hyper"]["dtype"] == "float32"

@@ -262,3 +262,12 @@ def test_gains_refuses_a_bad_n_test_by_name(n_test, error):
 
     with pytest.raises(error, match="n_test"):
         gains({"d": Preset("delta", n_train=20, steps=1)}, n_test=n_test)
+
+
+def test_a_preset_keeps_its_dtype_as_a_name():
+    """Preset.replace(dtype=np.float32) ran every flow of gains(), then failed writing the JSON record."""
+    import numpy as np
+
+    p = TABLE1["gaussian"].replace(dtype=np.float32)
+    assert p.hyper["dtype"] == "float32"
+    assert json.loads(json.dumps(p.to_json()))["hyper"]["dtype"] == "float32"

@@ -49,7 +49,10 @@ class Preset:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hyper", dict(self.hyper))
-        self.spec()  # refuses unknown kernels and hyper-parameters out of their domains
+        # refuses unknown kernels and hyper-parameters out of their domains; keeps them as checked
+        # (a dtype as its name: np.float32 would fail the JSON record after every flow had run)
+        spec = self.spec()
+        object.__setattr__(self, "hyper", {k: spec.hyper[k] for k in self.hyper})
         checked = {"lr": Real(low=0, low_open=True).check(self.lr, "Preset lr"),
                    "n_train": Integer(low=1).check(self.n_train, "Preset n_train"),
                    "steps": check_steps(self.steps, "Preset steps"),

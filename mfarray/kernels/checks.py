@@ -175,7 +175,7 @@ class Choice:
 @dataclasses.dataclass(frozen=True)
 class FloatDType:
     """None (the kernel's default) or a float32 / float64 dtype (a NumPy dtype, type or name);
-    returned unchanged."""
+    returned as its name, "float32" or "float64" (what a record holds and a rebuild reads)."""
 
     doc: str = ""
 
@@ -191,7 +191,7 @@ class FloatDType:
             dt = None
         if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"{where} must be {self.describe()}{_doc(self)}; {_got(value)}")
-        return value
+        return dt.name
 
 
 @dataclasses.dataclass(frozen=True)

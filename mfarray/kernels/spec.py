@@ -84,6 +84,12 @@ class Rescaling:
 
 
 def _qualname(fn) -> str:
+    """``module.qualname`` of a function; a ``functools.partial`` with its function and bound
+    arguments spelt out (two partials of other functions or values must not describe alike)."""
+    if isinstance(fn, functools.partial):
+        args = [json.dumps(_json_safe(a)) for a in fn.args]
+        args += [f"{k}={json.dumps(_json_safe(v))}" for k, v in sorted(fn.keywords.items())]
+        return f"functools.partial({', '.join([_qualname(fn.func), *args])})"
     mod = getattr(fn, "__module__", None) or type(fn).__module__
     qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{mod}.{qual}"
@@ -145,7 +151,8 @@ class Kernel:
         object.__setattr__(self, "hyper", dict(self.hyper))
         object.__setattr__(self, "factors", tuple(self.factors))
         if not self.name:
-            object.__setattr__(self, "name", getattr(self.fn, "__name__", None) or _qualname(self.fn))
+            inner = self.fn.func if isinstance(self.fn, functools.partial) else self.fn
+            object.__setattr__(self, "name", getattr(inner, "__name__", None) or _qualname(inner))
         for h in self.factors:
             if not isinstance(h, Rescaling):
                 raise TypeError("factors must be Rescaling objects (see Kernel.rescale)")
