@@ -237,3 +237,29 @@ def test_a_point_set_without_z_is_refused(quintic_points):
         cluster(quintic_points.z)
     with pytest.raises(ValueError, match="raise size or batch"):
         cluster(quintic_points, size=2, batch=3)  # 667 batches of 3 points, C = 1000
+
+
+def test_figure2_makes_the_clusters_it_records(quintic_points):
+    """size = n // clusters made round(n / size) clusters: 50 for clusters=40 of n=100, recorded as 40."""
+    for n, clusters in ((100, 25), (300, 60), (300, 6), (300, 7)):
+        f = figure2_data(quintic_points, n=n, clusters=clusters, batches=1)
+        assert f.attrs["clusters"] == clusters
+        assert len(np.unique(f.cluster.sel(order="full").values)) == clusters
+    for clusters in (30, 40):  # no whole target size gives them: 100 / 3 -> 33, 100 / 4 -> 25
+        with pytest.raises(ValueError, match=rf"clusters={clusters} .* n=100"):
+            figure2_data(quintic_points, n=100, clusters=clusters, batches=1)
+
+
+def test_numpy_integer_settings_are_stored_as_ints(quintic_points, tmp_path):
+    """mf.cluster(seed=np.int64(1)) copied the NumPy int into attrs, which to_zarr could not write."""
+    out = cluster(quintic_points.isel(point=slice(0, 200)), size=np.int64(50), batch=np.int64(200), seed=np.int64(1))
+    assert all(type(out.attrs["cluster"][k]) is int for k in ("size", "batch", "seed"))
+    mf.to_zarr(out.compute(), tmp_path / "c.zarr")
+
+
+def test_quality_refuses_labels_that_are_not_integers(quintic_points):
+    """Labels 0.2 and 0.8 were cast to one cluster 0 and scored as a perfect clustering."""
+    pts = quintic_points.isel(point=slice(0, 100))
+    labels = np.where(np.arange(100) < 50, 0.2, 0.8)
+    with pytest.raises(ValueError, match="integer labels"):
+        cluster_quality(pts.assign(cluster=("point", labels)), k=3)

@@ -207,6 +207,22 @@ def test_bad_options_are_refused_at_the_call(sets):
             mf.clustered_flow(clustered, delta, steps=-1)
 
 
+def test_per_point_arrays_of_the_wrong_length_are_refused_at_the_call(sets):
+    """A g0 with 10 rows too many was indexed by cluster positions and used silently; 10 too few
+    was an IndexError inside a Dask task (kernel_flow refuses both)."""
+    _, test, clustered = sets
+    n, m = clustered.sizes["point"], test.sizes["point"]
+    g = np.tile(np.eye(3, dtype=complex), (n + 10, 1, 1))
+    with dask.config.set(scheduler=_refuse):
+        for rows in (n + 10, n - 10):
+            with pytest.raises(ValueError, match=rf"g0 must have shape \({n}, 3, 3\)"):
+                mf.clustered_flow(clustered, delta, steps=1, g0=g[:rows])
+        with pytest.raises(ValueError, match=rf"g0_test must have shape \({m}, 3, 3\)"):
+            mf.clustered_flow(clustered, delta, steps=1, test=test, g0_test=g[:m + 1])
+        with pytest.raises(ValueError, match="g0_test was given without a test set"):
+            mf.clustered_flow(clustered, delta, steps=1, g0_test=g[:m])
+
+
 
 def test_blas_threads_are_as_before_after_overlapping_cluster_tasks(sets):
     """Cluster tasks leave BLAS alone (module docstring): a threaded run keeps the thread count."""

@@ -79,6 +79,8 @@ class ClusterConfig:
             raise ValueError(f"merge must be one of {MERGE_RULES}; got merge={self.merge!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got seed={self.seed!r}")
+        for name in ("size", "batch", "seed"):  # NumPy integers as Python ones: they go into JSON attrs
+            object.__setattr__(self, name, int(getattr(self, name)))
 
 
 @dataclass(frozen=True)

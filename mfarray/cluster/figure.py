@@ -7,6 +7,8 @@ good clustering shows dark (small-distance) blocks on the diagonal.
 
 from __future__ import annotations
 
+import math
+
 import dask
 import numpy as np
 import xarray as xr
@@ -16,10 +18,22 @@ from ..geometry.distance import fs_distance
 from ..pointset.charts import _require_point_set
 from .batched import cluster
 
-__all__ = ["figure2_data", "FIGURE2_STREAM", "ORDERS"]
+__all__ = ["figure2_data", "size_for_clusters", "FIGURE2_STREAM", "ORDERS"]
 
 FIGURE2_STREAM = 0x46494732  # "FIG2": the subsample's random stream
 ORDERS = ("unclustered", "batched", "full")
+
+
+def size_for_clusters(n: int, clusters: int) -> int:
+    """The whole target size s whose C = max(1, round(n / s)) (:func:`cluster`) is ``clusters``;
+    ValueError where none is (round(n / s) skips values once s is small)."""
+    s = int(n // (clusters - 0.5)) if clusters > 1 else n
+    for size in (n // clusters, s):  # n // clusters where it works (1000 // 10 = 100, the paper's ratio)
+        if size >= 1 and max(1, math.floor(n / size + 0.5)) == clusters:
+            return size
+    near = sorted({max(1, math.floor(n / t + 0.5)) for t in range(max(1, s - 1), s + 3)})
+    raise ValueError(f"clusters={clusters} of n={n} points: no whole cluster size s gives round(n / s) = {clusters} "
+                     f"(mf.cluster's rule); choose one of {near} or another n")
 
 
 def figure2_data(points: xr.Dataset, n: int = 1000, clusters: int = 10, batches: int = 5,
@@ -27,7 +41,8 @@ def figure2_data(points: xr.Dataset, n: int = 1000, clusters: int = 10, batches:
     """Figure 2's data: ``distance`` (order, row, col) float, the FS distances of a random
     subsample of ``n`` points (n, n), with rows and columns in three orders (``order`` =
     unclustered, batched, full): as drawn, and stably sorted by the labels of
-    ``cluster(sub, size=n // clusters, batch=ceil(n / batches))`` and of the full clustering
+    ``cluster(sub, size=s, batch=ceil(n / batches))`` (s the size that makes exactly ``clusters``
+    clusters; refused where none does) and of the full clustering
     (batch = n).  Also ``point`` (order, row), the input's point coordinate of each row, and
     ``cluster`` (order, row), its label (-1 in the unclustered order).  Memory 3 n^2 floats.
     """
@@ -43,7 +58,7 @@ def figure2_data(points: xr.Dataset, n: int = 1000, clusters: int = 10, batches:
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(FIGURE2_STREAM,)))
     pick = np.sort(rng.choice(total, size=n, replace=False))
     sub = points.isel(point=pick)
-    size = n // clusters
+    size = size_for_clusters(n, clusters)
     batch = max(size, -(-n // batches))
     batched = cluster(sub, size=size, batch=batch, merge=merge, seed=seed)["cluster"].data
     full = cluster(sub, size=size, batch=n, merge=merge, seed=seed)["cluster"].data

@@ -99,10 +99,12 @@ def cluster_quality(points: xr.Dataset, k: int = 10, queries: int | None = None,
         raise ValueError(f"k must be a positive integer (neighbours); got k={k!r}")
     z, lab = dask.compute(points["z"].transpose("point", ...).data, points[labels].data)
     u = unit_points(backend.to_numpy(z), "points.z")
-    lab = np.asarray(backend.to_numpy(lab)).astype(np.int64)
+    lab = np.asarray(backend.to_numpy(lab))
     n = u.shape[0]
-    if lab.shape != (n,) or (n and lab.min() < 0):
-        raise ValueError(f"points.{labels} must be non-negative integer labels (point,)")
+    if lab.shape != (n,) or lab.dtype.kind not in "iu" or (n and lab.min() < 0):
+        raise ValueError(f"points.{labels} must be non-negative integer labels (point,) (mf.cluster's); got "
+                         f"dtype {lab.dtype}, shape {lab.shape}")
+    lab = lab.astype(np.int64)
     n_clusters = int(lab.max()) + 1 if n else 0
     sizes = np.bincount(lab, minlength=n_clusters)
     if np.any(sizes == 0):

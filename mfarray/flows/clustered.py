@@ -331,6 +331,14 @@ def clustered_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOpera
     n, k = train.sizes["point"], train.sizes["row"]
     has_omega = "omega2" in train.variables
     arrays = {key: options.pop(key) for key in TRAIN_ARRAYS + TEST_ARRAYS if options.get(key) is not None}
+    n_test = 0 if test is None else test.sizes["point"]
+    for key, value in arrays.items():  # split by cluster position later: the length must be exact now
+        if key in TEST_ARRAYS and test is None:
+            raise ValueError(f"{key} was given without a test set: pass test=...")
+        rows, part = (n, "train") if key in TRAIN_ARRAYS else (n_test, "test")
+        if tuple(getattr(value, "shape", ())) != (rows, k, k):
+            raise ValueError(f"{key} must have shape {(rows, k, k)} (one {k}x{k} metric per {part} point, in the "
+                             f"{part} set's order); got {tuple(getattr(value, 'shape', ()))}")
     lazy = any(_lazy(v) for v in (*train.variables.values(), *arrays.values())) or (
         test is not None and any(_lazy(v) for v in test.variables.values()))
 
@@ -356,7 +364,6 @@ def clustered_flow(train: xr.Dataset, kernel: Callable[..., Array] | KernelOpera
     flows = [flow(int(c), train_d, labels, test_d, test_labels_d, kernel, steps, kappa_d, options, arrays_d)
              for c in ids]
 
-    n_test = 0 if test is None else test.sizes["point"]
     specs = _specs(n, n_test, k, train.sizes.get("ambient"), ids.size, steps, has_omega, test is not None, kappa)
     history = tuple(name for name in HISTORY if f"cluster_{name}" in specs)
     parts = delayed(_assemble, pure=False)(flows, ids, labels, test_labels_d, specs, history, has_omega, kappa_d)

@@ -98,6 +98,8 @@ class Gains:
     def __post_init__(self) -> None:
         _known_kernels(self.kernels, "gains")
         _integers(self, "gains", n_test=1, steps=1, cluster_size=0)
+        if self.cluster_size == 1:
+            raise ValueError("gains.cluster_size must be 0 (no clustering) or at least 2 points per cluster; got 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +181,12 @@ class Figure2:
         if self.clusters > self.n // self.batches:
             raise ValueError(f"figure2: each of the {self.batches} batches of {self.n // self.batches} points must "
                              f"hold {self.clusters} clusters; raise figure2.n or lower clusters / batches")
+        from ..cluster.figure import size_for_clusters
+
+        try:
+            size_for_clusters(self.n, self.clusters)
+        except ValueError as exc:
+            raise ValueError(f"figure2: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
