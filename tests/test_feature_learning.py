@@ -495,3 +495,110 @@ def test_metric_mlp_refuses_fractional_widths():
     """metric_mlp cast each width with int(), so 2.5 hidden units became 2 before MLP could refuse it."""
     with pytest.raises(TypeError, match="not an integer"):
         metric_mlp((16, 2.5))
+
+
+# ----------------------------------------------------------------------------- arguments refused up front
+def _never(*args, **kwargs):
+    raise AssertionError("reached the training: the arguments should have been refused before it")
+
+
+def test_kernel_evolution_measures_the_last_epoch_whatever_the_checkpoints(split):
+    """checkpoints (0, 1) with epochs = 3 reported the epoch-1 kernel distance as "after the last
+    epoch" beside the epoch-3 sigma, and fitted the rate to it."""
+    train, probe = split[0].isel(point=slice(0, 48)), split[2].isel(point=slice(0, 6))
+    ev = kernel_evolution(train, probe, widths=(8, 16), epochs=3, batch=16, lr=0.05, checkpoints=[0, 1])
+    assert list(ev.checkpoint.values) == [0, 1, 3]
+    np.testing.assert_array_equal(ev.kernel_distance.values, ev.kernel_distance_curve.values[:, -1])
+    one = train_metric_network(train, metric_mlp((8,), d_in=10, k=3), 3, 16, 0.05, probe=probe, checkpoints=[0, 1, 3],
+                               optimizer="sgd")
+    assert float(ev.kernel_distance.sel(width=8)) == float(one.kernel_distance.values[-1])
+    assert float(ev.sigma_train.sel(width=8)) == float(one.sigma_train.values[-1])
+    # checkpoints (0,) alone: the last epoch still measured, not a fit of log 0
+    only0 = kernel_evolution(train, probe, widths=(8, 16), epochs=2, batch=16, lr=0.05, checkpoints=[0])
+    assert list(only0.checkpoint.values) == [0, 2] and np.all(only0.kernel_distance.values > 0)
+
+
+def test_kernel_evolution_refuses_duplicate_widths_and_bad_checkpoints_before_training(split, monkeypatch):
+    from mfarray.experiments import feature_learning as fl
+
+    train, probe = split[0].isel(point=slice(0, 40)), split[2].isel(point=slice(0, 6))
+    monkeypatch.setattr(fl, "train_metric_network", _never)
+    with pytest.raises(ValueError, match="widths must be distinct"):
+        kernel_evolution(train, probe, widths=(8, 8), epochs=2)
+    with pytest.raises(ValueError, match="widths must be distinct"):
+        kernel_evolution(train, probe, widths=(np.int64(8), 8, 16), epochs=2)
+    with pytest.raises(ValueError, match="checkpoints"):
+        kernel_evolution(train, probe, widths=(8, 16), epochs=2, checkpoints=[0, 5])
+    with pytest.raises(TypeError, match="checkpoints"):
+        kernel_evolution(train, probe, widths=(8, 16), epochs=2, checkpoints=[0.5])
+    with pytest.raises(ValueError, match="distinct"):
+        fit_width_rate([8, 8], [1e-3, 2e-3])
+    with pytest.raises(ValueError, match="distinct"):
+        fit_width_rate([8, 8, 16], [1e-3, 2e-3, 3e-3])
+
+
+def test_train_metric_network_refuses_a_probe_on_another_surface(split):
+    train = split[0].isel(point=slice(0, 40))
+    other = mf.select_chart(mf.sample_points(mf.dwork_quintic(0.5), 400, seed=3), like=train.compute())
+    other = other.isel(point=slice(0, 6))
+    with pytest.raises(ValueError, match="probe.*another surface"):
+        train_metric_network(train, metric_mlp((8,)), 1, 16, 1e-2, probe=other)
+    with pytest.raises((TypeError, ValueError), match="checkpoints"):
+        train_metric_network(train, metric_mlp((8,)), 2, 16, 1e-2, probe=split[2], checkpoints=(0.5,))
+
+
+def test_phi_kernel_evolution_refuses_other_surfaces_and_fractional_checkpoints(monkeypatch):
+    from mfarray.experiments import phi_kernel
+    from mfarray.kahler import network as pn
+
+    q = mf.fermat_quintic()
+    train, probe = mf.sample_points(q, 30, seed=5).compute(), mf.sample_points(q, 4, seed=6).compute()
+    other = mf.sample_points(mf.dwork_quintic(0.5), 4, seed=6).compute()
+    cfg = pn.PhiNetwork((8,), "tanh")
+    monkeypatch.setattr(phi_kernel, "train_phi_network", _never)
+    monkeypatch.setattr(phi_kernel, "phi_network_ntk", _never)
+    with pytest.raises(ValueError, match="probe.*another surface"):
+        phi_kernel.phi_kernel_evolution(train, cfg, 1, 16, 1e-2, other)
+    with pytest.raises(ValueError, match="test.*another surface"):
+        phi_kernel.phi_kernel_evolution(train, cfg, 1, 16, 1e-2, probe, test=other)
+    with pytest.raises(TypeError, match="checkpoints"):
+        phi_kernel.phi_kernel_evolution(train, cfg, 2, 16, 1e-2, probe, checkpoints=[0.7, 1.9])
+    with pytest.raises(ValueError, match="checkpoints"):
+        phi_kernel.phi_kernel_evolution(train, cfg, 2, 16, 1e-2, probe, checkpoints=[3])
+    with pytest.raises(ValueError, match="batch"):
+        phi_kernel.phi_kernel_evolution(train, cfg, 2, 0, 1e-2, probe)
+    with pytest.raises(ValueError, match="lr_decay"):
+        phi_kernel.phi_kernel_evolution(train, cfg, 2, 16, 1e-2, probe, lr_decay=5.0)
+
+
+def test_after_kernel_experiment_checks_the_result_against_the_train_points(chart_points):
+    train, test = chart_points.isel(point=slice(0, 40)), chart_points.isel(point=slice(40, 60))
+    cfg = metric_mlp((8,))
+    elsewhere = mf.sample_chart(mf.fermat_quintic(), 40, seed=7, chart=(1, 0))
+    with pytest.raises(ValueError, match=r"chart \[1, 0\]"):
+        after_kernel_experiment(train, test, result=train_metric_network(elsewhere, cfg, 1, 16), flow_steps=1)
+    others = train_metric_network(chart_points.isel(point=slice(60, 100)), cfg, 1, 16)
+    with pytest.raises(ValueError, match="other train points"):
+        after_kernel_experiment(train, test, result=others, flow_steps=1)
+    r = train_metric_network(train, cfg, 1, 16)
+    ds = after_kernel_experiment(train, test, result=r, flow_steps=1)
+    call = ds.attrs["call"]
+    assert "result=<Dataset" in call and "epochs=" not in call and "batch=" not in call and "flow_steps=1" in call
+    # a result that does not record its points' fingerprint is checked by count and chart
+    old = r.copy()
+    del old.attrs["train_z_sha256"]
+    after_kernel_experiment(train, test, result=old, flow_steps=1)
+
+
+def test_after_kernel_experiment_refuses_bad_flow_settings_before_training(split, monkeypatch):
+    from mfarray.experiments import after_kernel
+
+    train, test = split[0].isel(point=slice(0, 40)), split[1].isel(point=slice(0, 10))
+    monkeypatch.setattr(after_kernel, "train_metric_network", _never)
+    for kwargs, error, match in (({"flow_steps": -1}, ValueError, "flow_steps"),
+                                 ({"flow_steps": 1.5}, TypeError, "flow_steps"),
+                                 ({"flow_lr": 0.0}, ValueError, "flow_lr"),
+                                 ({"flow_loss": "mse"}, ValueError, "flow_loss"),
+                                 ({"flow_loss": "l1"}, ValueError, "flow_loss")):
+        with pytest.raises(error, match=match):
+            after_kernel_experiment(train, test, metric_mlp((8,)), 1, 16, **kwargs)

@@ -159,3 +159,43 @@ def test_bad_arguments_are_refused(split):
         model_comparison(train, test, spec=only_kernels, presets={})
     with pytest.raises(TypeError, match="spec must be a ComparisonSpec"):
         model_comparison(train, test, spec={"flow_steps": 3})
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"lr_decay": 5.0}, r"ComparisonSpec\.lr_decay"),
+    ({"phi_lr_decay": 5.0}, r"ComparisonSpec\.phi_lr_decay"),
+    ({"phi_widths": ()}, r"ComparisonSpec\.phi_widths"),
+])
+def test_spec_refuses_what_model_comparison_refused_only_midway(changes, match):
+    """Accepted by ComparisonSpec, these were refused by model_comparison only after the paper kernels
+    and networks had trained, with messages not naming ComparisonSpec."""
+    with pytest.raises(ValueError, match=match):
+        ComparisonSpec(**changes)
+
+
+def test_spec_accepts_numpy_scalars_and_stores_python_numbers():
+    import json
+
+    spec = ComparisonSpec(flow_lr=np.float32(0.5), flow_steps=np.int64(3), widths=(np.int64(8),),
+                          lr_decay=np.float64(0.9), phi_widths=(np.int32(8),), seed=np.int64(2))
+    assert spec.flow_lr == 0.5 and type(spec.flow_lr) is float and type(spec.flow_steps) is int
+    assert spec.widths == (8,) and type(spec.widths[0]) is int and type(spec.phi_widths[0]) is int
+    json.dumps(spec.to_json())  # what model_comparison records
+    with pytest.raises(TypeError, match=r"ComparisonSpec\.flow_lr"):
+        ComparisonSpec(flow_lr="0.5")
+
+
+def test_gains_accepts_a_numpy_cluster_size():
+    import json
+
+    from mfarray.experiments.gains import gains
+    from mfarray.experiments.presets import TABLE1
+
+    g = TABLE1["gaussian"].replace(sigma=0.3, squared=True, n_train=40, steps=2)
+    r = gains({"g": g}, n_test=10, cluster_size=np.int64(20))
+    assert r.attrs["cluster_size"] == 20 and type(r.attrs["cluster_size"]) is int
+    json.dumps(r.attrs["cluster_size"])
+    with pytest.raises(ValueError, match="cluster_size"):
+        gains({"g": g}, n_test=10, cluster_size=np.int64(1))
+    with pytest.raises(TypeError, match="cluster_size"):
+        gains({"g": g}, n_test=10, cluster_size=20.0)

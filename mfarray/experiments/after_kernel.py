@@ -51,13 +51,16 @@ from .. import backend, linalg
 from .. import networks as nw
 from ..flows import FlowError, kernel_flow
 from ..flows.evolving import RealBasisOperator, network_inputs, network_metric
+from ..flows.frozen import resolve_loss
+from ..flows.integrate import check_steps
+from ..flows.sites import materialize
 from ..geometry import measures
 from ..kernels.empirical import empirical_ntk
 from ..kernels.features import patch_features
 from ..kernels.operators import DenseOperator
 from ..kernels.relu import relu_ntk
 from ..pointset.provenance import format_call, provenance
-from .feature_learning import network_params, train_metric_network
+from .feature_learning import _check_positive, network_params, points_fingerprint, train_metric_network
 
 __all__ = [
     "AFTER_KERNEL_DOCS",
@@ -184,6 +187,25 @@ def _flow_row(name, kernel, train, test, options, progress):
     return row, time.perf_counter() - t0
 
 
+def _check_result(result, sites):
+    """Refuse (ValueError) a train_metric_network ``result`` not trained on these train points:
+    another number of points, another chart, or (where it records them) other points."""
+    network_params(result)  # a train_metric_network result at all
+    n = sites.n
+    if int(result.attrs.get("n_train", -1)) != n:
+        raise ValueError(f"result was trained on {result.attrs.get('n_train')} points; train has {n}: pass the "
+                         f"train points it was trained on")
+    chart = [int(c) for c in sites.chart]
+    trained = [int(c) for c in np.ravel(result.attrs.get("chart", chart))]
+    if trained != chart:
+        raise ValueError(f"result was trained on points in chart {trained}; train is in chart {chart}: pass the "
+                         f"train points it was trained on")
+    recorded = result.attrs.get("train_z_sha256")
+    if recorded is not None and recorded != points_fingerprint(sites):
+        raise ValueError(f"result was trained on other train points than these {n} (their fingerprint "
+                         f"train_z_sha256 differs): pass the train points it was trained on")
+
+
 def after_kernel_experiment(train: xr.Dataset, test: xr.Dataset, config: nw.MLP | None = None, epochs: int = 10,
                             batch: int = 128, lr: float = 1e-2, *, result: xr.Dataset | None = None, seed: int = 0,
                             loss: str = "sigma", optimizer: str = "adam", flow_steps: int = 100,
@@ -196,14 +218,19 @@ def after_kernel_experiment(train: xr.Dataset, test: xr.Dataset, config: nw.MLP 
     ----------
     train, test : point sets in one shared chart.
     config, epochs, batch, lr, seed, loss, optimizer : the network's training
-        (:func:`~mfarray.experiments.feature_learning.train_metric_network`); ignored with ``result``.
+        (:func:`~mfarray.experiments.feature_learning.train_metric_network`); ignored with ``result``
+        (and then left out of the recorded ``call``).
     result : a :func:`train_metric_network` result on these train points (its parameters and
-        config are used; no training here).  The network's and g_FS's sigma are computed here, on
-        these train and test points.
+        config are used; no training here): it must record as many train points, in the same chart,
+        and, where it records their fingerprint (``train_z_sha256``), the same points.  The
+        network's and g_FS's sigma are computed here, on these train and test points.
     flow_steps, flow_lr, flow_loss : the kernel flows (:func:`mfarray.flows.kernel_flow`, from
-        g_FS, backtracking from ``flow_lr``; loss "sigma_squared" by default: the |1 - eta| loss
-        chatters under one global step, docs/paper-notes.md).
+        g_FS, backtracking from ``flow_lr``; loss "sigma", "sigma_dynamic" or "sigma_squared" (the
+        default: the |1 - eta| loss chatters under one global step, docs/paper-notes.md); there are
+        no target metrics for "mse").
     method : "matvec" or "dense" empirical-kernel operators (:func:`network_kernel_operators`).
+
+    Every argument (and ``result`` against the train points) is checked before any training or flow.
 
     Returns
     -------
@@ -212,14 +239,29 @@ def after_kernel_experiment(train: xr.Dataset, test: xr.Dataset, config: nw.MLP 
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    flow_steps = check_steps(flow_steps, "flow_steps")
+    flow_lr = _check_positive("flow_lr", flow_lr)
+    try:
+        flow_loss_fn = resolve_loss(flow_loss)
+    except ValueError:
+        raise ValueError(f"flow_loss must be 'sigma', 'sigma_dynamic', 'sigma_squared' or a loss object with "
+                         f"value/gradient; got {flow_loss!r}") from None
+    if flow_loss_fn.name == "mse":
+        raise ValueError("flow_loss='mse' needs target metrics, which the after-kernel flows have none of: use "
+                         "'sigma', 'sigma_dynamic' or 'sigma_squared'")
     train, test = train.compute(), test.compute()
+    if result is not None:  # (train_metric_network checks the points before it trains)
+        _check_result(result, materialize(train, test)[0])
     t0 = time.perf_counter()
     if result is None:
         result = train_metric_network(train, config, epochs, batch, lr, test=test, seed=seed, loss=loss,
                                       optimizer=optimizer, features=features, progress=progress)
-    if int(result.attrs.get("n_train", -1)) != train.sizes["point"]:
-        raise ValueError(f"result was trained on {result.attrs.get('n_train')} points; train has "
-                         f"{train.sizes['point']}: pass the train points it was trained on")
+        call = format_call("mfarray.experiments.after_kernel.after_kernel_experiment", train, test, config,
+                           epochs=epochs, batch=batch, lr=lr, seed=seed, loss=loss, optimizer=optimizer,
+                           flow_steps=flow_steps, flow_lr=flow_lr, flow_loss=flow_loss, method=method)
+    else:
+        call = format_call("mfarray.experiments.after_kernel.after_kernel_experiment", train, test, result=result,
+                           flow_steps=flow_steps, flow_lr=flow_lr, flow_loss=flow_loss, method=method)
     train_seconds = time.perf_counter() - t0
     config, params, params0 = network_params(result)
     options = {"steps": flow_steps, "lr": flow_lr, "loss": flow_loss, "features": features}
@@ -260,7 +302,5 @@ def after_kernel_experiment(train: xr.Dataset, test: xr.Dataset, config: nw.MLP 
         "flow": json.dumps({"steps": flow_steps, "lr": flow_lr, "loss": flow_loss, "method": method}),
         "n_train": int(train.sizes["point"]), "n_test": int(test.sizes["point"]),
         "analytic_ntk": "relu_ntk" if config.activation == "relu" else f"none for activation {config.activation!r}",
-        **provenance(format_call("mfarray.experiments.after_kernel.after_kernel_experiment", train, test,
-                                 epochs=epochs, batch=batch, lr=lr, seed=seed, loss=loss, optimizer=optimizer,
-                                 flow_steps=flow_steps, flow_lr=flow_lr, flow_loss=flow_loss, method=method))})
+        **provenance(call)})
     return ds

@@ -77,11 +77,13 @@ from .. import linalg
 from .. import networks as nw
 from ..flows import FlowError, kahler_flow, kernel_flow, network_flow, predict
 from ..flows.evolving import network_inputs
+from ..flows.integrate import check_steps
 from ..geometry import measures
 from ..kahler.network import PhiNetwork
 from ..kahler.network import init as phi_init
 from ..kahler.potentials import TangentPotential
 from ..kahler.training import phi_network_metric, train_phi_network
+from ..kernels.checks import Integer, Real
 from ..kernels.relu import relu_ntk
 from ..pointset.charts import surface_of
 from ..pointset.provenance import format_call, provenance
@@ -119,13 +121,14 @@ COMPARISON_DOCS = {
 
 
 def _int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"ComparisonSpec.{name} must be an integer >= {lo}; got {value!r}")
+    """``value`` as a Python int >= lo (NumPy integers too); TypeError / ValueError naming the field."""
+    return Integer(low=lo).check(value, f"ComparisonSpec.{name}")
 
 
-def _pos(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"ComparisonSpec.{name} must be a positive finite number; got {value!r}")
+def _pos(name, value, high=None):
+    """``value`` as a positive finite Python float (NumPy reals too), at most ``high`` where given."""
+    doc = "the per-epoch factor of the learning rate" if high is not None else ""
+    return Real(low=0, high=high, low_open=True, doc=doc).check(value, f"ComparisonSpec.{name}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +178,19 @@ class ComparisonSpec:
             object.__setattr__(self, name, tuple(value))
         for name, lo in (("flow_steps", 0), ("depth", 1), ("epochs", 1), ("batch", 1), ("phi_k", 1),
                          ("phi_epochs", 1), ("phi_batch", 1), ("kahler_steps", 0), ("seed", 0)):
-            _int(name, getattr(self, name), lo)
-        for name in ("flow_lr", "lr", "lr_decay", "phi_lr", "phi_lr_decay"):
-            _pos(name, getattr(self, name))
+            object.__setattr__(self, name, _int(name, getattr(self, name), lo))
+        object.__setattr__(self, "flow_steps", check_steps(self.flow_steps, "ComparisonSpec.flow_steps"))
+        object.__setattr__(self, "kahler_steps", check_steps(self.kahler_steps, "ComparisonSpec.kahler_steps"))
+        for name in ("flow_lr", "lr", "phi_lr"):
+            object.__setattr__(self, name, _pos(name, getattr(self, name)))
+        for name in ("lr_decay", "phi_lr_decay"):  # what train_metric_network / train_phi_network accept
+            object.__setattr__(self, name, _pos(name, getattr(self, name), high=1.0))
         if not self.widths:
             raise ValueError("ComparisonSpec.widths must hold at least one hidden width, e.g. (64,)")
-        for w in (*self.widths, *self.phi_widths):
-            _int("widths entry", w, 1)
-        for k in self.kahler_degrees:
-            _int("kahler_degrees entry", k, 1)
+        if not self.phi_widths:  # the phi-network is built whatever skip says
+            raise ValueError("ComparisonSpec.phi_widths must hold at least one hidden width, e.g. (64, 64, 64)")
+        for name in ("widths", "phi_widths", "kahler_degrees"):
+            object.__setattr__(self, name, tuple(_int(f"{name} entry", v, 1) for v in getattr(self, name)))
         if len(set(self.widths)) != len(self.widths):
             raise ValueError(f"ComparisonSpec.widths must be distinct (one row set per width); got {self.widths}")
         unknown = sorted(set(self.skip) - set(FAMILIES))
@@ -201,6 +208,10 @@ class ComparisonSpec:
             raise ValueError(f"ComparisonSpec.activation must be one of {nw.ACTIVATIONS}; got {self.activation!r}")
         if self.method not in ("matvec", "dense"):
             raise ValueError(f"ComparisonSpec.method must be 'matvec' or 'dense'; got {self.method!r}")
+        try:  # the phi-network's own checks, before model_comparison trains anything
+            PhiNetwork(self.phi_widths, "gelu", k=self.phi_k, seed=self.seed)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"ComparisonSpec: phi_widths / phi_k / seed: {exc}") from None
 
     def runs(self, family: str) -> bool:
         return family not in self.skip

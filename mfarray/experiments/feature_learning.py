@@ -55,8 +55,11 @@ from .. import backend, linalg, losses, optim
 from .. import networks as nw
 from ..flows.evolving import network_inputs
 from ..flows.frozen import resolve_loss
-from ..flows.sites import materialize
+from ..flows.sites import Sites, materialize
+from ..kernels.checks import Integer, Real
 from ..kernels.features import patch_features
+from ..kernels.operators.record import fingerprint
+from ..pointset.charts import surface_of
 from ..pointset.provenance import format_call, provenance
 from .probe_kernel import KERNEL_DOCS, ProbeKernel, analytic_distance
 
@@ -69,6 +72,7 @@ __all__ = [
     "kernel_evolution",
     "metric_mlp",
     "network_params",
+    "points_fingerprint",
     "train_metric_network",
 ]
 
@@ -130,19 +134,43 @@ def default_checkpoints(epochs: int) -> tuple[int, ...]:
 
 
 def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
-    return int(value)
+    """``value`` as a Python int >= lo (NumPy integers too); TypeError for a non-integer, ValueError below lo."""
+    return Integer(low=lo).check(value, name)
 
 
 def _check_positive(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a positive number; got {value!r}") from exc
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return v
+    """``value`` as a positive finite Python float (NumPy reals too); TypeError for a non-number."""
+    return Real(low=0, low_open=True).check(value, name)
+
+
+def _checkpoint_marks(checkpoints, epochs, *, last=False):
+    """The checkpoint epochs as sorted distinct Python ints: 0 always, ``checkpoints`` (default
+    :func:`default_checkpoints`), and ``epochs`` too with ``last``; each an integer in 0..epochs
+    (TypeError for a fractional one, ValueError for one out of range), checked before any training."""
+    if checkpoints is None:
+        checkpoints = default_checkpoints(epochs)
+    elif isinstance(checkpoints, (str, bytes)) or not hasattr(checkpoints, "__iter__"):
+        raise TypeError(f"checkpoints must be a sequence of epochs in 0..epochs = {epochs}, or None; "
+                        f"got {checkpoints!r}")
+    domain = Integer(low=0, high=epochs, doc="an epoch in 0..epochs")
+    marks = {0, *(domain.check(e, "checkpoints entry") for e in checkpoints)}
+    if last:
+        marks.add(int(epochs))
+    return sorted(marks)
+
+
+def points_fingerprint(sites: Sites) -> str:
+    """SHA-256 of the points' z (complex128) of materialised Sites: what a result records of its train
+    points (``train_z_sha256``) and :func:`~mfarray.experiments.after_kernel.after_kernel_experiment`
+    checks a result against."""
+    return fingerprint(np.asarray(backend.to_numpy(sites.z), dtype=np.complex128))
+
+
+def _require_same_surface(train, other, name):
+    """Refuse (ValueError) a point set ``other`` (called ``name``) of another surface than ``train``."""
+    if surface_of(other) != surface_of(train):
+        raise ValueError(f"{name} points lie on another surface than the train points: sample them from the same "
+                         f"Hypersurface")
 
 
 # ----------------------------------------------------------------------------- arrays of a point set
@@ -279,7 +307,7 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
 
     Parameters
     ----------
-    train, test, probe : point sets in one shared chart (``mfarray.select_chart`` /
+    train, test, probe : point sets of one surface in one shared chart (``mfarray.select_chart`` /
         ``mfarray.sample_chart``), lazy or computed; test and probe optional.
     config : mfarray.networks.MLP with d_in = the feature dimension and c = k*k outputs
         (default :func:`metric_mlp`: 3 hidden ReLU layers of 64).
@@ -292,8 +320,8 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         ``target``); kappa fixed at its value for g_FS on the train set.  The probe's targets y
         are the gradients of this loss (of the sigma loss with "mse": the target is train-only).
     checkpoints : epochs (0..epochs) at which to measure the probe kernel (default
-        :func:`default_checkpoints`); epoch 0 (Theta_0, the reference) is always measured.
-        Cost of a 1000-point probe (3 x 64 ReLU, 2-core machine shared at load 4.5-5.8, the
+        :func:`default_checkpoints`), integers (NumPy too); epoch 0 (Theta_0, the reference) is
+        always measured.  Cost of a 1000-point probe (3 x 64 ReLU, 2-core machine shared at load 4.5-5.8, the
         paths side by side in one run): 0.60-0.69 epochs of 10^5 train points at batch 128 per
         checkpoint in float64 (0.34-0.41 with ``probe_dtype="float32"``; the previous row
         blocks 1.2-1.3); the default checkpoints add 22-26 % to 20 epochs (float32 12-14 %) and,
@@ -317,8 +345,10 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
     xarray.Dataset with coordinate ``epoch`` (0..epochs) and the variables of
     :data:`HISTORY_DOCS`; with a probe, coordinate ``checkpoint`` (epochs) and those of
     :data:`KERNEL_DOCS`; ``params`` and ``params_initial`` (param).  Attributes: the network and
-    training settings (JSON ``network``), kappa, point counts, ``train_seconds``,
-    ``kernel_seconds`` and ``kernel_overhead`` = kernel_seconds / train_seconds.
+    training settings (JSON ``network``), kappa, point counts, the ``chart``,
+    ``train_z_sha256`` (:func:`points_fingerprint` of the train points: what
+    :func:`~mfarray.experiments.after_kernel.after_kernel_experiment` checks a result against),
+    ``train_seconds``, ``kernel_seconds`` and ``kernel_overhead`` = kernel_seconds / train_seconds.
     """
     epochs = _check_int("epochs", epochs, 1)
     batch = _check_int("batch", batch, 1)
@@ -349,6 +379,7 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
     te = None if te_sites is None else _Points(te_sites, config, params0, features, "test")
     pr = None
     if probe is not None:
+        _require_same_surface(train, probe, "probe")
         pr_sites = materialize(probe)[0]
         if pr_sites.chart != tr_sites.chart:
             raise ValueError(f"probe points are in chart {pr_sites.chart}, the train points in {tr_sites.chart}: "
@@ -362,10 +393,7 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         targets = np.asarray(target, dtype=np.complex128)
         if targets.shape != tr.g_fs.shape:
             raise ValueError(f"target must have shape {tr.g_fs.shape}; got {targets.shape}")
-    marks = sorted({0, *(_check_int("checkpoints entry", e, 0) for e in
-                         (default_checkpoints(epochs) if checkpoints is None else checkpoints))})
-    if marks[-1] > epochs:
-        raise ValueError(f"checkpoints must lie in 0..epochs = {epochs}; got {marks[-1]}")
+    marks = _checkpoint_marks(checkpoints, epochs)
 
     per_epoch = optim.n_batches(tr.n, batch)
     schedule = lr if lr_decay == 1.0 else (lambda step: lr * lr_decay ** (step // per_epoch))
@@ -446,7 +474,8 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
         "sigma_w": config.sigma_w, "sigma_b": config.sigma_b, "batch": batch, "lr": lr, "lr_decay": lr_decay,
         "optimizer": optimizer, "loss": loss, "seed": seed, "kappa": kappa, "n_train": tr.n,
         "n_test": 0 if te is None else te.n, "n_probe": 0 if pr is None else pr.n,
-        "chart": list(tr.chart), "probe_dtype": probe_dtype, "train_seconds": train_seconds,
+        "chart": [int(c) for c in tr.chart], "train_z_sha256": points_fingerprint(tr_sites),
+        "probe_dtype": probe_dtype, "train_seconds": train_seconds,
         "kernel_seconds": kernel_seconds,
         "kernel_overhead": kernel_seconds / train_seconds if train_seconds > 0 else math.nan,
         "alignment_definition": "y^T Theta y / (|Theta|_F |y|^2), y = dl/dg at the probe points (real basis)",
@@ -470,11 +499,14 @@ def network_params(result: xr.Dataset) -> tuple[nw.MLP, nw.Params, nw.Params]:
 # ----------------------------------------------------------------------------- width scan
 def fit_width_rate(widths: Sequence[float], values: Sequence[float]) -> tuple[float, float, float]:
     """Least-squares fit ``log value = intercept + slope log width``: (slope, intercept, slope
-    standard error; NaN with two widths)."""
+    standard error; NaN with two widths).  The widths must be distinct (one value per width, as
+    :func:`kernel_evolution` and :class:`~mfarray.experiments.comparison.ComparisonSpec` hold)."""
     w, v = np.asarray(widths, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if w.ndim != 1 or w.shape != v.shape or w.size < 2:
         raise ValueError(f"widths and values must be two equally long sequences of >= 2 numbers; got "
                          f"shapes {w.shape} and {v.shape}")
+    if np.unique(w).size != w.size:
+        raise ValueError(f"widths must be distinct (one value per width); got {w.tolist()}")
     for name, a in (("widths", w), ("values", v)):
         if not (np.all(np.isfinite(a)) and np.all(a > 0)):
             raise ValueError(f"{name} must be positive and finite to be fitted on a log scale; got {a.tolist()}")
@@ -502,6 +534,12 @@ def kernel_evolution(train: xr.Dataset, probe: xr.Dataset, widths: Sequence[int]
     measures the probe kernel.  Default: one hidden ReLU layer (the architecture of the paper's
     ReLU NTK, Table 1) and SGD (see the module docstring for why not Adam).
 
+    ``widths``: two or more distinct integers >= 1.  ``checkpoints``: the epochs (0..epochs) of
+    the curves (default :func:`default_checkpoints`); epoch 0 and the last epoch ``epochs`` are
+    always added, so ``kernel_distance``, ``kernel_change`` and the alignments (and the fitted
+    rates) are those after the last epoch, beside that epoch's sigma.  Every argument is checked
+    before the first width trains.
+
     Returns
     -------
     xarray.Dataset with coordinate ``width`` (and ``checkpoint``) and the variables of
@@ -513,9 +551,15 @@ def kernel_evolution(train: xr.Dataset, probe: xr.Dataset, widths: Sequence[int]
     widths = [_check_int("widths entry", w, 1) for w in widths]
     if len(widths) < 2:
         raise ValueError(f"widths must hold at least two widths to fit a rate; got {widths}")
+    if len(set(widths)) != len(widths):
+        raise ValueError(f"widths must be distinct (one run, one kernel distance per width); got {widths}")
     depth = _check_int("depth", depth, 1)
+    epochs, batch, seed = _check_int("epochs", epochs, 1), _check_int("batch", batch, 1), _check_int("seed", seed, 0)
+    lr = _check_positive("lr", lr)
+    checkpoints = _checkpoint_marks(checkpoints, epochs, last=True)  # the fitted values are the last epoch's
     train, probe = train.compute(), probe.compute()  # once for every width
     test = None if test is None else test.compute()
+    _require_same_surface(train, probe, "probe")
     x_probe = network_inputs(backend.to_numpy(materialize(probe)[0].z), features)
     k = int(train["g_fs"].shape[-1])
     rows = {name: [] for name in EVOLUTION_DOCS}

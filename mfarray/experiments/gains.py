@@ -21,7 +21,7 @@ import xarray as xr
 from ..cluster import cluster
 from ..flows import clustered_flow, evaluate, kernel_flow
 from ..geometry import Hypersurface, fermat_quintic
-from ..kernels.checks import Integer
+from ..kernels.checks import Integer, Optional
 from ..pointset import sample_chart
 from ..pointset.provenance import format_call, provenance
 from .presets import PAPER_GAINS, TABLE1, Preset
@@ -57,8 +57,7 @@ def gains(presets: Mapping[str, Preset] = TABLE1, *, surface: Hypersurface | Non
     for name, p in presets.items():
         if not isinstance(p, Preset):
             raise TypeError(f"presets[{name!r}] must be a Preset; got {type(p).__name__}")
-    if cluster_size is not None and (isinstance(cluster_size, bool) or not isinstance(cluster_size, int) or cluster_size < 2):
-        raise ValueError(f"cluster_size must be an integer >= 2 or None; got {cluster_size!r}")
+    cluster_size = Optional(Integer(low=2)).check(cluster_size, "cluster_size (points per cluster)")
     n_max = max(p.n_train for p in presets.values())
     pts = sample_chart(surface, n_max + n_test, seed=seed).compute()
     test = pts.isel(point=slice(n_max, None))

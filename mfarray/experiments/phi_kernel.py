@@ -43,7 +43,7 @@ from ..kahler import network
 from ..kahler.sections import SectionFrame, section_exponents, section_frame
 from ..kahler.training import LOSSES, train_phi_network
 from ..pointset.provenance import format_call, provenance
-from .feature_learning import default_checkpoints
+from .feature_learning import _check_int, _check_positive, _checkpoint_marks, _require_same_surface
 from .probe_kernel import KERNEL_DOCS, kernel_statistics
 
 __all__ = ["phi_frame", "phi_jacobian", "phi_kernel_evolution", "phi_network_ntk"]
@@ -108,9 +108,12 @@ def phi_kernel_evolution(train: xr.Dataset, config: network.PhiNetwork, epochs: 
 
     Parameters
     ----------
-    train, test, probe : point sets of one Calabi-Yau hypersurface (any charts).
-    config, epochs, batch, lr, loss, seed, lr_decay : as for train_phi_network.
-    checkpoints : epochs (0..epochs); default :func:`~mfarray.experiments.feature_learning.default_checkpoints`.
+    train, test, probe : point sets of one Calabi-Yau hypersurface (any charts); a test or probe
+        set of another surface is refused.
+    config, epochs, batch, lr, loss, seed, lr_decay : as for train_phi_network (checked here,
+        before any kernel or training).
+    checkpoints : epochs, integers in 0..epochs (a fractional one is refused, not rounded); epoch 0
+        is always measured; default :func:`~mfarray.experiments.feature_learning.default_checkpoints`.
     workdir : where train_phi_network keeps its checkpoints between segments (default: a
         temporary directory, removed afterwards).
 
@@ -120,15 +123,20 @@ def phi_kernel_evolution(train: xr.Dataset, config: network.PhiNetwork, epochs: 
     coordinate ``checkpoint`` and the variables of
     :data:`~mfarray.experiments.probe_kernel.KERNEL_DOCS`; attribute ``n_probe``.
     """
+    if not isinstance(config, network.PhiNetwork):
+        raise TypeError(f"config must be a PhiNetwork (mfarray.kahler.network); got {type(config).__name__}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {loss!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}")
-    marks = sorted({0, *(int(e) for e in (default_checkpoints(epochs) if checkpoints is None else checkpoints))})
-    if marks[0] < 0 or marks[-1] > epochs:
-        raise ValueError(f"checkpoints must lie in 0..epochs = {epochs}; got {marks}")
+    epochs, batch, seed = _check_int("epochs", epochs, 1), _check_int("batch", batch, 1), _check_int("seed", seed, 0)
+    lr, lr_decay = _check_positive("lr", lr), _check_positive("lr_decay", lr_decay)
+    if lr_decay > 1:
+        raise ValueError(f"lr_decay must lie in (0, 1] (the per-epoch factor of lr); got {lr_decay}")
+    marks = _checkpoint_marks(checkpoints, epochs)
     train = train.compute()
     test = None if test is None else test.compute()
+    _require_same_surface(train, probe, "probe")
+    if test is not None:
+        _require_same_surface(train, test, "test")
     frame, surface = phi_frame(probe, config)
     sites = materialize(probe, one_chart=False)[0]
     omega2, weight = backend.to_numpy(sites.omega2), backend.to_numpy(sites.weight)
