@@ -501,3 +501,12 @@ def test_a_kill_while_a_checkpoint_slot_is_replaced_does_not_block_the_run(split
     with pytest.raises(FileExistsError, match="odd.zarr"):
         training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw)
     assert (ck / "odd.zarr" / "notes.txt").read_text() == "mine"
+
+
+def test_the_degree_has_the_section_models_cap():
+    """PhiNetwork(k=13) was accepted where SectionPotential stops at k = 12 (n_s = 1490 on the quintic)."""
+    from mfarray.kahler.sections import MAX_DEGREE
+
+    pn.PhiNetwork(k=MAX_DEGREE)
+    with pytest.raises(ValueError, match=rf"k must be an integer in \[1, {MAX_DEGREE}\]"):
+        pn.PhiNetwork(k=MAX_DEGREE + 1)

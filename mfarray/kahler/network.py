@@ -84,7 +84,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .. import backend, linalg, networks
-from .sections import SectionFrame, section_count
+from .sections import MAX_DEGREE, SectionFrame, section_count
 
 if TYPE_CHECKING:
     from ..geometry.hypersurface import Hypersurface
@@ -151,8 +151,8 @@ class PhiNetwork:
                              f"got {self.activation!r}")
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {self.parameterization!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"k must be a positive integer (the degree of the sections); got {self.k!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= MAX_DEGREE:
+            raise ValueError(f"k must be an integer in [1, {MAX_DEGREE}] (the degree of the sections); got {self.k!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {self.seed!r}")
         for name in ("sigma_w", "sigma_b"):

@@ -27,7 +27,7 @@ import numpy as np
 from .. import backend, linalg
 from . import network as _network
 from .algebraic import _cholesky, algebraic_metric, real_number
-from .sections import SectionFrame, section_count, section_exponents, section_frame
+from .sections import MAX_DEGREE, SectionFrame, section_count, section_exponents, section_frame
 
 if TYPE_CHECKING:
     from ..geometry.hypersurface import Hypersurface
@@ -125,8 +125,8 @@ class SectionPotential:
     linear = True
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= 12:
-            raise ValueError(f"k must be an integer in [1, 12] (the degree of the sections); got {self.k!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= MAX_DEGREE:
+            raise ValueError(f"k must be an integer in [1, {MAX_DEGREE}] (the degree of the sections); got {self.k!r}")
 
     @classmethod
     def orthonormal(cls, surface: Hypersurface, z: Array, patch: Array, elim: Array, weight: Array,

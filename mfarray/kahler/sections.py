@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 Array = Any
 
 __all__ = [
+    "MAX_DEGREE",
     "SectionFrame",
     "leading_monomial",
     "monomials",
@@ -52,6 +53,11 @@ __all__ = [
     "section_gradient",
     "sections",
 ]
+
+
+# the largest degree k of sections a model takes: the quintic has n_s = 1490 sections at k = 12, so a
+# phi-kernel's n_s^2 features or a phi-network's first layer are already ~2 x 10^6 wide per point
+MAX_DEGREE = 12
 
 
 def leading_monomial(surface: Hypersurface) -> tuple[int, ...]:
