@@ -210,3 +210,35 @@ def test_failed_build_releases_its_lock(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         ZarrOperator.build(mf.kernels.Kernel(boom, inputs="points", name="g"), z, None, path, block=BLOCK)
     assert not (tmp_path / "r.zarr.lock").exists()
+
+
+def test_store_opened_by_path_is_checked_against_the_points(tmp_path):
+    """as_operator(path, x_out, x_in) returns the stored matrix only for the points it was built on
+    (shape and the recorded fingerprints x_out_sha256 / x_in_sha256); other points are refused
+    with the way to build theirs."""
+    import dask.array as da
+
+    x, y = points(150, seed=1), points(150, seed=2)
+    k = mf.kernels.gaussian_fs.bind(sigma=0.3)
+    path = tmp_path / "K.zarr"
+    K = mf.kernels.as_operator(k, x, method="zarr", path=path, block=BLOCK).to_dense()
+    for args, name in (((y,), "x_out"), ((y[:10],), "x_out"), ((x, y), "x_in"), ((x, x[:10]), "x_in"),
+                       ((x[::-1],), "x_out"), ((x.astype(np.complex64),), "x_out")):
+        with pytest.raises(ValueError, match=f"{name}.*method='zarr'"):
+            mf.kernels.as_operator(path, *args)
+    for args in ((), (x,), (x, x), (x.copy(),), (x, x.copy()), (da.from_array(x, chunks=50),)):
+        assert np.array_equal(mf.kernels.as_operator(path, *args).to_dense(), K)
+    assert np.array_equal(mf.kernels.as_operator(path, x, method="zarr").to_dense(), K)
+    with pytest.raises(ValueError, match="method"):
+        mf.kernels.as_operator(path, x, method="blockwise")
+    for options in ({"block": BLOCK}, {"workers": 2}, {"path": path}):
+        with pytest.raises(ValueError, match=f"{next(iter(options))}.*method='zarr'"):
+            mf.kernels.as_operator(path, x, **options)
+    # a test x train store: rows are x_out, columns x_in
+    rect = tmp_path / "Kt.zarr"
+    Kt = mf.kernels.as_operator(k, y[:40], x, method="zarr", path=rect, block=BLOCK).to_dense()
+    assert np.array_equal(mf.kernels.as_operator(rect, y[:40], x).to_dense(), Kt)
+    with pytest.raises(ValueError, match="x_in"):
+        mf.kernels.as_operator(rect, y[:40])
+    with pytest.raises(ValueError, match="x_out"):
+        mf.kernels.as_operator(rect, x, x)

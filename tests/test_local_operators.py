@@ -445,3 +445,24 @@ def test_local_row_tiles_without_a_kept_pair_are_zero(z, jitter):
         out = op.matvec(v)
         assert np.all(out[:64] == 0) and np.any(out[64:] != 0)
         assert _same_bits(out, _local_serial_order(op, v))
+
+
+def test_local_honours_a_float32_kernel(z):
+    """gaussian_fs bound to dtype='float32' makes a float32 operator with method='local' as with
+    method='dense' (its entries rounded to float32), in the sparse form and in the tiles alike."""
+    x = z[:300]
+    k32 = gaussian_fs.bind(sigma=0.05, squared=True, dtype="float32")
+    ref32 = np.asarray(as_operator(k32, x, method="dense").to_dense())
+    ref64 = np.asarray(as_operator(gaussian_fs.bind(sigma=0.05, squared=True), x, method="dense").to_dense())
+    assert ref32.dtype == np.float32
+    for sparse in (True, False):
+        op = as_operator(k32, x, method="local", sparse=sparse)
+        M = np.asarray(op.to_dense())
+        assert op.sparse is sparse and op.describe()["dtype"] == "float32" and M.dtype == np.float32
+        assert np.abs(M - ref32).max() <= 1e-6 and np.abs(M - ref64).max() <= 1e-6
+        assert not np.array_equal(M.astype(np.float64), ref64)  # rounded, not the float64 kernel
+        v = _v(300)
+        assert np.abs(op.matvec(v) - np.einsum("ab,b...->a...", ref64, v)).max() <= 1e-5 * np.abs(v).sum(0).max()
+        assert np.asarray(op.diagonal()).dtype == np.float32
+    op64 = as_operator(gaussian_fs.bind(sigma=0.05, squared=True), x, method="local")
+    assert op64.describe()["dtype"] == "float64" and np.asarray(op64.to_dense()).dtype == np.float64

@@ -599,3 +599,106 @@ def test_as_operator_passes_options_to_the_right_operator(points, tmp_path):
     assert (b.workers, b.cache_bytes, b.symmetric) == (1, 10, False)
     with pytest.raises(ValueError, match="dtype"):
         as_operator(gaussian, x, method="blockwise", dtype="float32")
+
+
+# ------------------------------------------------------------------ symmetric=True is checked, options refused
+
+
+def _skew_kernels():
+    w = np.arange(1, D + 1.0)
+
+    def skew(a, b):  # k(a, b) = exp(a.w) * gaussian(a, b): not symmetric
+        return np.exp(a @ w / 10)[:, None] * gaussian(a, b)
+
+    from mfarray.kernels import Kernel
+
+    return skew, Kernel(skew, inputs="features", symmetric=False, name="skew")
+
+
+def test_symmetric_true_for_a_kernel_that_is_not_is_refused_by_every_tiled_build(points, tmp_path):
+    """symmetric=True with a kernel that is not symmetric (declared symmetric=False, or not declared at
+    all) mirrors a wrong half: the blockwise operator and the Zarr build refuse it alike, before a
+    block is stored, and the message names what said symmetric=True (the argument or the spec)."""
+    x = points[0]
+    v = make_v("real", N_OUT)
+    plain, declared = _skew_kernels()
+    K = plain(x, x)
+    for kernel in (plain, declared):
+        with pytest.raises(ValueError, match="not symmetric.*symmetric=True was passed.*symmetric=False") as err:
+            as_operator(kernel, x, method="blockwise", block=BLOCK, symmetric=True).matvec(v)
+        assert ("spec says symmetric=True" in str(err.value)) is (kernel is plain)
+        path = tmp_path / f"{kernel is declared}.zarr"
+        with pytest.raises(ValueError, match="not symmetric.*symmetric=True was passed.*symmetric=False"):
+            as_operator(kernel, x, method="zarr", path=path, block=BLOCK, symmetric=True)
+        assert not path.exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="not symmetric.*spec says symmetric=True.*symmetric=False"):
+        as_operator(plain, x, method="blockwise", block=BLOCK).matvec(v)  # from the (neutral) spec
+    with pytest.raises(ValueError, match="spec says symmetric=False"):
+        as_operator(declared, x, method="blockwise", block=BLOCK, symmetric=True).matvec(v)
+    # a full store of the right matrix is not resumed (mirrored) as a symmetric one
+    path = tmp_path / "full.zarr"
+    assert rel_err(as_operator(declared, x, method="zarr", path=path, block=BLOCK).to_dense(), K) < 1e-14
+    with pytest.raises(ValueError, match="not symmetric.*symmetric=True was passed"):
+        as_operator(declared, x, method="zarr", path=path, block=BLOCK, symmetric=True, workers=2)
+    assert rel_err(ZarrOperator.open(path).to_dense(), K) < 1e-14
+    # an interrupted full build is not finished as a symmetric one either
+    path = tmp_path / "part.zarr"
+    budget = [3]
+
+    def interrupted(a, b):  # plain's values; KeyboardInterrupt after `budget` calls
+        if budget[0] is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise KeyboardInterrupt("simulated interruption")
+        return plain(a, b)
+
+    from mfarray.kernels import Kernel
+    kernel = Kernel(interrupted, inputs="features", symmetric=False, name="interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        ZarrOperator.build(kernel, x, None, path, block=BLOCK)
+    budget[0] = None
+    with pytest.raises(ValueError, match="not symmetric"):
+        ZarrOperator.build(kernel, x, None, path, block=BLOCK, symmetric=True)
+    assert rel_err(ZarrOperator.build(kernel, x, None, path, block=BLOCK).to_dense(), K) < 1e-14
+    # a symmetric kernel still builds half its blocks, and gives the same matrix
+    sym = as_operator(gaussian, x, method="zarr", path=tmp_path / "sym.zarr", block=BLOCK, symmetric=True)
+    assert rel_err(sym.to_dense(), gaussian(x, x)) < 1e-14
+    f32 = tmp_path / "f32.zarr"  # and a float32 store of it resumes as symmetric (its rounding is not asymmetry)
+    as_operator(gaussian, x, method="zarr", path=f32, block=BLOCK, dtype="float32")
+    sym32 = as_operator(gaussian, x, method="zarr", path=f32, block=BLOCK, dtype="float32", symmetric=True)
+    assert rel_err(sym32.to_dense(), gaussian(x, x)) < 1e-7
+
+
+def test_options_a_method_does_not_take_are_refused_by_name(points, tmp_path):
+    """as_operator never ignores an option: path only for method='zarr', each method its own
+    options, symmetric a bool."""
+    x = points[0]
+    path = tmp_path / "never.zarr"
+    for method in ("auto", "dense", "blockwise", "lowrank", "factored"):
+        with pytest.raises(ValueError, match="path.*method='zarr'"):
+            as_operator(gaussian, x, method=method, path=path)
+    assert not path.exists()
+    for method, options, name in (("zarr", {"cache_bytes": 1 << 20, "path": path}, "cache_bytes"),
+                                  ("lowrank", {"workers": 2}, "workers"),
+                                  ("blockwise", {"overwrite": True}, "overwrite"),
+                                  ("dense", {"dtype": "float32"}, "dtype"),
+                                  ("factored", {"block": 8}, "block")):
+        with pytest.raises(ValueError, match=f"method='{method}'.*{name}"):
+            as_operator(gaussian, x, method=method, **options)
+    for method, extra in (("blockwise", {}), ("dense", {}), ("auto", {}), ("zarr", {"path": path})):
+        for bad in ("yes", 1, 0.0, "False"):
+            with pytest.raises(ValueError, match="symmetric must be True, False"):
+                as_operator(gaussian, x, method=method, symmetric=bad, block=BLOCK, **extra)
+    assert not path.exists()
+    with pytest.raises(ValueError, match="symmetric must be True, False"):
+        BlockwiseOperator(gaussian, x, x, symmetric="yes")
+    with pytest.raises(ValueError, match="symmetric must be True, False"):
+        ZarrOperator.build(gaussian, x, None, path, symmetric="yes")
+    b = as_operator(gaussian, x, method="blockwise", symmetric=np.bool_(True))
+    assert b.symmetric is True
+    # an operator or a matrix passes through: build options would be ignored, so they are refused
+    for obj in (DenseOperator(gaussian(x, x)), gaussian(x, x)):
+        with pytest.raises(ValueError, match="block"):
+            as_operator(obj, block=8)
+        with pytest.raises(ValueError, match="workers"):
+            as_operator(obj, workers=2)

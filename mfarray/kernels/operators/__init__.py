@@ -46,7 +46,9 @@ from .factored import FactoredOperator
 from .local import GAUSSIAN_OPTIONS, LocalGaussianOperator, NearestOperator, local_operator
 from .sparse import SparseGaussianOperator
 from .lowrank import LowRankOperator, LowRankWarning, lowrank_operator
-from .protocol import KernelOperator, check_pair, check_positive, is_complex_dtype, kernel_block, kernel_spec
+from .protocol import (KernelOperator, check_flag, check_pair, check_points, check_positive, is_complex_dtype,
+                       kernel_block, kernel_spec)
+from .record import fingerprint
 from .stored import ZarrOperator
 from .tiled import BlockwiseOperator
 
@@ -91,6 +93,69 @@ _BLOCKWISE_OPTIONS = ("symmetric", "workers", "cache_bytes")
 METHOD_OPTIONS = {"dense": (), "blockwise": ("block",) + _BLOCKWISE_OPTIONS, "local": ("block",) + GAUSSIAN_OPTIONS,
                   "lowrank": ("rank", "tol", "shortfall")}
 
+#: every option each method takes besides x_out, x_in (``block``, ``path`` and the method's
+#: ``build_kwargs``); as_operator refuses any other instead of ignoring it
+_ZARR_OPTIONS = tuple(p for p in inspect.signature(ZarrOperator.build).parameters
+                      if p not in ("kernel", "x_out", "x_in", "path", "block"))
+_ACCEPTED = {"auto": ("block",) + _BLOCKWISE_OPTIONS, "dense": ("block",) + _BLOCKWISE_OPTIONS,
+             "blockwise": ("block",) + _BLOCKWISE_OPTIONS, "zarr": ("path", "block") + _ZARR_OPTIONS,
+             "factored": (), "local": ("block",) + GAUSSIAN_OPTIONS, "lowrank": ("rank", "tol", "shortfall")}
+
+
+def _check_options(method: str, given: dict) -> None:
+    """Refuse (ValueError naming them and what ``method`` takes) the options ``method`` does not
+    take, and a ``symmetric`` that is not a bool."""
+    unknown = sorted(k for k in given if k not in _ACCEPTED[method])
+    if unknown:
+        where = "; path is only for method='zarr' (the kernel store)" if "path" in unknown else ""
+        takes = ", ".join(_ACCEPTED[method]) or "no options"
+        raise ValueError(f"method={method!r} takes {takes}; got {unknown}{where}")
+    if "symmetric" in given:
+        none = "follow the kernel's spec" if method in ("auto", "dense", "blockwise", "local") else None
+        check_flag(given["symmetric"], "symmetric", none)
+
+
+def _open_store(path, x_out, x_in, method: str, options: dict) -> ZarrOperator:
+    """The kernel store at ``path``; with ``x_out`` (and ``x_in``, default ``x_out``) only if it
+    was built on exactly those points: its shape and the recorded fingerprints ``x_out_sha256``,
+    ``x_in_sha256`` (:meth:`ZarrOperator.build`) must match, else ValueError naming the argument
+    and the way to build the store for them."""
+    if method not in ("auto", "zarr"):
+        raise ValueError(f"a path opens a stored kernel matrix (method='zarr'); method={method!r} needs a kernel: "
+                         f"as_operator(kernel, x_out, x_in, method={method!r})")
+    given = sorted(options)
+    if given:
+        raise ValueError(f"a path opens a stored kernel matrix as it was built, taking none of the options {given}: "
+                         f"to build or resume a store, as_operator(kernel, x_out, x_in, method='zarr', path=...)")
+    op = ZarrOperator.open(path)
+    if x_out is None:
+        if x_in is not None:
+            raise ValueError("x_in was given without x_out: pass both (or neither) to check the stored matrix")
+        return op
+    build = ("to build the matrix on these points, as_operator(kernel, x_out, x_in, method='zarr', path=...) "
+             "with another path (or overwrite=True)")
+    meta = op.attrs
+    x_in_ = x_out if x_in is None else x_in
+    for name, x in (("x_out", x_out), ("x_in", x_in_)):
+        check_points(x, name)
+    for name, x, n, key in (("x_out", x_out, op.shape[0], "x_out_sha256"),
+                            ("x_in", x_in_, op.shape[1], "x_in_sha256")):
+        default = " (x_in defaults to x_out)" if x_in is None else ""
+        if int(x.shape[0]) != n:
+            raise ValueError(f"the kernel store at {path!s} is {op.shape[0]} x {op.shape[1]} (x_out x x_in), but "
+                             f"{name} has {int(x.shape[0])} points{default}; {build}")
+        recorded = meta.get(key)
+        if recorded is None:
+            raise ValueError(f"the kernel store at {path!s} records no fingerprint of its points, so it cannot be "
+                             f"checked against {name}: open it without points, as_operator(path), or rebuild it "
+                             f"(as_operator(kernel, x_out, x_in, method='zarr', path=..., overwrite=True))")
+        if fingerprint(x.compute() if backend.is_dask(x) else x) != recorded:
+            raise ValueError(f"{name} differs from the points the kernel store at {path!s} was built on (its "
+                             f"recorded {key}){default if name == 'x_in' else ''}: the stored matrix is not the "
+                             f"kernel on them; {build}")
+    return op
+
+
 FACTORED_HELP = (
     "method='factored' takes a feature map phi(x) -> (n, rank), K = phi(x_out) phi(x_in)^T (random "
     "features, network Jacobians), not a kernel k(x1, x2): no kernel spec (gaussian_fs, delta, relu_ntk, "
@@ -130,6 +195,12 @@ def as_operator(
     path, or turn a kernel ``k(x1, x2)`` on ``x_out`` (and ``x_in``, default ``x_out``)
     into one.
 
+    A path opens a store written by :meth:`ZarrOperator.build` as it is; given ``x_out`` (and
+    ``x_in``) it must have been built on exactly those points (its shape and its recorded point
+    fingerprints), else ValueError: build theirs with ``method="zarr"``.  Every option belongs to a
+    method (``path`` to "zarr" alone); one the method does not take is refused with ValueError
+    naming it, never ignored, and so are build options with an operator, a matrix or a path.
+
     ``method``:
       ``"dense"``     ``DenseOperator(k(x_out, x_in))`` (lazy Dask for Dask points);
       ``"blockwise"`` :class:`BlockwiseOperator` (``block`` default ``backend.TILE`` = 1024;
@@ -164,15 +235,24 @@ def as_operator(
     if block is not None:
         block = check_positive(block, "block")
     obj = kernel_or_operator
-    if hasattr(obj, "matvec") and hasattr(obj, "shape"):
+    options = {**{k: v for k, v in (("block", block), ("path", path)) if v is not None}, **build_kwargs}
+    if isinstance(obj, (str, os.PathLike)):
+        return _open_store(obj, x_out, x_in, method, options)
+    passing = hasattr(obj, "matvec") and hasattr(obj, "shape")
+    if passing or (hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj)):
+        given = sorted(options)
+        if given:
+            raise ValueError(f"an operator or a matrix is used as it is: the build options {given} would be "
+                             f"ignored; pass a kernel to build an operator with them")
+    else:
+        _check_options(method, options)
+    if passing:
         if x_out is not None:
             x_in_ = x_out if x_in is None else x_in
             want = (int(x_out.shape[0]), int(x_in_.shape[0]))
             if tuple(obj.shape) != want:
                 raise ValueError(f"operator has shape {tuple(obj.shape)} but x_out, x_in give {want}")
         return obj
-    if isinstance(obj, (str, os.PathLike)):
-        return ZarrOperator.open(obj)
     if hasattr(obj, "shape") and hasattr(obj, "dtype") and not callable(obj):
         return DenseOperator(obj)
     if not callable(obj):
@@ -196,8 +276,6 @@ def as_operator(
     if method == "local":
         return local_operator(obj, x_out, x_in, block=block, **build_kwargs)
     if method == "lowrank":
-        if block is not None:
-            raise ValueError("method='lowrank' takes rank, tol and shortfall; not block")
         return lowrank_operator(obj, x_out, x_in, **build_kwargs)
     lazy = backend.is_dask(x_out) or backend.is_dask(x_in)
     if method == "auto":

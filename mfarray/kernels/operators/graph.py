@@ -53,13 +53,13 @@ def _partial_kernel_product(xo, xi, v, *, kernel, out_dtype):
         return apply_block(K, v).astype(out_dtype, copy=False)[:, None, :]
 
 
-def _symmetric_tile_products(xa, xb, va, vb, *, kernel, out_dtype, diagonal):
+def _symmetric_tile_products(xa, xb, va, vb, *, kernel, out_dtype, diagonal, passed=False):
     """For tile K = k(xa, xb) above the diagonal: (K @ vb, K^T @ va); on it (xa = xb):
-    (K @ va, None) after checking K = K^T."""
+    (K @ va, None) after checking K = K^T (``passed``: symmetric=True was given, for the message)."""
     with backend.one_blas_thread():
         K = kernel_block(kernel, xa, xb, "on a tile of the lazy symmetric operator")
         if diagonal:
-            check_symmetric_tile(K, kernel=kernel)
+            check_symmetric_tile(K, kernel=kernel, passed=passed)
             return apply_block(K, vb).astype(out_dtype, copy=False), None
         return (apply_block(K, vb).astype(out_dtype, copy=False),
                 apply_block(K, va, transpose=True).astype(out_dtype, copy=False))
@@ -108,10 +108,12 @@ def kernel_matvec(kernel: Callable[..., Array], x_out: Array, x_in: Array, v2: A
     return _tree_sum(partials, split_every)
 
 
-def symmetric_kernel_matvec(kernel: Callable[..., Array], x: Array, v2: Array, block: int) -> da.Array:
+def symmetric_kernel_matvec(kernel: Callable[..., Array], x: Array, v2: Array, block: int, *,
+                            passed: bool = False) -> da.Array:
     """Lazy ``K(x, x) @ v2`` for a symmetric kernel: one task per tile on or above the
     diagonal giving both K_ab v_b and K_ab^T v_a, then one sum per row block (half the
-    kernel evaluations of :func:`kernel_matvec`)."""
+    kernel evaluations of :func:`kernel_matvec`).  The diagonal tiles are checked to be
+    symmetric (``passed``: symmetric=True was given rather than read from the spec)."""
     import dask
     import dask.array as da
 
@@ -123,7 +125,8 @@ def symmetric_kernel_matvec(kernel: Callable[..., Array], x: Array, v2: Array, b
     parts = [[] for _ in rows]
     for a in range(len(rows)):
         for b in range(a, len(rows)):
-            on, off = tile(xb[a], xb[b], vb[a], vb[b], kernel=kernel, out_dtype=dtype, diagonal=a == b)
+            on, off = tile(xb[a], xb[b], vb[a], vb[b], kernel=kernel, out_dtype=dtype, diagonal=a == b,
+                                   passed=passed)
             parts[a].append(on)
             if b != a:
                 parts[b].append(off)

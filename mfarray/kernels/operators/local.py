@@ -67,6 +67,7 @@ from ..spec import Kernel
 from .protocol import (
     apply_block,
     bounds,
+    check_flag,
     check_pair,
     check_positive,
     check_square,
@@ -228,6 +229,13 @@ def _gaussian_hyper(spec: Kernel) -> tuple[float, bool]:
     return float(spec.hyper["sigma"]), bool(spec.hyper.get("squared", False))
 
 
+def _kernel_dtype(spec: Kernel) -> np.dtype:
+    """The dtype of a gaussian_fs spec's values, as gaussian_fs makes them: float32 when bound
+    with ``dtype="float32"``, else float64."""
+    dtype = spec.hyper.get("dtype")
+    return np.dtype(np.float32 if dtype is not None and np.dtype(dtype) == np.float32 else np.float64)
+
+
 def _profile(d: np.ndarray, sigma: float, squared: bool) -> np.ndarray:
     """k as a function of a distance (the largest value for distances >= d), as gaussian_fs."""
     d = np.maximum(d, 0.0)
@@ -285,8 +293,11 @@ class LocalGaussianOperator:
                  workers: int | None = None, cache_bytes: int = 0) -> None:
         spec = kernel_spec(kernel)
         self.sigma, self.squared = _gaussian_hyper(spec)
+        self.dtype = _kernel_dtype(spec)  # the kernel's tiles (a float32 kernel: a float32 operator)
         self.kernel = kernel
         self.tol = _check_tol(tol)
+        symmetric = check_flag(symmetric, "symmetric", "x_out is x_in")
+        self._symmetric_passed = symmetric is not None
         self.block = check_positive(block, "block")
         if x_in is None:
             x_in = x_out
@@ -352,7 +363,8 @@ class LocalGaussianOperator:
     def error_bound(self, v: Array) -> float:
         """The bound on ``|(K - K_local) v|_inf`` (max over rows and components) for ``v
         (n_in, ...)``: ``error_factor * |v|_inf`` (<= ``tol * max_skipped_per_row * |v|_inf``);
-        the rounding of the kept tiles (~1e-16 relative) comes on top."""
+        the rounding of the kept tiles (~1e-16 relative; a float32 kernel's tiles and products ~1e-6)
+        comes on top."""
         vmax = float(np.max(np.abs(backend.to_numpy(v)))) if math.prod(v.shape) else 0.0
         return self.error_factor * vmax
 
@@ -361,8 +373,8 @@ class LocalGaussianOperator:
         ``|(K - K_local) v|_inf <= error_factor * |v|_inf``."""
         return {
             "operator": "LocalGaussianOperator", "method": "local", "kernel": kernel_spec(self.kernel).describe(),
-            "shape": list(self.shape), "tol": self.tol, "block": self.block, "symmetric": self.symmetric,
-            "sparse": self.sparse, "nnz": self.nnz,
+            "shape": list(self.shape), "dtype": self.dtype.name, "tol": self.tol, "block": self.block,
+            "symmetric": self.symmetric, "sparse": self.sparse, "nnz": self.nnz,
             "tiles": [len(self.rows), len(self.cols)], "skipped_tiles": self.skipped_tiles,
             "skipped_tile_fraction": self.skipped_tile_fraction,
             "skipped_entry_fraction": self.skipped_entry_fraction,
@@ -377,7 +389,7 @@ class LocalGaussianOperator:
             K = kernel_block(self.kernel, self._xo[r0:r1], self._xi[c0:c1],
                              tile_text((r0, r1), (c0, c1), self.shape) + " (in tile order)")
             if self.symmetric and a == b and not self._cache.symmetry_checked:
-                check_symmetric_tile(K, kernel=self.kernel)
+                check_symmetric_tile(K, kernel=self.kernel, passed=self._symmetric_passed)
                 self._cache.symmetry_checked = True
             self._cache.offer((a, b), K)
         return K
@@ -483,7 +495,7 @@ class LocalGaussianOperator:
     def to_dense(self) -> Array:
         """The (n_out, n_in) matrix K_local, skipped tiles as zeros.  Small cases only."""
         xp = array_api_compat.array_namespace(self.x_out)
-        Kp = np.zeros(self.shape)
+        Kp = np.zeros(self.shape, dtype=self.dtype)
 
         def put(a, b, t):  # the tiles on threads with one BLAS thread each, as in matvec (they may be cached)
             (r0, r1), (c0, c1) = self.rows[a], self.cols[b]
@@ -625,6 +637,8 @@ def local_operator(kernel: Callable[..., Array], x_out: Array, x_in: Array | Non
     unknown = sorted(set(options) - set(GAUSSIAN_OPTIONS))
     if unknown:
         raise ValueError(f"method='local' with gaussian_fs takes block, {', '.join(GAUSSIAN_OPTIONS)}; got {unknown}")
+    if "symmetric" in options:
+        options["symmetric"] = check_flag(options["symmetric"], "symmetric", "x_out is x_in")
     sparse = options.pop("sparse", "auto")
     if not (isinstance(sparse, (bool, np.bool_)) or sparse == "auto"):
         raise ValueError(f"sparse must be True (the entries >= tol in a sparse matrix, built once), False (recompute "

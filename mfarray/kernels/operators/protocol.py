@@ -106,20 +106,33 @@ def kernel_block(kernel: Callable[..., Array], a: Array, b: Array, where: str = 
     return K
 
 
-def check_symmetric_tile(K: Array, rtol: float = 1e-10, kernel: Callable[..., Array] | None = None) -> None:
+def check_symmetric_tile(K: Array, rtol: float = 1e-10, kernel: Callable[..., Array] | None = None, *,
+                         passed: bool = False) -> None:
     """A diagonal tile of a symmetric operator must equal its transpose (up to rounding):
     catches a kernel that is not symmetric before half of its matrix is mirrored.  (Its values
-    are finite: :func:`kernel_block` refused any others.)"""
+    are finite: :func:`kernel_block` refused any others.)  ``passed``: the caller was given
+    ``symmetric=True`` (else it took symmetry from the kernel's spec); the message names which."""
     xp = array_api_compat.array_namespace(K)
     gap, top = float(xp.max(xp.abs(K - K.T))), float(xp.max(xp.abs(K)))
     if not gap <= rtol * top:
-        name = kernel_spec(kernel).name if kernel is not None else "the kernel"
+        spec = kernel_spec(kernel) if kernel is not None else None
+        name = spec.name if spec is not None else "the kernel"
+        found = (f"kernel {name} is not symmetric on these points (max |K - K^T| = {gap:.3g} on a diagonal "
+                 f"tile, max |K| = {top:.3g})")
+        if passed:
+            if spec is not None and not spec.symmetric:
+                fix = "Pass symmetric=False, or leave symmetric out: the kernel's spec says symmetric=False"
+            else:
+                fix = ("Pass symmetric=False (and declare it once: Kernel(fn, inputs=..., symmetric=False), "
+                       "since its spec says symmetric=True)")
+            raise ValueError(
+                f"{found}, but symmetric=True was passed, which computes only half of the matrix and mirrors "
+                f"it.  {fix} (operator_options={{'symmetric': False}} in kernel_flow)"
+            )
         raise ValueError(
-            f"kernel {name} is not symmetric on these points (max |K - K^T| = {gap:.3g} on a diagonal "
-            f"tile, max |K| = {top:.3g}), but its spec says symmetric=True, so the operator on one point "
-            "set computes only half of the matrix.  Declare it once: Kernel(fn, inputs=..., "
-            "symmetric=False); or pass symmetric=False to the operator (operator_options={'symmetric': "
-            "False} in kernel_flow)"
+            f"{found}, but its spec says symmetric=True, so the operator on one point set computes only half "
+            "of the matrix.  Declare it once: Kernel(fn, inputs=..., symmetric=False); or pass symmetric=False "
+            "to the operator (operator_options={'symmetric': False} in kernel_flow)"
         )
 
 
@@ -149,6 +162,17 @@ def check_positive(value: Any, name: str = "block") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
+
+
+def check_flag(value: Any, name: str = "symmetric", none: str | None = None) -> bool | None:
+    """``value`` as a bool (``np.bool_`` too); ``None`` passes when ``none`` says what it means;
+    anything else -- ``"yes"``, ``1``, ``"False"`` -- raises ValueError naming the argument."""
+    if value is None and none is not None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        also = f" or None ({none})" if none is not None else ""
+        raise ValueError(f"{name} must be True, False{also}; got {value!r}")
+    return bool(value)
 
 
 def check_square(op: KernelOperator) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ... import backend
-from .local import DEFAULT_TOL, _check_tol, _gaussian_hyper, _profile
+from .local import DEFAULT_TOL, _check_tol, _gaussian_hyper, _kernel_dtype, _profile
 from .protocol import check_pair, check_positive, check_square, flatten, kernel_spec, unflatten
 from .screen import SCREEN_BLOCK, SLACK, TooManyPairs, host_units, pair_distances, screen_pairs
 
@@ -77,6 +77,10 @@ class SparseGaussianOperator:
     block, workers : the screening tiles (points a side) and threads (default all usable
         cores); the result does not depend on either.
 
+    The entries are computed in float64 from the distances and stored in the kernel's dtype:
+    gaussian_fs bound with ``dtype="float32"`` gives float32 entries (as the dense operator of that
+    kernel; ``dtype``, :meth:`describe`), multiplied with v in v's precision (SciPy upcasts).
+
     Attributes: ``nnz``; ``radius`` R (k(R) = tol); ``error_factor`` with
     |(K - K_sparse) v|_inf <= error_factor |v|_inf; ``max_skipped_per_row``.
     """
@@ -88,6 +92,7 @@ class SparseGaussianOperator:
 
         spec = kernel_spec(kernel)
         self.sigma, self.squared = _gaussian_hyper(spec)
+        self.dtype = _kernel_dtype(spec)  # a float32 kernel (dtype="float32" bound): its entries rounded to float32
         self.kernel, self.tol = kernel, _check_tol(tol)
         if isinstance(sparse_max_bytes, bool) or not isinstance(sparse_max_bytes, (int, np.integer)) \
                 or sparse_max_bytes < 0:
@@ -131,7 +136,7 @@ class SparseGaussianOperator:
         if 16 * self.nnz > self.sparse_max_bytes:
             raise TooLarge(f"the {self.nnz} entries >= tol = {self.tol:g} exceed sparse_max_bytes = "
                            f"{self.sparse_max_bytes}")
-        self._csr = scipy.sparse.csr_matrix((k[keep], (i[keep], j[keep])), shape=self.shape)
+        self._csr = scipy.sparse.csr_matrix((k[keep].astype(self.dtype), (i[keep], j[keep])), shape=self.shape)
         self._csr.sort_indices()  # each row's entries by column: one summation order
         # per row: dropped values (known) + screened out within R2 (each < k(R) = tol) + beyond R2
         # (each < k(R2) = tol^2): a screened-out pair lies beyond the radius (screen.py)
@@ -154,7 +159,8 @@ class SparseGaussianOperator:
 
     def error_bound(self, v: Array) -> float:
         """The bound on ``|(K - K_sparse) v|_inf`` for ``v (n_in, ...)``: ``error_factor *
-        |v|_inf`` (the rounding of the kept entries, ~1e-16 relative, comes on top)."""
+        |v|_inf`` (the rounding of the kept entries, ~1e-16 relative -- 6e-8 for a float32 kernel --
+        comes on top)."""
         vmax = float(np.max(np.abs(backend.to_numpy(v)))) if math.prod(v.shape) else 0.0
         return self.error_factor * vmax
 
@@ -162,7 +168,8 @@ class SparseGaussianOperator:
         """JSON-safe record: method, kernel, tol, radius, nnz and the bound."""
         return {
             "operator": "SparseGaussianOperator", "method": "local", "kernel": kernel_spec(self.kernel).describe(),
-            "shape": list(self.shape), "tol": self.tol, "radius": self.radius, "symmetric": self.symmetric,
+            "shape": list(self.shape), "dtype": self.dtype.name, "tol": self.tol, "radius": self.radius,
+            "symmetric": self.symmetric,
             "sparse": True, "nnz": self.nnz, "max_skipped_per_row": self.max_skipped_per_row,
             "error_factor": self.error_factor,
             "error_bound": "|(K - K_sparse) v|_inf <= error_factor * |v|_inf",

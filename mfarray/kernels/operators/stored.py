@@ -31,9 +31,11 @@ from .graph import matrix_matvec
 from .protocol import (
     apply_block,
     bounds,
+    check_flag,
     check_pair,
     check_positive,
     check_square,
+    check_symmetric_tile,
     check_tileable,
     concat_rows,
     flatten,
@@ -138,6 +140,8 @@ def _build_locked(kernel, xo, xi, path, meta, symmetric, overwrite, compressors,
         K = kernel_block(kernel, xo[i0:i1], xi[j0:j1], tile_text(rb[i], cb[j], (n_out, n_in)))
         if is_complex_dtype(K.dtype):
             raise ValueError("kernel returned complex values; ZarrOperator stores real kernels")
+        if symmetric and i == j:  # every diagonal block (three passes over a block each): as BlockwiseOperator
+            check_symmetric_tile(K, kernel=kernel, passed=True)
         return np.asarray(backend.to_numpy(K))
 
     arr = _open_existing(path)  # refuses anything but a kernel store, even with overwrite
@@ -177,6 +181,17 @@ def _build_locked(kernel, xo, xi, path, meta, symmetric, overwrite, compressors,
                 check_probe(probe, np.asarray(backend.to_numpy(P), dtype=np.float64), path)
             if old.get("kernel_code_sha256") != meta["kernel_code_sha256"]:
                 arr.update_attributes({ATTR_META: {**old, "kernel_code_sha256": meta["kernel_code_sha256"]}})
+
+    if symmetric and K00 is None:
+        # symmetric=True mirrors every block above the diagonal: check a diagonal block before
+        # any is written -- block (0, 0) as stored (a resumed build; float32 rounding may break
+        # the exact symmetry of a symmetric kernel by an ulp), else computed now (and checked)
+        if 0 in done:
+            (i0, i1), (j0, j1) = rb[0], cb[0]
+            rtol = 1e-10 if np.dtype(arr.dtype) == np.float64 else 4 * float(np.finfo(np.float32).eps)
+            check_symmetric_tile(np.asarray(arr[i0:i1, j0:j1], dtype=np.float64), rtol, kernel, passed=True)
+        else:
+            K00 = compute(0, 0)
 
     tasks = [
         (i, j)
@@ -272,7 +287,10 @@ class ZarrOperator:
         relative (float64: 2e-16; with float64 products, before session 8: 3e-9 and 1.3e-8).
 
         ``symmetric=True`` (x_in is x_out and k(x, y) = k(y, x)) computes only the blocks
-        with ``i <= j`` and writes their transposes.  ``workers > 1`` computes blocks in a
+        with ``i <= j`` and writes their transposes; as in :class:`~.tiled.BlockwiseOperator`, a
+        diagonal block must equal its transpose (:func:`~.protocol.check_symmetric_tile`: block
+        (0, 0) before any block is written -- as stored, on a resume -- and every diagonal block
+        computed), else ValueError: a kernel that is not symmetric is never mirrored.  ``workers > 1`` computes blocks in a
         thread pool.  ``callback(i, j, n_done, n_total)`` is called after each block is
         recorded; ``progress=True`` prints progress to stderr.  The kernel is recorded as
         ``as_kernel(kernel).describe()`` plus ``"params"``; ``name``/``params`` override its
@@ -302,6 +320,7 @@ class ZarrOperator:
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype("float32"), np.dtype("float64")):
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype}")
+        symmetric = check_flag(symmetric, "symmetric")
         if symmetric and not same and x_out.shape != x_in.shape:
             raise ValueError("symmetric=True needs x_in = x_out (a square kernel matrix)")
 

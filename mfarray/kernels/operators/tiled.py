@@ -36,6 +36,7 @@ from . import graph
 from .protocol import (
     apply_block,
     bounds,
+    check_flag,
     check_pair,
     check_positive,
     check_square,
@@ -152,6 +153,7 @@ class BlockwiseOperator:
     workers: int | None = None
     cache_bytes: int = 0
     _cache: _TileCache = field(init=False, repr=False, compare=False)
+    _symmetric_passed: bool = field(init=False, repr=False, compare=False)  # symmetric=True given, not the spec's
 
     def __post_init__(self):
         if not callable(self.kernel):
@@ -159,6 +161,9 @@ class BlockwiseOperator:
         check_tileable(self.kernel)
         check_pair(self.x_out, self.x_in)
         object.__setattr__(self, "block", check_positive(self.block))
+        symmetric = check_flag(self.symmetric, "symmetric", "x_out is x_in and the kernel's spec says symmetric")
+        object.__setattr__(self, "symmetric", symmetric)
+        object.__setattr__(self, "_symmetric_passed", symmetric is not None)
         if self.symmetric is None:
             object.__setattr__(self, "symmetric", self.x_out is self.x_in and kernel_spec(self.kernel).symmetric)
         if self.symmetric and self.x_out.shape[0] != self.x_in.shape[0]:
@@ -191,7 +196,8 @@ class BlockwiseOperator:
             K = kernel_block(self.kernel, self.x_out[rows[0]:rows[1]], self.x_in[cols[0]:cols[1]],
                              tile_text(rows, cols, self.shape))
             if self.symmetric and rows == cols and not self._cache.symmetry_checked:
-                check_symmetric_tile(K, kernel=self.kernel)  # once per operator: three passes over a tile
+                # once per operator: three passes over a tile
+                check_symmetric_tile(K, kernel=self.kernel, passed=self._symmetric_passed)
                 self._cache.symmetry_checked = True
             self._cache.offer(key, K)
         return K
@@ -222,7 +228,8 @@ class BlockwiseOperator:
         v2, trailing = flatten(v, n_in)
         if self.lazy or backend.is_dask(v2):
             if self.symmetric:
-                out = graph.symmetric_kernel_matvec(self.kernel, self.x_out, v2, self.block)
+                out = graph.symmetric_kernel_matvec(self.kernel, self.x_out, v2, self.block,
+                                                    passed=self._symmetric_passed)
             else:
                 out = graph.kernel_matvec(self.kernel, self.x_out, self.x_in, v2, self.block)
             return unflatten(out, n_out, trailing)
