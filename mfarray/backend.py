@@ -96,6 +96,15 @@ def namespace(*arrays: Array) -> ModuleType:
     return xp
 
 
+def per_row(a: Array) -> Array:
+    """``a`` (N, ...) as (N, M), M the entries per leading index: ``reshape(a, (N, -1))`` but
+    also for N = 0, where -1 cannot be inferred (an empty Dask chunk, an empty point set)."""
+    m = 1
+    for d in a.shape[1:]:
+        m *= int(d)
+    return namespace(a).reshape(a, (a.shape[0], m))
+
+
 def is_dask(x: Any) -> bool:
     """True for a ``dask.array.Array`` (without importing dask if it is not loaded)."""
     return type(x).__module__.startswith("dask.")

@@ -66,6 +66,8 @@ def hermitian_det(g: Array) -> Array:
     pivots instead (backward stable: error ~ k eps cond g).  Larger k uses ``linalg.det``.
     """
     xp = backend.namespace(g)
+    if g.ndim < 2 or g.shape[-1] != g.shape[-2] or g.shape[-1] == 0:
+        raise ValueError(f"hermitian_det takes square k x k matrices (..., k, k), k >= 1; got shape {tuple(g.shape)}")
     k = g.shape[-1]
     if k == 1:
         return xp.real(g[..., 0, 0])
@@ -102,7 +104,7 @@ def ldl_pivots(g: Array) -> Array:
     pivots scaled back.  Finite input expected (NaN pivots compare False).
     """
     xp = backend.namespace(g)
-    top = xp.max(xp.reshape(xp.abs(g), (g.shape[0], -1)), axis=-1)
+    top = xp.max(xp.reshape(xp.abs(g), (g.shape[0], g.shape[-1] ** 2)), axis=-1)
     top = xp.where(top > 0, top, 1.0)
     a = g / top[:, None, None]
     pivots = []
@@ -120,7 +122,7 @@ def positive_definite(g: Array) -> Array:
     Positivity alone; the validity rule of this module (:func:`valid`) also asks for a
     margin from singularity."""
     xp = backend.namespace(g)
-    finite = xp.all(xp.isfinite(xp.reshape(g, (g.shape[0], -1))), axis=-1)
+    finite = xp.all(xp.isfinite(xp.reshape(g, (g.shape[0], g.shape[-1] ** 2))), axis=-1)
     safe = xp.where(finite[:, None, None], g, xp.eye(g.shape[-1], dtype=g.dtype))
     return finite & xp.all(ldl_pivots(safe) > 0, axis=-1)
 
@@ -231,12 +233,12 @@ def metrics(g: Array, *, margin: float = MARGIN, hermitian_rtol: float = HERMITI
         raise ValueError(f"metrics must have shape (N, k, k); got {tuple(g.shape)}")
     xp = backend.namespace(g)
     n, k = g.shape[0], g.shape[-1]
-    flat = xp.reshape(g, (n, -1))
+    flat = xp.reshape(g, (n, k * k))
     finite = xp.all(xp.isfinite(flat), axis=-1)
     g = xp.where(finite[:, None, None], g, xp.eye(k, dtype=g.dtype))
     with np.errstate(all="ignore"):
-        top = xp.max(xp.abs(xp.reshape(g, (n, -1))), axis=-1)
-        asym = xp.max(xp.abs(xp.reshape(g - xp.conj(xp.matrix_transpose(g)), (n, -1))), axis=-1)
+        top = xp.max(xp.abs(xp.reshape(g, (n, k * k))), axis=-1)
+        asym = xp.max(xp.abs(xp.reshape(g - xp.conj(xp.matrix_transpose(g)), (n, k * k))), axis=-1)
     m = metrics_rows(to_rows(hermitian_part(g)), k, margin=margin)
     hermitian = asym <= hermitian_rtol * top
     ok = m.valid & finite & hermitian
@@ -339,7 +341,7 @@ def _metrics_generic(rows, k, margin):
     g = from_rows(rows, k)
     xp = backend.namespace(g)
     n = g.shape[0]
-    finite = xp.all(xp.isfinite(xp.reshape(g, (n, -1))), axis=-1)
+    finite = xp.all(xp.isfinite(xp.reshape(g, (n, k * k))), axis=-1)
     g = xp.where(finite[:, None, None], g, xp.eye(k, dtype=g.dtype))
     pivots = ldl_pivots(g)
     positive = xp.all(pivots > 0, axis=-1)

@@ -128,8 +128,8 @@ def _as_metrics(g, name="g", n=None, k=None, positive=True) -> Metrics:
     if shape[0] == 0 or m.all_valid:
         return m
     gh = xp.conj(xp.matrix_transpose(g))
-    asym = xp.max(xp.abs(xp.reshape(g - gh, (shape[0], -1))), axis=-1)
-    top = xp.max(xp.abs(xp.reshape(g, (shape[0], -1))), axis=-1)
+    asym = xp.max(xp.abs(backend.per_row(g - gh)), axis=-1)
+    top = xp.max(xp.abs(backend.per_row(g)), axis=-1)
     if bool(xp.any(asym > linalg.HERMITIAN_RTOL * top)):
         raise ValueError(f"{name} must be Hermitian, {name}[..., b, c] = conj({name}[..., c, b]); "
                          f"max |{name} - {name}^dagger| = {float(xp.max(asym)):.3g} (max |{name}| = {float(xp.max(top)):.3g})")

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .. import backend
 from ..flows import evaluate, kernel_flow, predict
 from ..flows.evaluate import sigma_of
 from ..flows.frozen import kernel_spec
@@ -275,7 +276,7 @@ def _chart_usable(surface: Any, z: np.ndarray, chart: tuple[int, int]) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         geo = chart_geometry(surface, z, patch=chart[0], elim=chart[1])
         grad = surface.relative_gradient(geo.z, geo.dp)
-    finite = [np.all(np.isfinite(a.reshape(a.shape[0], -1)), axis=1) for a in (geo.z, geo.omega2, geo.g_fs)]
+    finite = [np.all(np.isfinite(backend.per_row(a)), axis=1) for a in (geo.z, geo.omega2, geo.g_fs)]
     return finite[0] & finite[1] & finite[2] & np.isfinite(geo.det_g_fs) & (geo.det_g_fs > 0) & (grad >= SINGULAR_TOL)
 
 

@@ -365,6 +365,8 @@ def quartic_k3() -> Hypersurface:
 
 def dwork_quintic(psi: complex) -> Hypersurface:
     """The Dwork family sum z_i^5 - 5 psi prod z_i = 0 in P^4 (conifold at psi^5 = 1)."""
+    if isinstance(psi, (bool, np.bool_)) or not isinstance(psi, (int, float, complex, np.number)):
+        raise TypeError(f"psi must be a (complex) number; got {psi!r}")
     psi = complex(psi)
     if not math.isfinite(psi.real) or not math.isfinite(psi.imag):
         raise ValueError(f"psi must be finite; got {psi}")
@@ -386,6 +388,8 @@ def surface_named(spec: str) -> Hypersurface:
         raise TypeError(f"a surface name must be a string ({SURFACE_NAMES}); got {spec!r}")
     name, _, arg = spec.partition(":")
     name = name.strip().lower().replace("-", "_")
+    if arg and name not in ("fermat", "dwork"):
+        raise ValueError(f"surface {spec!r}: {name} takes no argument after ':'; use {SURFACE_NAMES}")
     try:
         if name in ("quintic", "fermat_quintic"):
             return fermat_quintic()

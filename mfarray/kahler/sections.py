@@ -104,7 +104,7 @@ def _gather(pw, exponents, xp):
     """pw[:, i, e_ci] as (N, n_s, n+1)."""
     n1 = exponents.shape[1]
     idx = xp.asarray(np.arange(n1)[None, :] * pw.shape[-1] + exponents)  # (n_s, n+1)
-    flat = xp.reshape(pw, (pw.shape[0], -1))
+    flat = backend.per_row(pw)
     return xp.take(flat, xp.reshape(idx, (-1,)), axis=1).reshape((pw.shape[0],) + tuple(exponents.shape))
 
 

@@ -18,7 +18,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from .. import backend
+from .. import backend, linalg
 from ..geometry import charts
 from ..geometry.hypersurface import Hypersurface
 from ..geometry.local import chart_geometry
@@ -162,7 +162,7 @@ def _to_chart_bare(surface: Hypersurface, z: Any, src_patch: Any, src_elim: Any,
         src_local = charts.local_indices(surface.n_ambient, src_patch, src_elim)
         transition = charts.chart_transition(geo.z, jac, src_patch, src_local)
         out = charts.transform_metric(g, transition)
-    ok = xp.all(xp.isfinite(xp.reshape(out, (out.shape[0], -1))), axis=-1)
+    ok = xp.all(xp.isfinite(backend.per_row(out)), axis=-1)
     if not bool(xp.all(ok)):
         bad = xp.nonzero(~ok)[0]
         raise ValueError(
@@ -216,6 +216,14 @@ def _chart_outputs(surface: Hypersurface, z: Any, patch: int, elim: int) -> tupl
         raise ValueError(
             f"chart (patch={patch}, elim={elim}) is singular at {bad.shape[0]} point(s) "
             f"(z_patch = 0 or dp/dz_elim = 0), e.g. points {_few(bad)}; choose another chart"
+        )
+    valid = linalg.valid(geo.g_fs)
+    if not bool(xp.all(valid)):  # finite, but its metric lost to rounding (not positive definite to MARGIN)
+        bad = xp.nonzero(~valid)[0]
+        raise ValueError(
+            f"chart (patch={patch}, elim={elim}) is too ill-conditioned at {bad.shape[0]} point(s) (|z_patch| or "
+            f"|dp/dz_elim| tiny against the largest): g_FS there is not a valid metric to rounding "
+            f"(mfarray.linalg), e.g. points {_few(bad)}; choose another chart"
         )
     return geo.z, geo.omega2, geo.g_fs, geo.det_g_fs
 

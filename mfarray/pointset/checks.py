@@ -29,7 +29,7 @@ def require_point_values(what: str, *, z: Array | None = None, weight: Array | N
         n = int(a.shape[0])
         if n == 0:
             raise ValueError(f"{what} holds no points: pass a point set with at least one point")
-        finite = xp.isfinite(a) if a.ndim == 1 else xp.all(xp.isfinite(xp.reshape(a, (n, -1))), axis=-1)
+        finite = xp.isfinite(a) if a.ndim == 1 else xp.all(xp.isfinite(backend.per_row(a)), axis=-1)
         bad = n - int(xp.sum(xp.astype(finite, xp.int64)))
         if bad:
             raise ValueError(f"{what}.{name} has non-finite entries (NaN or inf) at {bad} of {n} points: recompute "

@@ -72,8 +72,7 @@ def _geometry_outputs(surface: Hypersurface, z: Any, tol: float | None, singular
             f"Omega is infinite: relative gradient < singular_tol = {singular_tol:g} at points "
             f"{_few(bad)}. Remove them, e.g. z[surface.relative_gradient(z) > singular_tol]"
         )
-    finite = [xp.all(xp.isfinite(xp.reshape(a, (a.shape[0], -1))), axis=-1)
-              for a in (geo.omega2, geo.g_fs, geo.det_g_fs)]
+    finite = [xp.all(xp.isfinite(backend.per_row(a)), axis=-1) for a in (geo.omega2, geo.g_fs, geo.det_g_fs)]
     ok = finite[0] & finite[1] & finite[2] & (geo.det_g_fs > 0)
     if not bool(xp.all(ok)):
         bad = xp.nonzero(~ok)[0]

@@ -107,9 +107,29 @@ def eta(ds: xr.Dataset, g: Metrics | None = None) -> xr.DataArray:
     inputs once.
     """
     det, omega2, weight = _unify(*_cy_inputs(ds, g, "eta"))
-    k = measures.kappa(det.data, omega2.data, weight.data)
+    w = weight.data
+    w = w.map_blocks(_usable_weights, dtype=w.dtype) if backend.is_dask(w) else _usable_weights(w)
+    k = measures.kappa(det.data, omega2.data, w)
+    k = k.map_blocks(_usable_kappa, dtype=k.dtype) if backend.is_dask(k) else _usable_kappa(k)
     return xr.DataArray(measures.eta(det.data, omega2.data, k), dims=("point",), coords=det.coords,
                         name="eta", attrs=ETA_DOC)
+
+
+def _usable_weights(w: Any) -> Any:
+    """``w`` (a block of MC weights), refused where not finite or negative (lazily per chunk)."""
+    xp = backend.namespace(w)
+    if not bool(xp.all(xp.isfinite(w) & (w >= 0))):
+        raise ValueError("eta: the MC weights of ds must be finite and >= 0 (recompute them with "
+                         "mfarray.sample_points or points_from_z)")
+    return w
+
+
+def _usable_kappa(k: Any) -> Any:
+    """kappa (B.10), refused where the weights sum to 0 (or |Omega|^2 is off): no NaN eta."""
+    if not bool(np.all(np.isfinite(backend.to_numpy(k)) & (backend.to_numpy(k) > 0))):
+        raise ValueError("eta: kappa = E_w[det g / |Omega|^2] is not a positive number: the MC weights of ds "
+                         "must not all be 0, and omega2 must be finite and > 0")
+    return k
 
 
 def sigma_measure(ds: xr.Dataset, g: Metrics | None = None) -> float:

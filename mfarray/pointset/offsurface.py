@@ -94,7 +94,7 @@ def _outputs(surface: Hypersurface, z: Any, patch: int, elim: int, tol: float | 
             f"{int(xp.sum(xp.astype(singular, xp.int64)))} point(s) are (numerically) critical points of p, where "
             f"dp = 0 and Omega is infinite (relative gradient < singular_tol = {singular_tol:g}), e.g. points "
             f"{_few(xp.nonzero(singular)[0])}: remove them")
-    finite = [xp.all(xp.isfinite(xp.reshape(a, (a.shape[0], -1))), axis=-1)
+    finite = [xp.all(xp.isfinite(backend.per_row(a)), axis=-1)
               for a in (geo.z, geo.omega2, geo.g_fs, geo.det_g_fs)]
     ok = finite[0] & finite[1] & finite[2] & finite[3] & (geo.det_g_fs > 0)
     if not bool(xp.all(ok)):

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from ..geometry import Hypersurface, fermat_quintic
-from .charts import _renormalised, _require_point_set, chart_counts, select_chart
+from .charts import _check_chart, _renormalised, _require_point_set, chart_counts, select_chart
 from .construct import _check_count, sample_points
 from .provenance import derived_call, format_call
 
@@ -71,6 +71,9 @@ def sample_chart(surface: Hypersurface | None = None, n: int = 1000, *, seed: in
     geometry stays lazy.
     """
     surface = fermat_quintic() if surface is None else surface
+    if not isinstance(surface, Hypersurface):
+        raise TypeError(f"surface must be a Hypersurface (mf.fermat_quintic(), or mf.geometry.surface_named(name)); "
+                        f"got {type(surface).__name__}")
     n = _check_count("n", n, "a positive integer number of points")
     if n < 1:
         raise ValueError(f"n must be a positive integer number of points; got {n!r}")
@@ -78,12 +81,16 @@ def sample_chart(surface: Hypersurface | None = None, n: int = 1000, *, seed: in
         raise TypeError(f"chart must be a (patch, elim) pair or None; got {chart!r}")
     if chart is None:
         chart = tuple(select_chart(sample_points(surface, CHART_PROBE, seed=seed)).attrs["chart"])
-    m = max(4 * n * surface.n_ambient * (surface.n_ambient - 1), 1000)  # ~ 1 in n(n+1) points per chart
+    _check_chart(surface, *chart)
+    m = start = max(4 * n * surface.n_ambient * (surface.n_ambient - 1), 1000)  # ~ 1 in n(n+1) points per chart
     while True:
         ds = sample_points(surface, m, seed=seed)
         counts = chart_counts(ds)
         if counts.get(tuple(chart), 0) >= n:
             break
+        if m >= 64 * start:  # a chart this rare on this surface is not a sampling plan
+            raise ValueError(f"chart {tuple(chart)} holds {counts.get(tuple(chart), 0)} of {m} sampled points of "
+                             f"{surface.label}, fewer than n = {n}: choose a populated chart (chart_counts) or None")
         m *= 2
     kept = select_chart(ds, *chart)
     out = _renormalised(kept.isel(point=slice(0, n)))
