@@ -96,6 +96,17 @@ def namespace(*arrays: Array) -> ModuleType:
     return xp
 
 
+def is_real(value: Any, integer: bool = False) -> bool:
+    """Whether ``value`` is a real number (an integer with ``integer=True``): a Python or NumPy
+    scalar, never a bool -- the one test of 'a number' for argument checks."""
+    import numbers
+
+    import numpy
+
+    kind = numbers.Integral if integer else numbers.Real
+    return isinstance(value, kind) and not isinstance(value, (bool, numpy.bool_))
+
+
 def per_row(a: Array) -> Array:
     """``a`` (N, ...) as (N, M), M the entries per leading index: ``reshape(a, (N, -1))`` but
     also for N = 0, where -1 cannot be inferred (an empty Dask chunk, an empty point set)."""

@@ -33,13 +33,14 @@ parameters are drawn with NumPy and moved to a namespace with ``like=``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
 import numpy as np
+
+from . import backend
 
 __all__ = [
     "ACTIVATIONS",
@@ -89,7 +90,7 @@ class MLP:
             raise TypeError(f"widths must be {what}; got {self.widths!r}")
         given = tuple(self.widths)
         for w in given:  # a fractional width would be truncated
-            if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Integral):
+            if not backend.is_real(w, integer=True):
                 raise TypeError(f"widths must be {what}; got {given!r}, whose {w!r} is not an integer")
         widths = tuple(int(w) for w in given)
         if len(widths) < 2 or any(w < 1 for w in widths):
@@ -98,7 +99,7 @@ class MLP:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}")
         for name in ("sigma_w", "sigma_b"):
             value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            if not backend.is_real(value):
                 raise TypeError(f"{name} must be a finite real number >= 0; got {value!r} of type {type(value).__name__}")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0; got {value}")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import tempfile
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import backend
 from .flows import FlowError, evaluate, kernel_flow
 from .geometry import Hypersurface, fermat_quintic
 from .kernels import Kernel, NonFiniteKernelError, as_kernel, kernel_named
@@ -75,7 +75,7 @@ class Dim:
             return
         for name in ("low", "high"):
             v = getattr(self, name)
-            if not _is_number(v) or not math.isfinite(v):
+            if not backend.is_real(v) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number; got {v!r}")
             if isinstance(v, np.generic):  # NumPy scalars as Python numbers (JSON, equality)
                 object.__setattr__(self, name, v.item())
@@ -112,11 +112,6 @@ class Dim:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, False, ())}
 
 
-def _is_number(v: Any) -> bool:
-    """A real number (Python or NumPy; bools refused)."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
 def real(low: float, high: float, *, log: bool = False) -> Dim:
     """A real parameter in [low, high]; ``log=True`` searches its log10 (widths, rates)."""
     return Dim(low, high, log=log)
@@ -143,8 +138,8 @@ def as_space(space: Mapping[str, Any]) -> dict[str, Dim]:
             out[name] = d
         elif isinstance(d, Mapping):
             out[name] = Dim(**d)
-        elif isinstance(d, tuple) and len(d) == 2 and all(_is_number(v) for v in d):
-            out[name] = integer(*d) if all(isinstance(v, numbers.Integral) for v in d) else real(*d)
+        elif isinstance(d, tuple) and len(d) == 2 and all(backend.is_real(v) for v in d):
+            out[name] = integer(*d) if all(backend.is_real(v, integer=True) for v in d) else real(*d)
         elif isinstance(d, (list, tuple)):
             out[name] = choice(*d)
         else:

@@ -226,7 +226,7 @@ def test_an_integer_degree_needs_as_many_train_points_as_sections(monkeypatch):
     ds = _points(40, 3).copy(deep=True)
     ds["weight"].values[5:] = 0.0  # 5 points carry the measure
     frame = section_frame(QUINTIC, ds.z.values, section_exponents(QUINTIC, 2), ds.patch.values, ds.elim.values)
-    with pytest.raises(ValueError, match="do not determine the 15 sections"):
+    with pytest.raises(ValueError, match="do not determine the n_s = 15 sections"):
         orthonormal_basis(frame, ds.weight.values)
     with pytest.raises(ValueError, match="train has 40 point.*5 of positive weight.* n_s = 15 sections"):
         mf.kahler_flow(ds, 2, steps=1)

@@ -57,6 +57,7 @@ def test_express_in_chart_refuses_a_chart_where_the_metric_is_lost_to_rounding()
 
 def test_eta_refuses_weights_sigma_refuses():
     ds = mf.sample_points(X, 50, seed=1).compute()
+    assert mf.eta(ds.isel(point=[])).shape == (0,)  # an empty set has an empty eta
     with pytest.raises(ValueError, match="weight"):
         mf.eta(ds.assign(weight=ds.weight * 0)).values
     with pytest.raises(ValueError, match="weight"):

@@ -50,6 +50,7 @@ def test_a_partial_spaces_table_keeps_the_other_kernels_defaults():
 
 def test_the_default_config_and_good_values_load():
     assert load_config({}) == StudyConfig()
+    load_config({"tuning": {"spaces": {"gaussian": {"sigma": (0.1, 1.0)}, "delta": {"lr": (0.1, 0.2, 0.3)}}}})
     load_config({"surface": "dwork:0.5", "seed": 2**32 - 1, "compute": {"scheduler": "local"},
                  "tuning": {"spaces": {"gaussian": {"sigma": [0.1, 1.0], "lr": [0.01, 1.0]},
                                        "delta": {"lr": [0.01, 1.0], "loss": ["sigma", "sigma_squared"]}}}})
@@ -67,3 +68,25 @@ def test_run_refuses_a_folder_of_someone_elses_files(tmp_path):
         run_study(config, mine, progress=False)
     assert (mine / "report.md").read_text() == "my notes"
     assert sorted(p.name for p in mine.iterdir()) == ["report.md"]
+
+
+def test_a_folder_an_earlier_version_wrote_is_still_a_study(tmp_path):
+    """Folders written before the .mfarray-study marker existed were refused as 'files that no
+    mfarray study wrote': one holding a stage store and the study's own files is taken over."""
+    import os
+
+    from mfarray.study import run as run_module
+
+    config = load_config({"tuning": {"enabled": False}, "noise": {"enabled": False},
+                          "spacing": {"enabled": False}, "figure2": {"enabled": False},
+                          "gains": {"kernels": ["delta"], "steps": 2, "n_test": 20}})
+    out = tmp_path / "study"
+    run_study(config, out, progress=False)
+    os.remove(out / run_module.MARKER)  # as an earlier version left it
+    (out / "tuning-delta.json").write_text("{}")
+    again = run_study(config, out, progress=False)
+    assert (out / run_module.MARKER).exists() and again["gains"].sizes["kernel"] == 1
+    os.remove(out / run_module.MARKER)
+    (out / "mine.txt").write_text("not the study's")
+    with pytest.raises(FileExistsError, match="mine.txt"):
+        run_study(config, out, progress=False)

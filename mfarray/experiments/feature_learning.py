@@ -59,7 +59,7 @@ from ..flows.sites import Sites, materialize
 from ..kernels.checks import Integer, Real
 from ..kernels.features import patch_features
 from ..kernels.operators.record import fingerprint
-from ..pointset.charts import surface_of
+from ..pointset.charts import require_same_surface
 from ..pointset.provenance import format_call, provenance
 from .probe_kernel import KERNEL_DOCS, ProbeKernel, analytic_distance
 
@@ -166,11 +166,6 @@ def points_fingerprint(sites: Sites) -> str:
     return fingerprint(np.asarray(backend.to_numpy(sites.z), dtype=np.complex128))
 
 
-def _require_same_surface(train, other, name):
-    """Refuse (ValueError) a point set ``other`` (called ``name``) of another surface than ``train``."""
-    if surface_of(other) != surface_of(train):
-        raise ValueError(f"{name} points lie on another surface than the train points: sample them from the same "
-                         f"Hypersurface")
 
 
 # ----------------------------------------------------------------------------- arrays of a point set
@@ -379,7 +374,7 @@ def train_metric_network(train: xr.Dataset, config: nw.MLP | None = None, epochs
     te = None if te_sites is None else _Points(te_sites, config, params0, features, "test")
     pr = None
     if probe is not None:
-        _require_same_surface(train, probe, "probe")
+        require_same_surface(probe, train, "probe")
         pr_sites = materialize(probe)[0]
         if pr_sites.chart != tr_sites.chart:
             raise ValueError(f"probe points are in chart {pr_sites.chart}, the train points in {tr_sites.chart}: "
@@ -559,7 +554,7 @@ def kernel_evolution(train: xr.Dataset, probe: xr.Dataset, widths: Sequence[int]
     checkpoints = _checkpoint_marks(checkpoints, epochs, last=True)  # the fitted values are the last epoch's
     train, probe = train.compute(), probe.compute()  # once for every width
     test = None if test is None else test.compute()
-    _require_same_surface(train, probe, "probe")
+    require_same_surface(probe, train, "probe")
     x_probe = network_inputs(backend.to_numpy(materialize(probe)[0].z), features)
     k = int(train["g_fs"].shape[-1])
     rows = {name: [] for name in EVOLUTION_DOCS}

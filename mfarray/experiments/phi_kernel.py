@@ -43,7 +43,8 @@ from ..kahler import network
 from ..kahler.sections import SectionFrame, section_exponents, section_frame
 from ..kahler.training import LOSSES, train_phi_network
 from ..pointset.provenance import format_call, provenance
-from .feature_learning import _check_int, _check_positive, _checkpoint_marks, _require_same_surface
+from ..pointset.charts import require_same_surface
+from .feature_learning import _check_int, _check_positive, _checkpoint_marks
 from .probe_kernel import KERNEL_DOCS, kernel_statistics
 
 __all__ = ["phi_frame", "phi_jacobian", "phi_kernel_evolution", "phi_network_ntk"]
@@ -134,9 +135,9 @@ def phi_kernel_evolution(train: xr.Dataset, config: network.PhiNetwork, epochs: 
     marks = _checkpoint_marks(checkpoints, epochs)
     train = train.compute()
     test = None if test is None else test.compute()
-    _require_same_surface(train, probe, "probe")
+    require_same_surface(probe, train, "probe")
     if test is not None:
-        _require_same_surface(train, test, "test")
+        require_same_surface(test, train, "test")
     frame, surface = phi_frame(probe, config)
     sites = materialize(probe, one_chart=False)[0]
     omega2, weight = backend.to_numpy(sites.omega2), backend.to_numpy(sites.weight)

@@ -240,12 +240,10 @@ def predict(result: xr.Dataset, points: xr.Dataset, *, kernel: Any = None,
 
 def _require_surface(result: xr.Dataset, points: Any) -> None:
     """Refuse points of another surface than the flow's (ValueError)."""
-    from ..pointset.charts import _require_point_set, surface_of
+    from ..pointset.charts import _require_point_set, require_same_surface
 
     _require_point_set(points, "points", needs=())
-    if surface_of(points) != surface_of(result):
-        raise ValueError("points lie on another surface than the flow's train points: sample them from the same "
-                         "Hypersurface")
+    require_same_surface(points, result, "points", "the flow's train points")
 
 
 def _kahler_prediction(result: xr.Dataset, points: xr.Dataset) -> Any:

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .. import backend, linalg, losses
-from ..kahler import SectionPotential, balanced_metric, section_count
+from ..kahler import SectionPotential, balanced_metric
 from ..kahler.velocities import velocity_named
 from ..pointset.charts import surface_of
 from .frozen import resolve_loss
@@ -45,13 +45,7 @@ def potential_of(model: Any, surface: Any = None, sites: Any = None, train: Any 
         k = int(model)
         if sites is None:
             return SectionPotential(k)
-        n_s = section_count(surface, k)
-        carried = int(np.count_nonzero(backend.to_numpy(sites.weight) > 0))
-        if carried < n_s:
-            raise ValueError(f"train has {sites.n} point(s), {carried} of positive weight, but degree k = {k} has "
-                             f"n_s = {n_s} sections: making them orthonormal needs at least n_s points of positive "
-                             f"weight; pass more train points (N >> n_s^2 = {n_s * n_s}) or a lower degree")
-        base = SectionPotential.orthonormal(surface, sites.z, sites.patch, sites.elim, sites.weight, k)
+        base = SectionPotential.orthonormal(surface, sites.z, sites.patch, sites.elim, sites.weight, k, "train")
         if reference in (None, "fs"):
             return base
         if isinstance(reference, str) and reference == "balanced":

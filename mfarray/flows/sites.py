@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from .. import backend, linalg
+from ..pointset.charts import require_same_surface
 from ..pointset.checks import require_point_values
 
 __all__ = ["Sites", "materialize", "point_index"]
@@ -158,10 +159,8 @@ def materialize(train: xr.Dataset, test: xr.Dataset | None = None, *, g0: Array 
     if test is not None:
         _require_point_set(test, "test")
         sets.append(test)
-        for key in _SURFACE_KEYS:
-            if key in train.attrs and train.attrs.get(key) != test.attrs.get(key):
-                raise ValueError("test points lie on another surface than the train points "
-                                 f"(attribute {key!r} differs): sample both from the same Hypersurface")
+        if any(key in train.attrs for key in _SURFACE_KEYS):
+            require_same_surface(test, train, "test")
     arrays = _compute_together(*sets)
     chart = _chart(arrays[0], name) if one_chart else None
     out = [_sites(train, arrays[0], name, g0, chart)]

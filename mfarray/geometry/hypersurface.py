@@ -128,6 +128,14 @@ class Hypersurface:
                 f"{self.label} lives in P^{self.n} and is a set of points"
             )
 
+    def same_polynomial(self, other: Hypersurface) -> bool:
+        """Whether ``other`` has this polynomial: the same monomials with the same coefficients,
+        whatever their order and the names (``dwork_quintic(0)`` is the Fermat quintic)."""
+        def terms(h: Hypersurface) -> dict:
+            return {tuple(int(e) for e in m): complex(c) for m, c in zip(h.monomials, h.coefficients) if c != 0}
+
+        return terms(self) == terms(other)
+
     @property
     def label(self) -> str:
         return self.name or f"degree-{self.degree} hypersurface in P^{self.n}"

@@ -75,7 +75,7 @@ from .. import backend, linalg, optim
 from .. import losses as _losses
 from ..geometry import measures
 from ..geometry.hypersurface import Hypersurface
-from ..pointset.charts import surface_of
+from ..pointset.charts import require_same_surface
 from ..pointset.checks import require_point_values
 from .sections import SectionFrame, section_exponents, section_frame, sections
 
@@ -96,7 +96,6 @@ __all__ = [
     "normalised_sections",
     "optimise_sigma",
     "point_arrays",
-    "real_number",
     "t_operator",
 ]
 
@@ -251,23 +250,10 @@ def balance_residual(H: Array, T: Array) -> float:
 
 
 # --------------------------------------------------------------------------- point sets
-def real_number(value: Any) -> bool:
-    """Whether ``value`` is a real number: a Python or NumPy int or float, not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
 def _require_surface(surface: Any) -> None:
     if not isinstance(surface, Hypersurface):
         raise TypeError(f"surface must be a mfarray Hypersurface (e.g. mfarray.fermat_quintic(), or "
                         f"mfarray.surface_of(points)); got {type(surface).__name__}")
-
-
-def _same_polynomial(a: Hypersurface, b: Hypersurface) -> bool:
-    """Whether a and b have the same polynomial (whatever their names and monomial order)."""
-    def terms(h):
-        return {m: c for m, c in zip(h.monomials, h.coefficients) if c != 0}
-
-    return terms(a) == terms(b)
 
 
 def point_arrays(points: xr.Dataset, names: tuple[str, ...], surface: Hypersurface | None = None, *,
@@ -291,10 +277,7 @@ def point_arrays(points: xr.Dataset, names: tuple[str, ...], surface: Hypersurfa
         raise ValueError(f"{what} holds no points: pass a point set with at least one point")
     if surface is not None:
         _require_surface(surface)
-        found = surface_of(points)
-        if not _same_polynomial(found, surface):
-            raise ValueError(f"the points of `{what}` lie on {found.label}, another surface than {against} "
-                             f"({surface.label}): sample them from the same Hypersurface")
+        require_same_surface(points, surface, what, against)
     sub = points[list(names)]
     if any(backend.is_dask(sub[v].data) for v in names):
         sub = sub.compute()  # one pass: a lazy point set is sampled once for all its variables
@@ -346,7 +329,7 @@ def balanced_metric(surface: Hypersurface, points: xr.Dataset, k: int, *, iterat
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer; got {iterations!r}")
-    if not (real_number(tol) and math.isfinite(tol) and tol >= 0):
+    if not (backend.is_real(tol) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0; got {tol!r}")
     tol = float(tol)
     e = _exponents(surface, k)
@@ -450,7 +433,7 @@ def optimise_sigma(surface: Hypersurface, points: xr.Dataset, H0: Array, k: int 
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
-    if not (real_number(lr) and math.isfinite(lr) and lr > 0):
+    if not (backend.is_real(lr) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite positive number; got {lr!r}")
     lr = float(lr)
     loss = _losses.sigma_squared_loss() if loss is None else loss

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import backend, linalg
 from . import network as _network
-from .algebraic import _cholesky, algebraic_metric, real_number
+from .algebraic import _cholesky, algebraic_metric
 from .sections import MAX_DEGREE, SectionFrame, section_count, section_exponents, section_frame
 
 if TYPE_CHECKING:
@@ -75,19 +75,21 @@ def phi_features(frame: SectionFrame) -> Array:
     return linalg.hermitian_to_real(outer)
 
 
-def orthonormal_basis(frame: SectionFrame, weight: Array) -> Array:
+def orthonormal_basis(frame: SectionFrame, weight: Array, what: str = "points") -> Array:
     """B (n_s, n_s) with E_w[s'_c conj(s'_d)] = delta_cd for s' = s_hat B: the sections made
     orthonormal in L^2(h^k, weight) (Cholesky Q = L L^dagger of the Gram Q_cd = E_w[s_c conj(s_d)],
     B = L^{-T}).  With the MC weights of a sample this is the L^2 product of the CY measure.
 
-    frame.s (N, n_s), weight (N,) >= 0.  Refused (ValueError) when the points of positive weight
-    do not determine the sections: fewer of them than n_s, or a singular Gram matrix.
+    frame.s (N, n_s), weight (N,) >= 0.  Refused (ValueError, naming the point set ``what``) when
+    the points of positive weight do not determine the sections: fewer of them than n_s, or a
+    singular Gram matrix.
     """
     xp = backend.namespace(frame.s)
-    n_s = frame.s.shape[-1]
+    n, n_s = frame.s.shape
     carried = int(xp.sum(xp.astype(weight > 0, xp.int64)))
-    hint = (f"the {carried} points of positive weight do not determine the {n_s} sections (fewer points than "
-            f"sections, or points on which the sections are dependent): use more points, N >> n_s^2 = {n_s * n_s}")
+    hint = (f"{what} has {n} point(s), {carried} of positive weight: they do not determine the n_s = {n_s} "
+            f"sections (at least n_s points of positive weight are needed, on which the sections are "
+            f"independent); pass more {what} points (N >> n_s^2 = {n_s * n_s}) or a lower degree")
     if carried < n_s:
         raise ValueError(hint)
     w = weight / xp.sum(weight)
@@ -130,10 +132,11 @@ class SectionPotential:
 
     @classmethod
     def orthonormal(cls, surface: Hypersurface, z: Array, patch: Array, elim: Array, weight: Array,
-                    k: int = 3) -> SectionPotential:
-        """The model over sections orthonormal in L^2 of the measure sampled by (z, weight)."""
+                    k: int = 3, what: str = "points") -> SectionPotential:
+        """The model over sections orthonormal in L^2 of the measure sampled by (z, weight) (the
+        point set ``what``, for messages: :func:`orthonormal_basis`)."""
         frame = section_frame(surface, z, section_exponents(surface, k), patch, elim)
-        return cls(k, orthonormal_basis(frame, weight))
+        return cls(k, orthonormal_basis(frame, weight, what))
 
     def exponents(self, surface: Hypersurface) -> np.ndarray:
         return section_exponents(surface, self.k)
@@ -359,7 +362,7 @@ class CosinePotential:
     def __post_init__(self):
         if isinstance(self.n_features, bool) or not isinstance(self.n_features, (int, np.integer)) or self.n_features < 1:
             raise ValueError(f"n_features must be a positive integer; got {self.n_features!r}")
-        if not (real_number(self.scale) and np.isfinite(self.scale) and self.scale > 0):
+        if not (backend.is_real(self.scale) and np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number (the frequencies' standard deviation); got {self.scale!r}")
         object.__setattr__(self, "scale", float(self.scale))
 

@@ -41,6 +41,18 @@ def surface_of(ds: xr.Dataset) -> Hypersurface:
     return Hypersurface.from_attrs(ds.attrs)
 
 
+def require_same_surface(ds: xr.Dataset, reference: Any, what: str = "points",
+                         against: str = "the train points") -> None:
+    """ValueError unless the point set ``ds`` (called ``what``) lies on the polynomial of
+    ``reference`` (a point set, a result, or a Hypersurface; called ``against``): the one rule of
+    "the same surface" for flows, predictions, experiments and the Kahler metrics."""
+    found = surface_of(ds)
+    ref = reference if isinstance(reference, Hypersurface) else surface_of(reference)
+    if not found.same_polynomial(ref):
+        raise ValueError(f"the points of `{what}` lie on {found.label}, another surface than {against} "
+                         f"({ref.label}): sample them from the same Hypersurface")
+
+
 def _require_point_set(ds: Any, name: str = "ds", needs: tuple[str, ...] = ("patch", "elim")) -> None:
     """TypeError unless ds is a Dataset, ValueError naming what it lacks of a point set."""
     if not isinstance(ds, xr.Dataset):

@@ -107,6 +107,8 @@ def eta(ds: xr.Dataset, g: Metrics | None = None) -> xr.DataArray:
     inputs once.
     """
     det, omega2, weight = _unify(*_cy_inputs(ds, g, "eta"))
+    if weight.shape[0] == 0:  # no points, no eta (and no kappa to check)
+        return xr.DataArray(det.data * 0.0, dims=("point",), coords=det.coords, name="eta", attrs=ETA_DOC)
     w = weight.data
     w = w.map_blocks(_usable_weights, dtype=w.dtype) if backend.is_dask(w) else _usable_weights(w)
     k = measures.kappa(det.data, omega2.data, w)
@@ -117,10 +119,7 @@ def eta(ds: xr.Dataset, g: Metrics | None = None) -> xr.DataArray:
 
 def _usable_weights(w: Any) -> Any:
     """``w`` (a block of MC weights), refused where not finite or negative (lazily per chunk)."""
-    xp = backend.namespace(w)
-    if not bool(xp.all(xp.isfinite(w) & (w >= 0))):
-        raise ValueError("eta: the MC weights of ds must be finite and >= 0 (recompute them with "
-                         "mfarray.sample_points or points_from_z)")
+    require_point_values("ds", weight=w, chunk=True)
     return w
 
 

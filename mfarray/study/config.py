@@ -74,12 +74,12 @@ def _check_space(name: str, space: Any) -> None:
     for key, value in space.items():
         if key not in known:
             raise ValueError(f"tuning.spaces.{name} has no parameter {key!r}; it searches {sorted(known)}")
-        numeric = isinstance(value, list) and len(value) == 2 and all(
+        numeric = isinstance(value, (list, tuple)) and len(value) == 2 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         if numeric and not 0 < value[0] < value[1] < float("inf"):
             raise ValueError(f"tuning.spaces.{name}.{key} = {value}: a range [low, high] is searched in log10, so "
                              "it needs 0 < low < high")
-        if not numeric and not (isinstance(value, list) and value):
+        if not numeric and not (isinstance(value, (list, tuple)) and value):
             raise ValueError(f"tuning.spaces.{name}.{key} must be [low, high] or a non-empty list of choices; "
                              f"got {value!r}")
 

@@ -246,6 +246,21 @@ def _stage(name: str, config: StudyConfig, out: str, compute: Callable[[], xr.Da
 MARKER = ".mfarray-study"
 
 
+def _written_by_a_study(out: str) -> bool:
+    """Whether ``out`` (unmarked) is what an earlier version of the study wrote: at least one stage
+    store that records a study section, and nothing but the study's own entries."""
+    names = os.listdir(out)
+    stores = [n for n in names if n.endswith(".zarr") and n[:-5] in STAGES]
+    own = {*stores, "report.md", *(f"{stage}.png" for stage in STAGES)}
+    if not stores or any(n not in own and not (n.startswith("tuning-") and n.endswith(".json")) for n in names):
+        return False
+    for name in stores:
+        with contextlib.suppress(Exception):
+            if "study_section" in io.open_zarr(os.path.join(out, name)).attrs:
+                return True
+    return False
+
+
 def _claim(out: str) -> str:
     """``out`` as the study's folder: created, or empty, or marked by an earlier run; a folder of
     someone else's files is refused (FileExistsError) before anything is written there."""
@@ -254,7 +269,7 @@ def _claim(out: str) -> str:
     os.makedirs(out, exist_ok=True)
     marker = os.path.join(out, MARKER)
     if not os.path.exists(marker):
-        theirs = sorted(os.listdir(out))
+        theirs = [] if _written_by_a_study(out) else sorted(os.listdir(out))
         if theirs:
             raise FileExistsError(f"out={out!r} holds files that no mfarray study wrote ({', '.join(theirs[:4])}"
                                   f"{', ...' if len(theirs) > 4 else ''}): the study writes its stores, report.md "
