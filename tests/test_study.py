@@ -271,3 +271,10 @@ def test_a_preset_keeps_its_dtype_as_a_name():
     p = TABLE1["gaussian"].replace(dtype=np.float32)
     assert p.hyper["dtype"] == "float32"
     assert json.loads(json.dumps(p.to_json()))["hyper"]["dtype"] == "float32"
+
+
+def test_preset_replace_takes_hyper_as_a_table_too():
+    """replace(hyper={...}) raised 'multiple values for keyword argument hyper'."""
+    p = TABLE1["gaussian"].replace(hyper={"sigma": 0.2})
+    assert p.hyper == {**TABLE1["gaussian"].hyper, "sigma": 0.2}
+    assert p == TABLE1["gaussian"].replace(sigma=0.2)

@@ -66,9 +66,11 @@ class Preset:
         return spec.bind(**self.hyper) if self.hyper else spec
 
     def replace(self, **changes: Any) -> Preset:
-        """A copy with fields (or hyper-parameters, by name) changed: ``p.replace(sigma=0.05, steps=50)``."""
+        """A copy with fields (or hyper-parameters, by name or as ``hyper={...}``) changed:
+        ``p.replace(sigma=0.05, steps=50)``; the hyper-parameters given are merged into the preset's."""
         spec = self.spec()
-        hyper = {k: changes.pop(k) for k in list(changes) if k in spec.domains}
+        hyper = dict(changes.pop("hyper", None) or {})
+        hyper.update({k: changes.pop(k) for k in list(changes) if k in spec.domains})
         fields = [f.name for f in dataclasses.fields(self)]
         unknown = sorted(set(changes) - set(fields))
         if unknown:
