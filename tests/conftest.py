@@ -47,3 +47,29 @@ def no_leaked_dask_client():
     for c in leaked:
         c.close()
     assert not leaked, f"the test left {len(leaked)} dask.distributed Client(s) open: {leaked}"
+
+
+@pytest.fixture
+def killed_after():
+    """``with killed_after(k):`` -- a kill (KeyboardInterrupt) at the (k+1)-th file removal inside
+    the block: os.unlink itself is patched, which shutil and mfarray.io both call."""
+    import contextlib
+    import os
+
+    @contextlib.contextmanager
+    def kill(k):
+        real, calls = os.unlink, []
+
+        def unlink(path, *args, **kwargs):
+            calls.append(path)
+            if len(calls) > k:
+                raise KeyboardInterrupt("killed")
+            return real(path, *args, **kwargs)
+
+        os.unlink = unlink
+        try:
+            yield
+        finally:
+            os.unlink = real
+
+    return kill

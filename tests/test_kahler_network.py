@@ -464,33 +464,18 @@ def test_points_of_another_surface_or_not_finite_are_refused(split):
         training.train_phi_network(badw, SMALL, 1, 64, 1e-3)
 
 
-def test_a_kill_while_a_checkpoint_slot_is_replaced_does_not_block_the_run(split, tmp_path, monkeypatch):
+def test_a_kill_while_a_checkpoint_slot_is_replaced_does_not_block_the_run(split, tmp_path, killed_after):
     """A kill at any file while a checkpoint replaces its slot (to_zarr overwrite) leaves a slot the
     next write replaces, and the resumed run gives the numbers of an uninterrupted one (a kill
     there blocked every later run with FileExistsError).  A user's file in a slot is never removed."""
-    import os
-
-    from mfarray.io import location
-
     train, _ = split
     kw = {"batch": 64, "lr": 4e-3, "seed": 1}
     full = training.train_phi_network(train, SMALL, 4, **kw)
-    real_unlink = os.unlink
     for kill_at in (0, 3, 9):
         ck = tmp_path / f"ck{kill_at}"
         training.train_phi_network(train, SMALL, 2, checkpoint=ck, **kw)  # even: epoch 2, odd: epoch 1
-        calls = []
-
-        def unlink(p, *a, **k):
-            calls.append(p)
-            if len(calls) > kill_at:
-                raise KeyboardInterrupt("killed")
-            return real_unlink(p, *a, **k)
-
-        monkeypatch.setattr(location.os, "unlink", unlink)  # os's own: every removal goes through it
-        with pytest.raises(KeyboardInterrupt):  # killed while epoch 3 replaces epoch 1 in odd.zarr
+        with killed_after(kill_at), pytest.raises(KeyboardInterrupt):  # while epoch 3 replaces epoch 1
             training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw)
-        monkeypatch.undo()
         assert training.read_checkpoint(ck).attrs["epochs"] == 2
         _same_run(full, training.train_phi_network(train, SMALL, 4, checkpoint=ck, **kw))
         assert training.read_checkpoint(ck).attrs["epochs"] == 4
