@@ -254,3 +254,17 @@ def test_non_finite_parameters_are_refused_by_name():
     wild = NetworkPotential(PhiNetwork(widths=(8,), zero_head=False, sigma_w=5.0))
     with pytest.raises(ValueError, match="initial metrics of `model` at the train points"):
         mf.kahler_flow(_points(200, 4), wild, steps=1)
+
+
+def test_sign_is_checked_before_any_point_is_computed(monkeypatch):
+    """sign=-1.0 was accepted by the velocity and then failed formatting '{sign:+d}' after the points
+    were computed; sign=5 without a velocity ran and recorded velocity_sign = 5."""
+    from mfarray.flows import kahler as flows_kahler
+
+    ds = _points(60, 2)
+    r = mf.kahler_flow(ds, 2, steps=1, velocity="B.21", sign=-1.0, lr=0.1, normalize=True, adaptive=False)
+    assert r.attrs["velocity_sign"] == -1
+    monkeypatch.setattr(flows_kahler, "materialize", lambda *a, **k: (_ for _ in ()).throw(AssertionError("computed")))
+    for sign, velocity in ((5, None), (0, "B.20"), (True, "B.20"), (-1, None)):
+        with pytest.raises(ValueError, match="sign"):
+            mf.kahler_flow(ds, 2, steps=1, velocity=velocity, sign=sign)

@@ -111,6 +111,12 @@ def kahler_flow(train: xr.Dataset, model: Any = None, *, steps: int, lr: float =
     (``_test``); :func:`mfarray.predict` gives the metric at any point set from it.
     """
     steps = check_steps(steps)
+    if isinstance(sign, (bool, np.bool_)) or sign not in (1, -1):
+        raise ValueError(f"sign must be +1 (the paper's velocity) or -1 (reversed); got {sign!r}")
+    if velocity is None and sign != 1:
+        raise ValueError("sign reverses a velocity: pass velocity='B.20' or 'B.21' with it (gradient descent on "
+                         "the loss has no sign to choose)")
+    sign = int(sign)
     potential_of(model)  # refuse a wrong model (or degree) before computing the points
     control = StepControl(lr=lr, adaptive=adaptive, normalize=normalize, clip=clip, grow=grow,
                           max_halvings=max_halvings)
