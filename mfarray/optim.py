@@ -81,10 +81,9 @@ def _as_vector(x, name):
 
 
 def _check_rate(name, value, lo, hi, closed_lo=True):
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a number; got {value!r}") from exc
+    if not backend.is_real(value):  # not text, not a bool
+        raise ValueError(f"{name} must be a number; got {value!r}")
+    value = float(value)
     ok = (lo <= value if closed_lo else lo < value) and value < hi and math.isfinite(value)
     if not ok:
         raise ValueError(f"{name} must lie in {'[' if closed_lo else '('}{lo}, {hi}); got {value}")
@@ -92,9 +91,10 @@ def _check_rate(name, value, lo, hi, closed_lo=True):
 
 
 def _schedule(lr):
-    """``lr`` as a schedule ``step -> float`` (a number is checked > 0 and finite)."""
+    """``lr`` as a schedule ``step -> float``: a number checked > 0 and finite once, a callable's
+    value at every step (a negative, NaN or text rate would climb the loss or spoil the state)."""
     if callable(lr):
-        return lr
+        return lambda step: _check_rate(f"lr({step})", lr(step), 0.0, math.inf, closed_lo=False)
     value = _check_rate("lr", lr, 0.0, math.inf, closed_lo=False)
     return lambda step: value
 
@@ -128,6 +128,9 @@ def adam(lr: float | Callable[[int], float], b1: float = 0.9, b2: float = 0.999,
         if not isinstance(state, AdamState):
             raise TypeError(f"state must be the AdamState returned by init or update; got {type(state).__name__}")
         g, xp = _as_vector(grad, "grad")
+        if not bool(xp.all(xp.isfinite(g))):  # an inf would leave v = inf and every later step NaN
+            raise FloatingPointError(f"grad has non-finite entries at step {state.step}: the loss or its gradient "
+                                     "overflowed (lower lr, or check the model's inputs)")
         if g.shape != state.m.shape:
             raise ValueError(f"grad has shape {tuple(g.shape)}; the state was made for parameters of shape "
                              f"{tuple(state.m.shape)}")

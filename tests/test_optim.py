@@ -178,3 +178,18 @@ def test_run_epoch_minimises_a_least_squares_problem_with_either_optimiser():
             assert np.array_equal(x, ref_x) and skipped == 0
             assert mean == pytest.approx(sum(losses_) / 200, rel=1e-15)
         np.testing.assert_allclose(x, x_true, atol=1e-6)
+
+
+def test_schedules_and_gradients_are_checked_every_step():
+    """A schedule returning -0.1 climbed the loss, NaN gave NaN steps, '0.1' and True were rates;
+    an inf gradient left Adam's v = inf and every later step NaN."""
+    for bad in (lambda s: -0.1, lambda s: float("nan"), lambda s: "0.1"):
+        for make in (optim.adam, optim.sgd):
+            init, update = make(bad)
+            with pytest.raises(ValueError, match=r"lr\(0\)"):
+                update(np.ones(3), init(np.zeros(3)))
+    with pytest.raises(ValueError, match="lr must be a number"):
+        optim.adam(True)
+    init, update = optim.adam(0.1)
+    with pytest.raises(FloatingPointError, match="grad has non-finite"):
+        update(np.array([1.0, np.inf, 0.0]), init(np.zeros(3)))
