@@ -46,8 +46,9 @@ All functions take their array namespace from their inputs (NumPy or CuPy via
 array_api_compat) and compute in float64/complex128; ``data`` must live on the same device as
 ``g``.  Bad input (wrong shapes, non-finite entries, non-Hermitian or non-positive-definite
 metrics, non-positive |Omega|^2 or kappa) raises ``ValueError`` naming the argument; no loss or
-gradient returns NaN.  Metrics that are Hermitian only up to round-off (relative 1e-6) are
-replaced by their exact Hermitian part (g + g^dagger)/2, so every gradient is exactly Hermitian.
+gradient returns NaN.  Metrics that are Hermitian only up to round-off (relative
+``linalg.HERMITIAN_RTOL`` = 1e-10, the one validity rule) are replaced by their exact Hermitian
+part (g + g^dagger)/2, so every gradient is exactly Hermitian.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ __all__ = [
     "hermitian_to_real", "real_to_hermitian", "Metrics",
 ]
 
-_HERMITIAN_RTOL = 1e-6
 
 Array = Any  # a NumPy, CuPy or Dask array
 
