@@ -446,3 +446,22 @@ def test_the_same_polynomial_is_the_same_surface_everywhere(chart):
     r = kernel_flow(train, kernel, steps=2, test=same)
     np.testing.assert_allclose(predict(kernel_flow(train, kernel, steps=2), same).values, r.g_test.values,
                                rtol=1e-13, atol=1e-15)
+
+
+def test_a_flow_error_records_the_steps_done_whatever_record_every(chart):
+    """With record_every = 3, error.result held theta and g_train of step 1 but a history of step 0
+    only; its message named a step size never tried (half the smallest)."""
+    from mfarray import networks as nw
+
+    train = chart.isel(point=slice(0, 60))
+    cfg = nw.MLP((10, 8, 9), "tanh")
+    p = nw.init(cfg, 0)
+    p = tuple((W * 0.05, b * 0.05) if i == len(p) - 1 else (W, b) for i, (W, b) in enumerate(p))
+    with pytest.raises(FlowError) as info:
+        mf.flows.network_flow(train, cfg, p, steps=20, lr=0.01, grow=100.0, max_halvings=3, record_every=3)
+    r = info.value.result
+    done = r.attrs["steps_done"]
+    assert done >= 1 and int(r.step.values[-1]) == done
+    assert r.loss.values[-1] == pytest.approx(float(mf.losses.total(
+        mf.losses.sigma_squared_loss(), linalg.metrics(r.g_train.values),
+        mf.losses.make_loss_data(train, r.g_train_initial.values))), rel=1e-9)

@@ -225,6 +225,7 @@ def integrate(model: MetricModel, loss: losses.Loss, data: losses.LossData, cont
     current = values
     rate, floor = control.lr, control.lr * 2.0 ** -control.max_halvings
     pending = [0, 0]
+    last_size = 0.0
     for step in range(1, steps + 1):
         G = losses.gradient_rows(loss, m, data)
         if control.clip is not None:
@@ -256,11 +257,13 @@ def integrate(model: MetricModel, loss: losses.Loss, data: losses.LossData, cont
             if rejected > control.max_halvings:
                 why = ("keeps every train and test metric valid (finite, Hermitian, positive definite with "
                        f"lambda_min >= {linalg.MARGIN:g} lambda_max)") + (" and decreases the loss" if control.adaptive else "")
+                if step > 1 and (step - 1) % record_every:  # the steps done end the record, as in a full run
+                    record(step - 1, current, last_size, *pending)
                 raise FlowError(
-                    f"step {step}: no step size down to {rate:.3g} {why}; the flow cannot continue "
+                    f"step {step}: no step size down to {size:.3g} {why}; the flow cannot continue "
                     f"(lower lr, enable clip or normalize); the {step - 1} steps done are in error.result",
                     step=step, trajectory=Trajectory(history, theta, m, mt, step - 1))
-        theta, both, m, mt, current = theta_at(size), both_s, m_s, mt_s, trial_value
+        theta, both, m, mt, current, last_size = theta_at(size), both_s, m_s, mt_s, trial_value, size
         pending[0] += rejected
         pending[1] += rejected_test
         if step % record_every == 0 or step == steps:
@@ -269,6 +272,8 @@ def integrate(model: MetricModel, loss: losses.Loss, data: losses.LossData, cont
         if control.adaptive:
             rate = min(rate * control.grow, control.lr_max)
         elif rate < floor and step < steps:
+            if step % record_every:  # the steps done end the record, as in a full run
+                record(step, current, size, *pending)
             raise FlowError(
                 f"step {step}: the step size has collapsed to {rate:.3g} (< lr 2^-{control.max_halvings}): "
                 "the metrics are at the edge of validity and fixed steps cannot move them; use "
