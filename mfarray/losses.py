@@ -430,6 +430,9 @@ def total(loss: Loss, g: Array | Metrics, data: LossData) -> float:
         values = np.asarray(values)
     if tuple(values.shape) != (n,):
         raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned shape {tuple(values.shape)}; expected ({n},)")
+    if getattr(values.dtype, "kind", "f") == "c":  # float() would keep the real part, silently
+        raise TypeError(f"loss {getattr(loss, 'name', loss)!r} returned complex values ({values.dtype}): a loss is "
+                        "real, l(x) >= 0 per point")
     value = float(values.sum()) / n  # NumPy or CuPy: one scalar leaves the device
     if not math.isfinite(value):
         raise ValueError(f"loss {getattr(loss, 'name', loss)!r} is not finite ({value}): its values have NaN or inf")
@@ -442,7 +445,7 @@ def gradient(loss: Loss, m: Metrics, data: LossData) -> Array:
     if tuple(G.shape) != (m.n, m.k, m.k):
         raise ValueError(f"loss {getattr(loss, 'name', loss)!r} returned a gradient of shape {tuple(G.shape)}; "
                          f"expected {(m.n, m.k, m.k)}")
-    return G
+    return _finite_out(G, backend.namespace(G), f"the gradient of loss {getattr(loss, 'name', loss)!r}")
 
 
 def gradient_rows(loss: Loss, m: Metrics, data: LossData) -> Array:

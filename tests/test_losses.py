@@ -346,3 +346,17 @@ def test_losses_accept_ill_conditioned_positive_metrics():
     assert positive_definite(g).all()
     eta = losses.sigma_squared_loss().value(g, data)  # w (1 - det g)^2 with det = prod(lam)
     assert np.allclose(1 + np.sqrt(eta), lam.prod(axis=1), rtol=1e-5)  # det g >= 1e4 > 1
+
+
+def test_a_user_loss_with_complex_values_or_a_nan_gradient_is_refused_by_name():
+    """A purely imaginary loss totalled 0.0 (float() kept the real part) and a flow ran on it; a NaN
+    gradient surfaced as 'g has non-finite entries' deep inside."""
+    rng = np.random.default_rng(0)
+    g = 0.1 * _hermitian(rng, 6, 3) + 3 * np.eye(3)  # well inside the positive cone
+    data = losses.loss_data(np.ones(6), np.ones(6), g)
+    imaginary = losses.PointwiseLoss("imaginary", lambda g, d: 1j * np.ones(g.shape[0]), lambda g, d: g)
+    with pytest.raises(TypeError, match="imaginary.*complex"):
+        losses.total(imaginary, g, data)
+    nan_grad = losses.PointwiseLoss("nan_grad", lambda g, d: np.ones(g.shape[0]), lambda g, d: np.full(g.shape, np.nan))
+    with pytest.raises(ValueError, match="gradient of loss 'nan_grad'"):
+        losses.gradient(nan_grad, mf.linalg.metrics(g), data)
