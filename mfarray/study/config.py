@@ -60,6 +60,13 @@ def _increasing(values: tuple, what: str, least: int, kind: type | tuple = (int,
 FLOW_PARAMETERS = ("lr", "loss", "adaptive", "normalize", "clip", "grow", "max_halvings")
 
 
+def log_range(value: Any) -> bool:
+    """Whether a tuning-space entry is a range ``[low, high]`` of two numbers (searched in log10),
+    rather than a list of choices."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
 def _check_space(name: str, space: Any) -> None:
     """A preset's tuning space: known parameters, each [low, high] with 0 < low < high (searched
     in log10) or a list of choices."""
@@ -74,8 +81,7 @@ def _check_space(name: str, space: Any) -> None:
     for key, value in space.items():
         if key not in known:
             raise ValueError(f"tuning.spaces.{name} has no parameter {key!r}; it searches {sorted(known)}")
-        numeric = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        numeric = log_range(value)
         if numeric and not 0 < value[0] < value[1] < float("inf"):
             raise ValueError(f"tuning.spaces.{name}.{key} = {value}: a range [low, high] is searched in log10, so "
                              "it needs 0 < low < high")

@@ -40,7 +40,7 @@ from ..experiments.gains import gains
 from ..geometry import surface_named
 from ..pointset import sample_chart, sample_points
 from ..tune import GainObjective, as_space, real, tune
-from .config import StudyConfig
+from .config import StudyConfig, log_range
 
 __all__ = ["STAGES", "run_study", "stage_path"]
 
@@ -55,8 +55,7 @@ def stage_path(out: str | os.PathLike, stage: str) -> str:
 def _space(config: StudyConfig, name: str) -> dict:
     space = {}
     for k, v in config.tuning.spaces.get(name, {}).items():
-        if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) \
-                and not isinstance(v[0], bool):
+        if log_range(v):
             space[k] = real(float(v[0]), float(v[1]), log=True)
         else:
             space[k] = v

@@ -86,20 +86,19 @@ def acts_componentwise(op: KernelOperator) -> bool:
 
 
 _METHODS = ("auto", "dense", "blockwise", "zarr", "factored", "local", "lowrank")
-_BLOCKWISE_OPTIONS = ("symmetric", "workers", "cache_bytes")
+_TILE_OPTIONS = ("block", "symmetric", "workers", "cache_bytes")
 
 #: the options of each method that shape its operator's values or tiles (what a flow's
 #: ``operator_options`` must carry for the operator to be rebuilt the same, e.g. by predict)
-METHOD_OPTIONS = {"dense": (), "blockwise": ("block",) + _BLOCKWISE_OPTIONS, "local": ("block",) + GAUSSIAN_OPTIONS,
+METHOD_OPTIONS = {"dense": (), "blockwise": _TILE_OPTIONS, "local": ("block",) + GAUSSIAN_OPTIONS,
                   "lowrank": ("rank", "tol", "shortfall")}
 
 #: every option each method takes besides x_out, x_in (``block``, ``path`` and the method's
 #: ``build_kwargs``); as_operator refuses any other instead of ignoring it
 _ZARR_OPTIONS = tuple(p for p in inspect.signature(ZarrOperator.build).parameters
                       if p not in ("kernel", "x_out", "x_in", "path", "block"))
-_ACCEPTED = {"auto": ("block",) + _BLOCKWISE_OPTIONS, "dense": ("block",) + _BLOCKWISE_OPTIONS,
-             "blockwise": ("block",) + _BLOCKWISE_OPTIONS, "zarr": ("path", "block") + _ZARR_OPTIONS,
-             "factored": (), "local": ("block",) + GAUSSIAN_OPTIONS, "lowrank": ("rank", "tol", "shortfall")}
+_ACCEPTED = {**METHOD_OPTIONS, "auto": _TILE_OPTIONS, "dense": _TILE_OPTIONS,  # a dense build may be tiled
+             "zarr": ("path", "block") + _ZARR_OPTIONS, "factored": ()}
 
 
 def _check_options(method: str, given: dict) -> None:
@@ -291,7 +290,7 @@ def as_operator(
             raise ValueError("method='zarr' needs a path for the kernel store: as_operator(..., path=...), or "
                              "kernel_flow(..., operator_options={'path': ...})")
         return ZarrOperator.build(obj, x_out, x_in, path, block=block, **build_kwargs)
-    blockwise_kwargs = {k: build_kwargs.pop(k) for k in _BLOCKWISE_OPTIONS if k in build_kwargs}
+    blockwise_kwargs = {k: build_kwargs.pop(k) for k in _TILE_OPTIONS if k in build_kwargs}
     if build_kwargs:
         raise ValueError(f"method={method!r} takes block, symmetric, workers, cache_bytes; got {sorted(build_kwargs)}")
     tiled = BlockwiseOperator(obj, x_out, x_in, block, **blockwise_kwargs)
